@@ -1,0 +1,345 @@
+"""Checkpointed streaming semi-CRF engine in PyTorch, for any semiring.
+
+Forward keeps a ring of the last K states, (S, B, K, C), and stores it (with
+the float64 running normaliser) every Δ ≈ √(T·K) steps. Backward walks the
+blocks in reverse: it recomputes one block's steps under autograd, starting
+from its checkpoint, and back-propagates the adjoint of the ring carried over
+from the block after it. Gradients are therefore exactly autograd's through
+the dense DP, while memory is O((T/Δ)·K·C + Δ·K·C) instead of O(T·K·C).
+
+Two input kinds share the machinery (``_Recurrence`` subclasses):
+
+* factored: ring = τ(t-K..t-1); α(t) = ⊕_d τ(t-d) ⊗ w(t, d) where
+  w = S[t]-S[t-d] (float64 difference, then rounded) ⊗ duration[d-1];
+  τ(t) = α(t) ⊗ transition. Cost O(K·C + C²) per step.
+* edges (torch-struct layout): ring = α(t-K..t-1);
+  α(t) = ⊕_{d,c'} α(t-d, c') ⊗ edge[t-d, d, :, c']. Cost O(K·C²) per step.
+
+Ring slot j holds position t-K+j, i.e. duration d = K-j.
+
+These functions are also the reference the Triton kernels are tested against.
+Potentials carry no leading P dim for one-distribution semirings and a
+leading P = 2 dim for the cross-entropy/KL semirings.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..semirings import Semiring
+
+__all__ = ["factored_scan", "edge_scan", "default_checkpoint_every"]
+
+
+def default_checkpoint_every(T: int, K: int) -> int:
+    return max(1, min(T, int(math.ceil(math.sqrt(T * K)))))
+
+
+def _pad_window(x: torch.Tensor, dim: int, lo: int, hi: int, fill: float) -> torch.Tensor:
+    """x[lo:hi] along dim, padding with ``fill`` where lo < 0 or hi > size."""
+    size = x.shape[dim]
+    a, b = max(lo, 0), min(hi, size)
+    core = x.narrow(dim, a, max(b - a, 0))
+    parts = []
+    if a - lo > 0:
+        shape = list(x.shape)
+        shape[dim] = a - lo
+        parts.append(x.new_full(shape, fill))
+    parts.append(core)
+    if hi - b > 0:
+        shape = list(x.shape)
+        shape[dim] = hi - b
+        parts.append(x.new_full(shape, fill))
+    return torch.cat(parts, dim) if len(parts) > 1 else core
+
+
+class _Recurrence:
+    """What one block of steps (t0, t1] reads, and how it runs.
+
+    ``inputs`` are the differentiable tensors handed to the autograd Function.
+    ``window(i, t0, t1)`` gives the [lo, hi) time range of input i a block
+    reads (None: the whole tensor); blocks get those slices, clipped to the
+    tensor, and pad them themselves, so backward can make the slices leaves.
+    """
+
+    time_dims: tuple  # per input: the dim indexing time, or None
+
+    def __init__(self, semiring: Semiring, lengths: torch.Tensor, K: int, C: int, B: int, dtype):
+        self.sr = semiring
+        self.lengths = lengths
+        self.K, self.C, self.B, self.dtype = K, C, B, dtype
+        self.t_max = int(lengths.max())
+        self.record_set = set(int(v) for v in lengths.tolist())
+
+    def window(self, i, t0, t1):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def prologue(self, inputs) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def steps(self, ring, views, t0, t1, records):  # pragma: no cover
+        raise NotImplementedError
+
+    def clip(self, i, t0, t1):
+        w = self.window(i, t0, t1)
+        if w is None:
+            return None
+        size = self.inputs_shapes[i][self.time_dims[i]]
+        return max(w[0], 0), min(w[1], size)
+
+    def views(self, inputs, t0, t1):
+        out = []
+        for i, x in enumerate(inputs):
+            c = self.clip(i, t0, t1)
+            out.append(x if c is None else x.narrow(self.time_dims[i], c[0], c[1] - c[0]))
+        return out
+
+    def push(self, ring, new, shifts):
+        """Append the newest state, drop the oldest, renormalise (in place of the ring)."""
+        s = self.sr.shift(new)  # (S, B), detached
+        ring = torch.cat([ring[:, :, 1:], new.unsqueeze(2)], 2)
+        shifts.append(s)
+        return ring - s.to(ring.dtype).view(*s.shape, 1, 1)
+
+
+class _FactoredRecurrence(_Recurrence):
+    # inputs: cum (P,B,T+1,C) f64, trans (P,B,C,C), dur (P,B,K,C), tau0 (S,B,C), end (P,B,C),
+    #         [start_bias (P,B,T,C)], [seg_bias (P,B,T,K,C)]
+    def __init__(self, semiring, lengths, K, C, B, dtype, has_start_bias, has_seg_bias, shapes):
+        super().__init__(semiring, lengths, K, C, B, dtype)
+        self.has_start_bias, self.has_seg_bias = has_start_bias, has_seg_bias
+        self.inputs_shapes = shapes
+        self.T = shapes[0][2] - 1
+        self.time_dims = (2, None, None, None, None) + ((2,) if has_start_bias else ()) + ((2,) if has_seg_bias else ())
+
+    def window(self, i, t0, t1):
+        K = self.K
+        if i == 0:
+            return (t0 + 1 - K, t1 + 1)
+        if i == 5 and self.has_start_bias:
+            return (0 if t0 == 0 else t0 + 1, t1 + 1)
+        if i >= 5:
+            return (t0 + 1 - K, t1)
+        return None
+
+    def _start_bias(self, views):
+        return views[5] if self.has_start_bias else None
+
+    def prologue(self, views):
+        sr, K = self.sr, self.K
+        tau0 = views[3]
+        sb = self._start_bias(views)
+        if sb is not None:
+            tau0 = sr.mul_potential(tau0, sb[:, :, 0])
+        ring = sr.zero((self.B, K - 1, self.C), self.dtype, tau0.device)
+        return torch.cat([ring, tau0.unsqueeze(2)], 2)
+
+    def steps(self, ring, views, t0, t1, records, shifts):
+        sr, K = self.sr, self.K
+        cum, trans, dur, _, end = views[:5]
+        nb = t1 - t0
+        lo, _ = self.clip(0, t0, t1)
+        cw = _pad_window(cum, 2, (t0 + 1 - K) - lo, (t1 + 1) - lo, 0.0)  # (P,B,nb+K,C)
+        seg = cw[:, :, K:].unsqueeze(-1) - cw.unfold(2, K, 1)[:, :, :nb]  # (P,B,nb,C,K) float64
+        w = seg.to(self.dtype).transpose(-1, -2) + dur.flip(2).unsqueeze(2)  # (P,B,nb,K,C)
+        if self.has_seg_bias:
+            sgb = views[-1]
+            lo_s, _ = self.clip(len(views) - 1, t0, t1)
+            sgb = _pad_window(sgb, 2, (t0 + 1 - K) - lo_s, t1 - lo_s, 0.0)  # (P,B,nb+K-1,K,C) by start
+            # step i, slot j: start n = t-K+j -> row i+j, duration K-j -> column K-1-j
+            ii = torch.arange(nb, device=w.device).view(nb, 1)
+            jj = torch.arange(K, device=w.device).view(1, K)
+            w = w + sgb[:, :, ii + jj, K - 1 - jj]
+        sb = self._start_bias(views)
+        if sb is not None:
+            lo_b, _ = self.clip(5, t0, t1)
+            sb = _pad_window(sb, 2, (t0 + 1) - lo_b, (t1 + 1) - lo_b, 0.0)  # (P,B,nb,C)
+        for i in range(nb):
+            t = t0 + 1 + i
+            alpha = sr.sum(sr.mul_potential(ring, w[:, :, i]), -2)  # (S,B,C)
+            if t in self.record_set:
+                records[t] = sr.sum(sr.mul_potential(alpha, end), -1)
+            if t == t1 and t == self.t_max:
+                break  # nothing after the last length needs τ
+            tau = sr.matmul(alpha, trans)
+            if sb is not None:
+                tau = sr.mul_potential(tau, sb[:, :, i])
+            ring = self.push(ring, tau, shifts)
+        return ring
+
+
+class _EdgeRecurrence(_Recurrence):
+    # inputs: edges (P, B, T, K+1, C, C)
+    def __init__(self, semiring, lengths, K, C, B, dtype, shapes):
+        super().__init__(semiring, lengths, K, C, B, dtype)
+        self.inputs_shapes = shapes
+        self.time_dims = (2,)
+
+    def window(self, i, t0, t1):
+        return (t0 + 1 - self.K, t1)
+
+    def prologue(self, views):
+        ring = self.sr.zero((self.B, self.K - 1, self.C), self.dtype, views[0].device)
+        one = self.sr.one((self.B, 1, self.C), self.dtype, views[0].device)
+        return torch.cat([ring, one], 2)
+
+    def steps(self, ring, views, t0, t1, records, shifts):
+        sr, K = self.sr, self.K
+        edges = views[0]
+        lo, _ = self.clip(0, t0, t1)
+        nb = t1 - t0
+        dev = edges.device
+        t = torch.arange(t0 + 1, t1 + 1, device=dev).view(nb, 1)
+        j = torch.arange(K, device=dev).view(1, K)
+        n = t - K + j  # segment start for slot j
+        valid = n >= 0
+        e = edges[:, :, (n - lo).clamp(min=0), (K - j).expand(nb, K)]  # (P,B,nb,K,C,C')
+        e = torch.where(valid.view(1, 1, nb, K, 1, 1), e, torch.full((), float("-inf"), dtype=e.dtype, device=dev))
+        for i in range(nb):
+            tt = t0 + 1 + i
+            x = sr.mul_potential(ring.unsqueeze(-2), e[:, :, i])  # (S,B,K,C,C')
+            alpha = sr.sum_dims(x, (2, 4))  # (S,B,C)
+            if tt in self.record_set:
+                records[tt] = sr.sum(alpha, -1)
+            ring = self.push(ring, alpha, shifts)
+        return ring
+
+
+class _StreamingScan(torch.autograd.Function):
+    """value (S, B) of a recurrence; backward by block-wise recomputation."""
+
+    @staticmethod
+    def forward(ctx, rec: _Recurrence, every: int, *inputs):
+        B = rec.B
+        S = rec.sr.size
+        dev = inputs[0].device
+        norm = torch.zeros(S, B, dtype=torch.float64, device=dev)
+        blocks = [(t0, min(t0 + every, rec.t_max)) for t0 in range(0, rec.t_max, every)]
+        checkpoints = []
+        value = torch.zeros(S, B, dtype=torch.float64, device=dev)
+        ring = rec.prologue(rec.views(inputs, 0, blocks[0][1]))
+        for t0, t1 in blocks:
+            checkpoints.append(ring if t0 > 0 else None)
+            records, shifts = {}, []
+            ring = rec.steps(ring, rec.views(inputs, t0, t1), t0, t1, records, shifts)
+            # norm after step t = norm at t0 + shifts of steps up to t
+            running = norm
+            step_norm = {}
+            for i, s in enumerate(shifts):
+                running = running + s.double()
+                step_norm[t0 + 1 + i] = running
+            for t, v in records.items():
+                # the record at step t is taken before that step's shift
+                base = step_norm.get(t - 1, norm) if t - 1 >= t0 + 1 else norm
+                sel = (rec.lengths == t).view(1, B)
+                value = torch.where(sel, v.double() + base, value)
+            norm = running
+        ctx.rec, ctx.every, ctx.blocks, ctx.checkpoints = rec, every, blocks, checkpoints
+        ctx.save_for_backward(*inputs)
+        return value.to(rec.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_value):
+        rec, blocks, checkpoints = ctx.rec, ctx.blocks, ctx.checkpoints
+        inputs = ctx.saved_tensors
+        need = ctx.needs_input_grad[2:]
+        grads = [torch.zeros_like(x) if n else None for x, n in zip(inputs, need)]
+        adj_ring = None
+        for (t0, t1), ck in zip(reversed(blocks), reversed(checkpoints)):
+            views = rec.views(inputs, t0, t1)
+            with torch.enable_grad():
+                leaves = [v.detach().requires_grad_(n) for v, n in zip(views, need)]
+                ring_in = ck.detach().requires_grad_() if ck is not None else rec.prologue(leaves)
+                records = {}
+                ring_out = rec.steps(ring_in, leaves, t0, t1, records, [])
+                outs, gouts = [], []
+                if adj_ring is not None:
+                    outs.append(ring_out)
+                    gouts.append(adj_ring)
+                for t, v in records.items():
+                    sel = (rec.lengths == t).view(1, -1).to(grad_value.dtype)
+                    outs.append(v)
+                    gouts.append((grad_value * sel).to(v.dtype))
+                wrt = [l for l, n in zip(leaves, need) if n]
+                if ck is not None:
+                    wrt.append(ring_in)
+                gs = torch.autograd.grad(outs, wrt, gouts, allow_unused=True) if wrt else []
+            gs = list(gs)
+            if ck is not None:
+                adj_ring = gs.pop()
+                if adj_ring is None:
+                    adj_ring = torch.zeros_like(ring_in)
+            it = iter(gs)
+            for i, n in enumerate(need):
+                if not n:
+                    continue
+                g = next(it)
+                if g is None:
+                    continue
+                c = rec.clip(i, t0, t1)
+                if c is None:
+                    grads[i] += g
+                else:
+                    grads[i].narrow(rec.time_dims[i], c[0], c[1] - c[0]).add_(g)
+        return (None, None, *grads)
+
+
+def _with_p(semiring: Semiring, x: torch.Tensor | None) -> torch.Tensor | None:
+    if x is None:
+        return None
+    return x.unsqueeze(0) if semiring.n_potentials == 1 else x
+
+
+def factored_scan(
+    semiring: Semiring,
+    cum: torch.Tensor,
+    transition: torch.Tensor,
+    duration: torch.Tensor,
+    tau0: torch.Tensor,
+    end: torch.Tensor,
+    lengths: torch.Tensor,
+    start_bias: torch.Tensor | None = None,
+    seg_bias: torch.Tensor | None = None,
+    checkpoint_every: int | None = None,
+) -> torch.Tensor:
+    """Semiring value (S, B) of the factored recurrence (see module docstring).
+
+    cum (B, T+1, C) float64; transition (B, C, C); duration (B, K, C);
+    tau0 (S, B, C) the entry value τ(0); end (B, C); lengths (B,) tokens;
+    start_bias (B, T, C) ⊗-ed into τ(t); seg_bias (B, T, K, C) ⊗-ed into the
+    segment starting at t with duration d (index d-1). One-distribution
+    semirings take these without a P dim; two-distribution ones with P = 2.
+    """
+    cum, transition, duration, end = (_with_p(semiring, x) for x in (cum, transition, duration, end))
+    start_bias, seg_bias = _with_p(semiring, start_bias), _with_p(semiring, seg_bias)
+    P, B, T1, C = cum.shape
+    K = duration.shape[-2]
+    inputs = [cum, transition, duration, tau0, end]
+    if start_bias is not None:
+        inputs.append(start_bias)
+    if seg_bias is not None:
+        inputs.append(seg_bias)
+    rec = _FactoredRecurrence(
+        semiring, lengths, K, C, B, tau0.dtype, start_bias is not None, seg_bias is not None,
+        [x.shape for x in inputs],
+    )
+    every = checkpoint_every or default_checkpoint_every(rec.t_max, K)
+    return _StreamingScan.apply(rec, every, *inputs)
+
+
+def edge_scan(
+    semiring: Semiring,
+    edges: torch.Tensor,
+    lengths: torch.Tensor,
+    checkpoint_every: int | None = None,
+) -> torch.Tensor:
+    """Semiring value (S, B) over torch-struct edges (B, T, K+1, C, C); lengths in tokens."""
+    edges = _with_p(semiring, edges)
+    P, B, T, K1, C, _ = edges.shape
+    K = K1 - 1
+    rec = _EdgeRecurrence(semiring, lengths, K, C, B, edges.dtype, [edges.shape])
+    every = checkpoint_every or default_checkpoint_every(rec.t_max, K)
+    return _StreamingScan.apply(rec, every, edges)

@@ -1,0 +1,227 @@
+"""Factored semi-CRF potentials: the edge tensor is never built (except by ``to_edges``)."""
+
+from __future__ import annotations
+
+import torch
+
+from .validation import (
+    check_lengths,
+    check_no_nan,
+    check_no_pos_inf,
+    check_same_device,
+    check_shape,
+    check_tensor,
+)
+
+__all__ = ["SegmentPotentials"]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # half-precision inputs are computed in float32; float64 stays float64
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class SegmentPotentials:
+    """Per-token scores (or their prefix sums) + transition, duration, entry and exit scores.
+
+    A segment [s, s+d) with label c after a segment of label c' scores::
+
+        S[s+d, c] - S[s, c] + duration[d-1, c] + transition[c', c]
+
+    where S are prefix sums of ``scores`` (S[t] = Σ_{j<t} scores[j]). The first
+    segment scores ``start[c]`` when ``start`` is given, else
+    ⊕_{c'} (init[c'] ⊗ transition[c', c]) (a free initial label); the last
+    adds ``end[c]``.
+
+    Args:
+        scores: (B, T, C) per-token label scores. Exactly one of ``scores`` and
+            ``cum_scores`` is given.
+        cum_scores: (B, T+1, C) prefix sums with ``cum_scores[:, 0] == 0``. Give
+            float64 prefix sums for long sequences: float32 ones have already
+            lost the digits that segment differences need.
+        transition: (C, C) or (B, C, C), ``transition[c_prev, c]``.
+        duration: (K, C) or (B, K, C), ``duration[d-1, c]``; K is the longest segment.
+        init, start, end: optional (C,) or (B, C).
+        lengths: (B,) integer tokens per sequence, 1 ≤ lengths ≤ T (default T).
+        center: None (exact model) or ``"mean"``: subtract, per sequence and
+            label, the mean score over valid tokens before the prefix sum. That
+            is a different model (each segment gets −d·mean[b, c]); opt-in.
+
+    Prefix sums are accumulated and kept in float64; segment scores are taken
+    as float64 differences and only then rounded to the compute dtype
+    (float32, or float64 when the scores are float64).
+    Inputs are never modified.
+    """
+
+    def __init__(
+        self,
+        scores: torch.Tensor | None = None,
+        *,
+        cum_scores: torch.Tensor | None = None,
+        transition: torch.Tensor,
+        duration: torch.Tensor,
+        init: torch.Tensor | None = None,
+        start: torch.Tensor | None = None,
+        end: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+        center: str | None = None,
+    ):
+        if (scores is None) == (cum_scores is None):
+            raise ValueError("give exactly one of scores (B, T, C) and cum_scores (B, T+1, C)")
+        if scores is not None:
+            check_tensor("scores", scores, 3)
+            B, T, C = scores.shape
+            base = scores
+        else:
+            check_tensor("cum_scores", cum_scores, 3)
+            B, T1, C = cum_scores.shape
+            T = T1 - 1
+            base = cum_scores
+        if B < 1 or T < 1 or C < 1:
+            raise ValueError(f"{'scores' if scores is not None else 'cum_scores'} needs B, T, C >= 1, got shape {tuple(base.shape)}")
+        check_tensor("transition", transition, (2, 3))
+        check_tensor("duration", duration, (2, 3))
+        if duration.shape[-2] < 1:
+            raise ValueError(f"duration must have K >= 1 rows (durations 1..K), got shape {tuple(duration.shape)}")
+        K = duration.shape[-2]
+        check_shape("transition", transition, (B, C, C)[3 - transition.dim():], "(C, C) or (B, C, C)")
+        check_shape("duration", duration, (B, K, C)[3 - duration.dim():], "(K, C) or (B, K, C)")
+        for name, v in (("init", init), ("start", start), ("end", end)):
+            if v is not None:
+                check_tensor(name, v, (1, 2))
+                check_shape(name, v, (B, C)[2 - v.dim():], "(C,) or (B, C)")
+        device = check_same_device(
+            scores=scores, cum_scores=cum_scores, transition=transition, duration=duration,
+            init=init, start=start, end=end,
+        )
+        check_no_nan("scores" if scores is not None else "cum_scores", base)
+        check_no_pos_inf("scores" if scores is not None else "cum_scores", base)
+        if not torch.isfinite(base.detach()).all():
+            raise ValueError("scores must be finite (put structural zeros in transition/duration/start/end)")
+        for name, v in (("transition", transition), ("duration", duration), ("init", init), ("start", start), ("end", end)):
+            if v is not None:
+                check_no_nan(name, v)
+                check_no_pos_inf(name, v)
+        if cum_scores is not None and bool((cum_scores.detach()[:, 0] != 0).any()):
+            raise ValueError("cum_scores[:, 0] must be 0 (prefix sums S[t] = sum of scores[:t])")
+        if center not in (None, "mean"):
+            raise ValueError(f"center must be None or 'mean', got {center!r}")
+        if init is not None and start is not None:
+            raise ValueError("give at most one of init and start (start replaces init ⊗ transition)")
+
+        self.scores = scores
+        self.cum_scores = cum_scores
+        self.transition = transition
+        self.duration = duration
+        self.init = init
+        self.start = start
+        self.end = end
+        self.center = center
+        self.batch, self.T, self.C, self.K = B, T, C, K
+        self.device = device
+        self.dtype = _compute_dtype(base.dtype)
+        self.lengths = check_lengths("lengths", lengths, B, 1, T, device)
+
+    # -- shapes ---------------------------------------------------------------
+    @property
+    def shape(self):
+        """(B, T, K, C)"""
+        return (self.batch, self.T, self.K, self.C)
+
+    def _per_batch(self, x: torch.Tensor | None, tail: tuple) -> torch.Tensor | None:
+        if x is None:
+            return None
+        x = x.to(self.dtype)
+        return x.expand(self.batch, *tail) if x.dim() == len(tail) else x
+
+    # -- the arrays the engines read ----------------------------------------
+    def cum(self) -> torch.Tensor:
+        """(B, T+1, C) float64 prefix sums (centred if requested), differentiable."""
+        if self.scores is not None:
+            s = self.scores.to(torch.float64)
+            cum = torch.cat([s.new_zeros(self.batch, 1, self.C), s.cumsum(1)], 1)
+        else:
+            cum = self.cum_scores.to(torch.float64)
+        if self.center == "mean":
+            L = self.lengths.to(torch.float64).view(-1, 1)
+            mean = cum.gather(1, self.lengths.view(-1, 1, 1).expand(-1, 1, self.C)).squeeze(1) / L
+            t = torch.arange(self.T + 1, device=cum.device, dtype=torch.float64).view(1, -1, 1)
+            cum = cum - t * mean.unsqueeze(1)
+        return cum
+
+    def token_scores(self) -> torch.Tensor:
+        """(B, T, C) float64 per-token scores of the model (centred if requested)."""
+        return self.cum().diff(dim=1)
+
+    def transition_b(self) -> torch.Tensor:
+        return self._per_batch(self.transition, (self.C, self.C))
+
+    def duration_b(self) -> torch.Tensor:
+        return self._per_batch(self.duration, (self.K, self.C))
+
+    def end_b(self) -> torch.Tensor:
+        e = self._per_batch(self.end, (self.C,))
+        return e if e is not None else torch.zeros(self.batch, self.C, dtype=self.dtype, device=self.device)
+
+    def init_b(self) -> torch.Tensor | None:
+        return self._per_batch(self.init, (self.C,))
+
+    def start_b(self) -> torch.Tensor | None:
+        return self._per_batch(self.start, (self.C,))
+
+    def entry_potential(self) -> torch.Tensor:
+        """(B, C', C) plain potential of entering the first segment with label c.
+
+        With ``start``: the c' = 0 row holds start[c], the rest 0̄ (a single
+        fixed initial label). Else init[c'] + transition[c', c]. This is
+        exactly slot ``edge[:, 0, d, c, c']`` minus the segment's own score.
+        """
+        start = self.start_b()
+        if start is not None:
+            pot = torch.full((self.batch, self.C, self.C), float("-inf"), dtype=self.dtype, device=self.device)
+            return torch.cat([start.unsqueeze(1), pot[:, 1:]], 1)
+        init = self.init_b()
+        trans = self.transition_b()
+        return trans if init is None else trans + init.unsqueeze(-1)
+
+    # -- interop ---------------------------------------------------------------
+    def to_edges(self) -> torch.Tensor:
+        """Materialize torch-struct's (B, T, K+1, C, C) edge tensor (tests, interop).
+
+        edge[b, n, d, c, c'] = S[n+d, c] - S[n, c] + duration[d-1, c] + transition[c', c]
+        (+ init[c'] at n = 0, or the ``start`` convention; + end[c] where n+d = L_b).
+        Segments running past T get a finite filler (0): no path uses them.
+        Memory is O(T·K·C²): this is what the factored path exists to avoid.
+        """
+        B, T, C, K = self.batch, self.T, self.C, self.K
+        cum = self.cum()
+        n = torch.arange(T, device=self.device).view(T, 1)
+        d = torch.arange(1, K + 1, device=self.device).view(1, K)
+        stop = n + d  # (T, K)
+        valid = stop <= T
+        seg = cum[:, stop.clamp(max=T)] - cum[:, n.expand(T, K)]  # (B, T, K, C) float64
+        seg = (seg.to(self.dtype) + self.duration_b().unsqueeze(1))
+        at_end = (stop.unsqueeze(0) == self.lengths.view(B, 1, 1))  # (B, T, K)
+        seg = seg + torch.where(at_end.unsqueeze(-1), self.end_b().view(B, 1, 1, C), torch.zeros((), dtype=self.dtype, device=self.device))
+        trans = self.transition_b().transpose(-1, -2)  # (B, C, C'): [c, c']
+        edge = seg.unsqueeze(-1) + trans.view(B, 1, 1, C, C)
+        first = seg[:, 0].unsqueeze(-1) + self.entry_potential().transpose(-1, -2).unsqueeze(1)
+        edge = torch.cat([first.unsqueeze(1), edge[:, 1:]], 1)
+        edge = torch.where(valid.view(1, T, K, 1, 1), edge, torch.zeros((), dtype=self.dtype, device=self.device))
+        zero_k = torch.zeros(B, T, 1, C, C, dtype=self.dtype, device=self.device)
+        return torch.cat([zero_k, edge], 2)
+
+    def detach(self) -> "SegmentPotentials":
+        def dt(x):
+            return None if x is None else x.detach()
+
+        return SegmentPotentials(
+            dt(self.scores), cum_scores=dt(self.cum_scores), transition=self.transition.detach(),
+            duration=self.duration.detach(), init=dt(self.init), start=dt(self.start), end=dt(self.end),
+            lengths=self.lengths, center=self.center,
+        )
+
+    def __repr__(self):
+        B, T, K, C = self.shape
+        opts = [n for n in ("init", "start", "end") if getattr(self, n) is not None]
+        return f"SegmentPotentials(B={B}, T={T}, K={K}, C={C}, dtype={self.dtype}, center={self.center!r}, with={opts})"
