@@ -169,7 +169,7 @@ class SegmentPotentials:
     def start_b(self) -> torch.Tensor | None:
         return self._per_batch(self.start, (self.C,))
 
-    def entry_potential(self) -> torch.Tensor:
+    def entry_potential(self, transition_b: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C', C) plain potential of entering the first segment with label c.
 
         With ``start``: the c' = 0 row holds start[c], the rest 0̄ (a single
@@ -181,7 +181,7 @@ class SegmentPotentials:
             pot = torch.full((self.batch, self.C, self.C), float("-inf"), dtype=self.dtype, device=self.device)
             return torch.cat([start.unsqueeze(1), pot[:, 1:]], 1)
         init = self.init_b()
-        trans = self.transition_b()
+        trans = self.transition_b() if transition_b is None else transition_b
         return trans if init is None else trans + init.unsqueeze(-1)
 
     # -- interop ---------------------------------------------------------------

@@ -347,7 +347,7 @@ class _SampleLSE(torch.autograd.Function):
         return onehot * g.unsqueeze(dim), None
 
 
-class SampledSemiring(_LogSemiring):
+class _SampledSemiring(_LogSemiring):
     """Log semiring whose gradient is an exact sample instead of marginals."""
 
     name = "sample"
@@ -361,3 +361,4 @@ MaxSemiring = _MaxSemiring()
 EntropySemiring = _EntropySemiring()
 CrossEntropySemiring = _CrossEntropySemiring()
 KLDivergenceSemiring = _KLDivergenceSemiring()
+SampledSemiring = _SampledSemiring()

@@ -1,0 +1,122 @@
+"""Compact segmentations: per-token labels + segment starts (never a T·K·C² one-hot)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Segmentation", "FactoredMarginals"]
+
+
+@dataclass
+class FactoredMarginals:
+    """Posterior expectations of a factored semi-CRF (all compact).
+
+    token: (B, T, C) P(token t lies in a segment of label c)
+    start: (B, T) P(a segment starts at t)
+    start_label: (B, T, C) P(a segment of label c starts at t)
+    duration: (B, K, C) expected number of segments of label c and duration d (index d-1)
+    transition: (B, C, C) expected number of c_prev → c boundaries (with ``init``
+        and no ``start``, this includes the entry transition from the free
+        initial label)
+    """
+
+    token: torch.Tensor
+    start: torch.Tensor
+    start_label: torch.Tensor
+    duration: torch.Tensor
+    transition: torch.Tensor
+
+
+@dataclass
+class Segmentation:
+    """Segmentations of a batch, shapes (..., T) with ``lengths`` (...,) or broadcastable.
+
+    labels[..., t]: label of the segment covering token t (-1 at t ≥ length);
+    starts[..., t]: a segment starts at t (True at t = 0, False at t ≥ length).
+    """
+
+    labels: torch.Tensor
+    starts: torch.Tensor
+    lengths: torch.Tensor
+
+    def __post_init__(self):
+        if not isinstance(self.labels, torch.Tensor) or self.labels.is_floating_point():
+            raise TypeError("Segmentation.labels must be an integer tensor (..., T)")
+        if not isinstance(self.starts, torch.Tensor):
+            raise TypeError("Segmentation.starts must be a bool tensor (..., T)")
+        if self.labels.shape != self.starts.shape:
+            raise ValueError(f"labels {tuple(self.labels.shape)} and starts {tuple(self.starts.shape)} must have one shape")
+        self.starts = self.starts.bool()
+        self.lengths = torch.as_tensor(self.lengths, device=self.labels.device).long()
+
+    @property
+    def T(self) -> int:
+        return self.labels.shape[-1]
+
+    def valid(self) -> torch.Tensor:
+        t = torch.arange(self.T, device=self.labels.device)
+        return t < self.lengths.expand(self.labels.shape[:-1]).unsqueeze(-1)
+
+    def to(self, device) -> "Segmentation":
+        return Segmentation(self.labels.to(device), self.starts.to(device), self.lengths.to(device))
+
+    def __getitem__(self, idx) -> "Segmentation":
+        lengths = self.lengths.expand(self.labels.shape[:-1])
+        return Segmentation(self.labels[idx], self.starts[idx], lengths[idx])
+
+    @classmethod
+    def from_start_labels(cls, start_label: torch.Tensor, lengths: torch.Tensor) -> "Segmentation":
+        """From a (..., T, C) indicator of 'a segment of label c starts at t'."""
+        starts = start_label.sum(-1) > 0.5
+        first = start_label.argmax(-1)
+        T = starts.shape[-1]
+        t = torch.arange(T, device=starts.device)
+        last_start = torch.where(starts, t, torch.zeros_like(t)).cummax(-1).values
+        labels = first.gather(-1, last_start)
+        seg = cls(labels, starts, lengths)
+        ok = seg.valid()
+        seg.labels = torch.where(ok, labels, torch.full_like(labels, -1))
+        seg.starts = starts & ok
+        return seg
+
+    @classmethod
+    def from_segments(cls, segments, T: int | None = None, device=None) -> "Segmentation":
+        """From per-sequence lists of (start, end_exclusive, label) tiling [0, length)."""
+        lengths = [max((e for _, e, _ in segs), default=0) for segs in segments]
+        T = T or max(lengths)
+        labels = torch.full((len(segments), T), -1, dtype=torch.long)
+        starts = torch.zeros(len(segments), T, dtype=torch.bool)
+        for b, segs in enumerate(segments):
+            pos = 0
+            for s, e, c in sorted(segs):
+                if s != pos or e <= s:
+                    raise ValueError(f"segments of sequence {b} must tile [0, length) in order; got {(s, e, c)} at {pos}")
+                labels[b, s:e] = int(c)
+                starts[b, s] = True
+                pos = e
+        return cls(labels.to(device), starts.to(device), torch.tensor(lengths, device=device))
+
+    def segments(self) -> list:
+        """Per sequence (flattening leading dims), a list of (start, end_exclusive, label)."""
+        labels = self.labels.reshape(-1, self.T).tolist()
+        starts = self.starts.reshape(-1, self.T).tolist()
+        lengths = self.lengths.expand(self.labels.shape[:-1]).reshape(-1).tolist()
+        out = []
+        for lab, st, L in zip(labels, starts, lengths):
+            bounds = [t for t in range(L) if st[t]] + [L]
+            out.append([(s, e, lab[s]) for s, e in zip(bounds[:-1], bounds[1:])])
+        return out
+
+    def check(self, num_labels: int) -> None:
+        """Raise ValueError unless every sequence is a well-formed segmentation."""
+        ok = self.valid()
+        if ((self.labels < 0) & ok).any() or ((self.labels >= num_labels) & ok).any():
+            raise ValueError(f"Segmentation.labels must lie in [0, {num_labels}) inside the lengths")
+        if not self.starts[..., 0].all():
+            raise ValueError("Segmentation.starts[..., 0] must be True (a segment starts at token 0)")
+        change = torch.zeros_like(self.starts)
+        change[..., 1:] = self.labels[..., 1:] != self.labels[..., :-1]
+        if (change & ~self.starts & ok).any():
+            raise ValueError("Segmentation.labels change inside a segment (a label change needs a start)")

@@ -1,0 +1,243 @@
+"""``SemiMarkov``: torch-struct's struct surface, for edges and factored potentials."""
+
+from __future__ import annotations
+
+import torch
+
+from .ops.autograd import check_backend, edge_value, factored_inputs, factored_value
+from .potentials import SegmentPotentials
+from .segmentation import FactoredMarginals, Segmentation
+from .semirings import LogSemiring, Semiring, logsumexp
+from .validation import check_lengths, check_no_nan, check_tensor
+
+__all__ = ["SemiMarkov", "check_edges", "score_segmentation"]
+
+
+def check_edges(edges, lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate torch-struct edges (B, N-1, K+1, C, C) and position lengths.
+
+    Returns lengths in *tokens* (positions - 1), int64. torch-struct counts
+    positions: lengths[b] = L_b + 1 with 1 ≤ L_b ≤ N-1 (it further insists on
+    max(lengths) == N; we accept any batch in range).
+    """
+    check_tensor("log_potentials", edges, 5)
+    B, N1, K1, C, C2 = edges.shape
+    if C != C2:
+        raise ValueError(f"log_potentials must have shape (B, N-1, K, C, C) with equal label dims, got {tuple(edges.shape)}")
+    if K1 < 2:
+        raise ValueError(f"log_potentials dim 2 (K, durations 0..K-1) must be >= 2, got shape {tuple(edges.shape)}")
+    if B < 1 or N1 < 1 or C < 1:
+        raise ValueError(f"log_potentials needs B, N-1, C >= 1, got shape {tuple(edges.shape)}")
+    check_no_nan("log_potentials", edges)
+    if torch.isposinf(edges.detach()).any():
+        raise ValueError("log_potentials contains +inf; scores must be finite or -inf")
+    positions = check_lengths("lengths", lengths, B, 2, N1 + 1, edges.device)
+    return edges, positions - 1
+
+
+def score_segmentation(pots: SegmentPotentials, seg: Segmentation) -> torch.Tensor:
+    """Score of segmentations (..., B, T) under ``pots``; −inf where impossible.
+
+    Shares the partition's convention exactly: segment sums of the (centred)
+    scores, duration[d-1, c], transition between consecutive segments, the
+    entry term (start[c], or ⊕_{c'} init[c'] ⊗ transition[c', c]) and end[c].
+    """
+    B, T, K, C = pots.shape
+    if seg.labels.shape[-2:] != (B, T):
+        raise ValueError(f"value must be a Segmentation of shape (..., B, T) = (..., {B}, {T}), got {tuple(seg.labels.shape)}")
+    lead = seg.labels.shape[:-2]
+    seg_lengths = seg.lengths.expand(seg.labels.shape[:-1])
+    if not torch.equal(seg_lengths, pots.lengths.expand_as(seg_lengths)):
+        raise ValueError("value.lengths must equal the potentials' lengths")
+    seg.check(C)
+    labels = seg.labels.reshape(-1, B, T).clamp(min=0)
+    starts = seg.starts.reshape(-1, B, T)
+    R = labels.shape[0]
+    dev = labels.device
+    L = pots.lengths.view(1, B, 1)
+    t = torch.arange(T, device=dev).view(1, 1, T)
+    valid = t < L
+
+    tok = pots.token_scores().unsqueeze(0).expand(R, B, T, C)
+    total = torch.where(valid, tok.gather(-1, labels.unsqueeze(-1)).squeeze(-1), tok.new_zeros(())).sum(-1)
+
+    # duration of the segment starting at t: next start (or L) - t
+    pos = torch.where(starts & valid, t.expand(R, B, T), torch.full_like(labels, T))
+    after = torch.cat([pos[..., 1:], torch.full_like(pos[..., :1], T)], -1)
+    nxt = after.flip(-1).cummin(-1).values.flip(-1)
+    nxt = torch.minimum(nxt, L.expand(R, B, T))
+    is_start = starts & valid
+    d = (nxt - t).clamp(min=1)
+    dur = pots.duration_b().to(torch.float64)  # (B, K, C)
+    dur_term = dur.view(1, B, K * C).expand(R, B, K * C).gather(-1, (d.clamp(max=K) - 1) * C + labels)
+    dur_term = torch.where(d > K, torch.full_like(dur_term, float("-inf")), dur_term)
+    total = total + torch.where(is_start, dur_term, dur_term.new_zeros(())).sum(-1)
+
+    trans = pots.transition_b().to(torch.float64)  # (B, C, C)
+    prev = torch.cat([labels[..., :1], labels[..., :-1]], -1)
+    tr = trans.view(1, B, C * C).expand(R, B, C * C).gather(-1, prev * C + labels)
+    inner = is_start & (t > 0)
+    total = total + torch.where(inner, tr, tr.new_zeros(())).sum(-1)
+
+    entry = logsumexp(pots.entry_potential().to(torch.float64), 1)  # (B, C)
+    total = total + entry.unsqueeze(0).expand(R, B, C).gather(-1, labels[..., :1]).squeeze(-1)
+    last = labels.gather(-1, (L.expand(R, B, 1) - 1))
+    total = total + pots.end_b().to(torch.float64).unsqueeze(0).expand(R, B, C).gather(-1, last).squeeze(-1)
+    return total.to(pots.dtype).reshape(*lead, B)
+
+
+def _masked_dot(parts: torch.Tensor, potentials: torch.Tensor, dims: int) -> torch.Tensor:
+    prod = torch.where(parts != 0, parts * potentials, torch.zeros((), dtype=potentials.dtype, device=potentials.device))
+    return prod.flatten(-dims).sum(-1)
+
+
+class SemiMarkov:
+    """Semi-Markov struct over a semiring (torch-struct's ``SemiMarkov``).
+
+    Works on torch-struct edge tensors (B, N-1, K, C, C) with position
+    lengths, and on :class:`SegmentPotentials` (lengths inside).
+    """
+
+    def __init__(self, semiring: Semiring = LogSemiring, backend: str = "auto"):
+        if not isinstance(semiring, Semiring):
+            raise TypeError(f"semiring must be a semiring_flash semiring instance (e.g. sf.LogSemiring), got {semiring!r}")
+        self.semiring = semiring
+        self.backend = check_backend(backend)
+
+    # -- the value -------------------------------------------------------------
+    def logpartition(self, log_potentials, lengths=None, force_grad=False):
+        """(value (S, B), [potentials]) like torch-struct; never mutates inputs."""
+        if isinstance(log_potentials, SegmentPotentials):
+            if lengths is not None:
+                raise ValueError("lengths go inside SegmentPotentials, not to logpartition")
+            return factored_value(self.semiring, factored_inputs([log_potentials]), self.backend), [log_potentials]
+        edges, tokens = check_edges(log_potentials, lengths)
+        return edge_value(self.semiring, edges, tokens, self.backend), [edges]
+
+    def sum(self, log_potentials, lengths=None, _raw=False):
+        v = self.logpartition(log_potentials, lengths)[0]
+        return v if _raw else self.semiring.unconvert(v)
+
+    # -- gradients of the value -------------------------------------------------
+    def marginals(self, log_potentials, lengths=None, _raw=False):
+        """Gradient of the value w.r.t. the potentials.
+
+        Edges: (B, N-1, K, C, C) like torch-struct (with ``_raw``, (S, ...) one
+        per channel). Factored: a :class:`FactoredMarginals` (per channel a
+        list with ``_raw``). Not differentiable themselves.
+        """
+        sr = self.semiring
+        if isinstance(log_potentials, SegmentPotentials):
+            return self._factored_marginals(log_potentials, _raw)
+        edges, tokens = check_edges(log_potentials, lengths)
+        leaf = edges.detach().requires_grad_()
+        with torch.enable_grad():
+            v = edge_value(sr, leaf, tokens, self.backend)
+            objs = [v[k].sum() for k in range(v.shape[0])] if _raw else [sr.unconvert(v).sum()]
+            grads = [torch.autograd.grad(o, leaf, retain_graph=True)[0] for o in objs]
+        return torch.stack(grads, 0) if _raw else grads[0]
+
+    def _factored_marginals(self, pots: SegmentPotentials, raw: bool):
+        sr = self.semiring
+        inp = factored_inputs([pots], leaves=True)
+        start_bias = torch.zeros(pots.batch, pots.T, pots.C, dtype=pots.dtype, device=pots.device, requires_grad=True)
+        with torch.enable_grad():
+            v = factored_value(sr, inp, self.backend, start_bias=start_bias)
+            objs = [v[k].sum() for k in range(v.shape[0])] if raw else [sr.unconvert(v).sum()]
+            outs = []
+            for o in objs:
+                g_cum, g_tr, g_dur, g_sb = torch.autograd.grad(
+                    o, [inp.cum, inp.transition, inp.duration, start_bias], retain_graph=True, allow_unused=True
+                )
+                g_cum = torch.zeros_like(inp.cum) if g_cum is None else g_cum
+                token = g_cum.flip(1).cumsum(1).flip(1)[:, 1:]  # ∂/∂scores[j] = Σ_{t>j} ∂/∂S[t]
+                outs.append(FactoredMarginals(
+                    token=token.to(pots.dtype),
+                    start=g_sb.sum(-1),
+                    start_label=g_sb,
+                    duration=torch.zeros_like(inp.duration) if g_dur is None else g_dur,
+                    transition=torch.zeros_like(inp.transition) if g_tr is None else g_tr,
+                ))
+        return outs if raw else outs[0]
+
+    def start_indicators(self, pots: SegmentPotentials, channels: int | None = None, batch_repeat: int = 1):
+        """(channels, R·B, T, C) gradients of each value channel w.r.t. a start bias.
+
+        For Max/KMax/Sampled semirings these are 0/1 indicators of "a segment
+        of label c starts at t" on the selected path(s): a segmentation.
+        """
+        sr = self.semiring
+        inp = factored_inputs([pots])
+        if batch_repeat > 1:
+            rep = lambda x: x.repeat_interleave(batch_repeat, 0) if x.dim() else x  # noqa: E731
+            inp = type(inp)(*(rep(x) for x in (inp.cum, inp.transition, inp.duration, inp.end, inp.entry, inp.lengths)))
+        B = inp.cum.shape[0]
+        start_bias = torch.zeros(B, pots.T, pots.C, dtype=pots.dtype, device=pots.device, requires_grad=True)
+        with torch.enable_grad():
+            v = factored_value(sr, inp, self.backend, start_bias=start_bias)
+            n = v.shape[0] if channels is None else channels
+            grads = [torch.autograd.grad(v[k].sum(), start_bias, retain_graph=k + 1 < n)[0] for k in range(n)]
+        return torch.stack(grads, 0), inp.lengths
+
+    def segment_marginals(self, pots: SegmentPotentials) -> torch.Tensor:
+        """(B, T, K, C): P(segment starting at t, duration d (index d-1), label c). O(T·K·C) memory."""
+        inp = factored_inputs([pots])
+        bias = torch.zeros(pots.batch, pots.T, pots.K, pots.C, dtype=pots.dtype, device=pots.device, requires_grad=True)
+        with torch.enable_grad():
+            v = factored_value(self.semiring, inp, "torch", seg_bias=bias)
+            return torch.autograd.grad(self.semiring.unconvert(v).sum(), bias)[0]
+
+    # -- structures ---------------------------------------------------------------
+    def score(self, potentials, parts, batch_dims=(0,)):
+        """Σ potentials · parts (edge layout; 0 · −inf counts as 0) or a Segmentation's score."""
+        if isinstance(potentials, SegmentPotentials):
+            return score_segmentation(potentials, parts)
+        event_dims = parts.dim() - len(tuple(batch_dims))
+        return _masked_dot(parts.to(potentials.dtype), potentials, event_dims)
+
+    @staticmethod
+    def to_parts(sequence, extra, lengths=None):
+        """torch-struct's sequence form (B, N) in [-1, 0..C-1] → one-hot edges (B, N-1, K, C, C)."""
+        C, K = extra
+        B, N = sequence.shape
+        parts = torch.zeros(B, N - 1, K, C, C, dtype=torch.long, device=sequence.device)
+        seq = sequence.tolist()
+        for b in range(B):
+            last, c = None, None
+            for n in range(N):
+                if seq[b][n] == -1:
+                    if n == 0:
+                        raise ValueError("sequence[:, 0] must hold the initial label, not -1")
+                    continue
+                if n != 0:
+                    parts[b, last, n - last, seq[b][n], c] = 1
+                last, c = n, seq[b][n]
+        return parts
+
+    @staticmethod
+    def from_parts(edge):
+        """One-hot edges (B, N-1, K, C, C) → (sequence (B, N), (C, K)) like torch-struct."""
+        B, N1, K, C, _ = edge.shape
+        labels = torch.full((B, N1 + 1), -1, dtype=torch.long, device=edge.device)
+        on = edge.nonzero()
+        for b, n, k, c, cp in on.tolist():
+            if n == 0:
+                labels[b, 0] = cp
+            labels[b, n + k] = c
+        return labels, (C, K)
+
+    @staticmethod
+    def hsmm(init_z_1, transition_z_to_z, transition_z_to_l, emission_n_l_z):
+        """HSMM log-probabilities → edges (B, N, K, C, C) (torch-struct's convention).
+
+        init_z_1 (C,) or (B, C): log P(z_{-1}); transition_z_to_z (C, C):
+        log P(z_{n+1}=j | z_n=i) at [i, j]; transition_z_to_l (C, K): log P(l | z);
+        emission_n_l_z (B, N, K, C): log P(x_{n:n+l} | z, l).
+        """
+        check_tensor("emission_n_l_z", emission_n_l_z, 4)
+        B, N, K, C = emission_n_l_z.shape
+        init = init_z_1 if init_z_1.dim() == 2 else init_z_1.unsqueeze(0).expand(B, C)
+        edges = emission_n_l_z.unsqueeze(-1) + transition_z_to_z.transpose(0, 1).view(1, 1, 1, C, C)
+        edges = edges + transition_z_to_l.transpose(0, 1).view(1, 1, K, C, 1)
+        first = edges[:, :1] + init.view(B, 1, 1, 1, C)
+        return torch.cat([first, edges[:, 1:]], 1)
