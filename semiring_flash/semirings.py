@@ -54,21 +54,35 @@ def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+class _SafeLogSumExp(torch.autograd.Function):
+    """torch.logsumexp forward; backward softmax that is 0 (not NaN) on all −inf rows."""
+
+    @staticmethod
+    def forward(ctx, x, dim):
+        out = torch.logsumexp(x, dim, keepdim=True)
+        ctx.save_for_backward(x, out)
+        ctx.dim = dim
+        return out.squeeze(dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, out = ctx.saved_tensors
+        return (x - _finite_or_zero(out)).exp() * g.unsqueeze(ctx.dim), None
+
+    @staticmethod
+    def jvp(ctx, *args):  # pragma: no cover - forward-mode AD is not supported
+        raise NotImplementedError
+
+
 def logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
     """logsumexp whose gradient is finite (0) where every input is −inf.
 
     ``torch.logsumexp`` returns −inf there but its backward yields NaN, which
     poisons a whole DP through one structurally impossible cell.
     """
-    m = _finite_or_zero(x.detach().amax(dim, keepdim=True))
-    s = (x - m).exp().sum(dim, keepdim=True)
     if torch.is_grad_enabled() and x.requires_grad:
-        pos = s > 0
-        safe = torch.where(pos, s, torch.ones((), dtype=s.dtype, device=s.device))
-        out = torch.where(pos, safe.log() + m, torch.full((), NEG_INF, dtype=s.dtype, device=s.device))
-    else:
-        out = s.log() + m
-    return out.squeeze(dim)
+        return _SafeLogSumExp.apply(x, dim % x.dim())
+    return torch.logsumexp(x, dim)
 
 
 def _move_to_last(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -1,0 +1,139 @@
+"""Numerics: float32 at long T against float64, gradcheck, determinism, sublinear memory."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import semiring_flash as sf
+
+
+def _model(T, K, C, dtype, seed=0, B=1, offset=3.0):
+    g = torch.Generator().manual_seed(seed)
+    # a non-zero mean makes prefix sums grow like T·|score|: float32 prefix sums would fail here
+    scores = (torch.randn(B, T, C, generator=g, dtype=torch.float64) + offset).to(dtype)
+    trans = torch.randn(C, C, generator=g, dtype=torch.float64).to(dtype)
+    dur = torch.randn(K, C, generator=g, dtype=torch.float64).to(dtype)
+    start = torch.randn(C, generator=g, dtype=torch.float64).to(dtype)
+    end = torch.randn(C, generator=g, dtype=torch.float64).to(dtype)
+    return [x.requires_grad_() for x in (scores, trans, dur, start, end)]
+
+
+def _logz_and_grads(tensors, backend="torch"):
+    scores, trans, dur, start, end = tensors
+    pots = sf.SegmentPotentials(scores, transition=trans, duration=dur, start=start, end=end)
+    logz = sf.SemiMarkovCRF(pots, backend=backend).partition
+    grads = torch.autograd.grad(logz.sum(), tensors)
+    return logz, grads
+
+
+@pytest.mark.slow
+def test_float32_long_sequence_matches_float64():
+    T, K, C = 20_000, 16, 4
+    z32, g32 = _logz_and_grads(_model(T, K, C, torch.float32))
+    z64, g64 = _logz_and_grads(_model(T, K, C, torch.float64))
+    rel = ((z32.double() - z64).abs() / z64.abs()).max().item()
+    assert rel <= 1e-6, rel
+    for name, a, b in zip(("scores", "transition", "duration", "start", "end"), g32, g64):
+        err = (a.double() - b).abs().max() / b.abs().max().clamp_min(1e-12)
+        assert err <= 1e-4, (name, err.item())
+
+
+def test_determinism_bitwise():
+    for kind in ("factored", "edges"):
+        outs = []
+        for _ in range(2):
+            tensors = _model(300, 8, 3, torch.float32, seed=3, B=2)
+            if kind == "factored":
+                z, g = _logz_and_grads(tensors)
+            else:
+                scores, trans, dur, start, end = tensors
+                pots = sf.SegmentPotentials(scores, transition=trans, duration=dur, start=start, end=end)
+                edges = pots.to_edges().detach().requires_grad_()
+                z = sf.SemiMarkovCRF(edges).partition
+                g = torch.autograd.grad(z.sum(), edges)
+            outs.append((z, g))
+        assert torch.equal(outs[0][0], outs[1][0])
+        for a, b in zip(outs[0][1], outs[1][1]):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("prop", ["partition", "entropy"])
+def test_gradcheck_factored(prop):
+    g = torch.Generator().manual_seed(1)
+    B, T, K, C = 2, 6, 3, 2
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    scores, trans, dur, init, end = r(B, T, C), r(C, C), r(K, C), r(C), r(B, C)
+    lengths = torch.tensor([6, 4])
+
+    def f(scores, trans, dur, init, end):
+        pots = sf.SegmentPotentials(scores, transition=trans, duration=dur, init=init, end=end, lengths=lengths)
+        return getattr(sf.SemiMarkovCRF(pots, backend="torch"), prop)
+
+    assert torch.autograd.gradcheck(f, (scores, trans, dur, init, end))
+
+
+@pytest.mark.parametrize("prop", ["partition", "entropy"])
+def test_gradcheck_edges(prop):
+    g = torch.Generator().manual_seed(2)
+    edges = torch.randn(2, 5, 4, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([6, 4])
+    assert torch.autograd.gradcheck(lambda e: getattr(sf.SemiMarkovCRF(e, lengths=lengths), prop), (edges,))
+
+
+def test_gradcheck_cross_entropy_both_sides():
+    g = torch.Generator().manual_seed(4)
+    B, T, K, C = 1, 5, 2, 2
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    p_scores, q_scores, trans, dur = r(B, T, C), r(B, T, C), r(C, C), r(K, C)
+
+    def f(ps, qs, trans):
+        p = sf.SemiMarkovCRF(sf.SegmentPotentials(ps, transition=trans, duration=dur))
+        q = sf.SemiMarkovCRF(sf.SegmentPotentials(qs, transition=trans * 0.5, duration=dur))
+        return p.kl(q)
+
+    assert torch.autograd.gradcheck(f, (p_scores, q_scores, trans))
+
+
+_LONG_RUN = textwrap.dedent(
+    """
+    import json, resource, sys, time, torch
+    import semiring_flash as sf
+    torch.set_num_threads(2)
+    T, K, C, work = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(1, T, C, generator=g).requires_grad_()
+    trans = torch.randn(C, C, generator=g).requires_grad_()
+    dur = torch.randn(K, C, generator=g).requires_grad_()
+    t0 = time.time()
+    if work:
+        pots = sf.SegmentPotentials(scores, transition=trans, duration=dur)
+        z = sf.SemiMarkovCRF(pots, backend="torch").partition
+        z.sum().backward()
+        assert torch.isfinite(z).all() and torch.isfinite(scores.grad).all()
+        assert abs(float(scores.grad.sum(-1).mean()) - 1.0) < 1e-3  # token posteriors sum to 1
+    print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "seconds": time.time() - t0}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_long_run_memory_far_below_edge_tensor():
+    T, K, C = 200_000, 32, 8
+
+    def run(work):
+        out = subprocess.run(
+            [sys.executable, "-c", _LONG_RUN, str(T), str(K), str(C), "1" if work else "0"],
+            capture_output=True, text=True, check=True, env={**os.environ},
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    base, full = run(False), run(True)
+    extra = (full["maxrss_kb"] - base["maxrss_kb"]) * 1024
+    edge_bytes = T * (K + 1) * C * C * 4
+    print(f"extra peak RSS {extra / 2**20:.0f} MiB vs edge tensor {edge_bytes / 2**20:.0f} MiB; {full['seconds']:.0f} s")
+    assert extra < edge_bytes / 10
