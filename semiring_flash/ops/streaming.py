@@ -1,11 +1,12 @@
 """Checkpointed streaming semi-CRF engine in PyTorch, for any semiring.
 
 Forward keeps a ring of the last K states, (S, B, K, C), and stores it (with
-the float64 running normaliser) every Δ ≈ √(T·K) steps. Backward walks the
-blocks in reverse: it recomputes one block's steps under autograd, starting
-from its checkpoint, and back-propagates the adjoint of the ring carried over
-from the block after it. Gradients are therefore exactly autograd's through
-the dense DP, while memory is O((T/Δ)·K·C + Δ·K·C) instead of O(T·K·C).
+the float64 running normaliser) every Δ steps (``default_checkpoint_every``).
+Backward walks the blocks in reverse: it recomputes one block's steps under
+autograd, starting from its checkpoint, and back-propagates the adjoint of the
+ring carried over from the block after it. Gradients are therefore exactly
+autograd's through the dense DP, while memory is O((T/Δ)·K·C + Δ·K·C)
+instead of O(T·K·C).
 
 Two input kinds share the machinery (``_Recurrence`` subclasses):
 
@@ -34,6 +35,12 @@ __all__ = ["factored_scan", "edge_scan", "default_checkpoint_every"]
 
 
 def default_checkpoint_every(T: int, K: int) -> int:
+    """Steps between checkpoints: Δ ≈ √(T·K) (DESIGN.md).
+
+    Checkpoints then cost (T/Δ)·K·C = √(T·K)·C. The block being recomputed
+    under autograd keeps a few K·C-sized intermediates per step (Δ·K·C); the
+    Triton kernels, which store only C-sized states, stay at O(√(T·K)·C).
+    """
     return max(1, min(T, int(math.ceil(math.sqrt(T * K)))))
 
 
@@ -155,17 +162,20 @@ class _FactoredRecurrence(_Recurrence):
         sb = self._start_bias(views)
         if sb is not None:
             lo_b, _ = self.clip(5, t0, t1)
-            sb = _pad_window(sb, 2, (t0 + 1) - lo_b, (t1 + 1) - lo_b, 0.0)  # (P,B,nb,C)
+            sb = _pad_window(sb, 2, (t0 + 1) - lo_b, (t1 + 1) - lo_b, 0.0).unbind(2)  # nb × (P,B,C)
+        # unbind once: indexing w[:, :, i] per step would make autograd zero-fill
+        # a whole-block gradient at every step (quadratic in the block length)
+        w = w.unbind(2)
         for i in range(nb):
             t = t0 + 1 + i
-            alpha = sr.sum(sr.mul_potential(ring, w[:, :, i]), -2)  # (S,B,C)
+            alpha = sr.sum(sr.mul_potential(ring, w[i]), -2)  # (S,B,C)
             if t in self.record_set:
                 records[t] = sr.sum(sr.mul_potential(alpha, end), -1)
             if t == t1 and t == self.t_max:
                 break  # nothing after the last length needs τ
             tau = sr.matmul(alpha, trans)
             if sb is not None:
-                tau = sr.mul_potential(tau, sb[:, :, i])
+                tau = sr.mul_potential(tau, sb[i])
             ring = self.push(ring, tau, shifts)
         return ring
 
@@ -197,9 +207,10 @@ class _EdgeRecurrence(_Recurrence):
         valid = n >= 0
         e = edges[:, :, (n - lo).clamp(min=0), (K - j).expand(nb, K)]  # (P,B,nb,K,C,C')
         e = torch.where(valid.view(1, 1, nb, K, 1, 1), e, torch.full((), float("-inf"), dtype=e.dtype, device=dev))
+        e = e.unbind(2)  # see _FactoredRecurrence.steps
         for i in range(nb):
             tt = t0 + 1 + i
-            x = sr.mul_potential(ring.unsqueeze(-2), e[:, :, i])  # (S,B,K,C,C')
+            x = sr.mul_potential(ring.unsqueeze(-2), e[i])  # (S,B,K,C,C')
             alpha = sr.sum_dims(x, (2, 4))  # (S,B,C)
             if tt in self.record_set:
                 records[tt] = sr.sum(alpha, -1)
