@@ -44,6 +44,10 @@ def default_checkpoint_every(T: int, K: int) -> int:
     return max(1, min(T, int(math.ceil(math.sqrt(T * K)))))
 
 
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def _pad_window(x: torch.Tensor, dim: int, lo: int, hi: int, fill: float) -> torch.Tensor:
     """x[lo:hi] along dim, padding with ``fill`` where lo < 0 or hi > size."""
     size = x.shape[dim]
@@ -143,9 +147,14 @@ class _FactoredRecurrence(_Recurrence):
         ring = sr.zero((self.B, K - 1, self.C), self.dtype, tau0.device)
         return torch.cat([ring, tau0.unsqueeze(2)], 2)
 
-    def steps(self, ring, views, t0, t1, records, shifts):
-        sr, K = self.sr, self.K
-        cum, trans, dur, _, end = views[:5]
+    def block_inputs(self, views, t0, t1):
+        """Per-step potentials of steps t0+1..t1, computed vectorised for the block.
+
+        Returns (w, sb): w[i] (P,B,K,C) is slot j's segment + duration (+ bias)
+        score at step t0+1+i; sb[i] (P,B,C) the start bias of τ(t0+1+i) or None.
+        """
+        K = self.K
+        cum, dur = views[0], views[2]
         nb = t1 - t0
         lo, _ = self.clip(0, t0, t1)
         cw = _pad_window(cum, 2, (t0 + 1 - K) - lo, (t1 + 1) - lo, 0.0)  # (P,B,nb+K,C)
@@ -162,15 +171,24 @@ class _FactoredRecurrence(_Recurrence):
         sb = self._start_bias(views)
         if sb is not None:
             lo_b, _ = self.clip(5, t0, t1)
-            sb = _pad_window(sb, 2, (t0 + 1) - lo_b, (t1 + 1) - lo_b, 0.0).unbind(2)  # nb × (P,B,C)
+            sb = _pad_window(sb, 2, (t0 + 1) - lo_b, (t1 + 1) - lo_b, 0.0)  # (P,B,nb,C)
+        return w, sb
+
+    def steps(self, ring, views, t0, t1, records, shifts, trace=None, inputs=None):
+        sr = self.sr
+        trans, end = views[1], views[4]
+        w, sb = inputs if inputs is not None else self.block_inputs(views, t0, t1)
         # unbind once: indexing w[:, :, i] per step would make autograd zero-fill
         # a whole-block gradient at every step (quadratic in the block length)
         w = w.unbind(2)
-        for i in range(nb):
+        sb = sb.unbind(2) if sb is not None else None
+        for i in range(t1 - t0):
             t = t0 + 1 + i
             alpha = sr.sum(sr.mul_potential(ring, w[i]), -2)  # (S,B,C)
             if t in self.record_set:
                 records[t] = sr.sum(sr.mul_potential(alpha, end), -1)
+            if trace is not None:
+                trace.append((ring, alpha))
             if t == t1 and t == self.t_max:
                 break  # nothing after the last length needs τ
             tau = sr.matmul(alpha, trans)
@@ -178,6 +196,66 @@ class _FactoredRecurrence(_Recurrence):
                 tau = sr.mul_potential(tau, sb[i])
             ring = self.push(ring, tau, shifts)
         return ring
+
+    # -- hand-written reverse sweep (Log and Max, one distribution) ------------------
+    def has_fast_backward(self):
+        return self.sr.name in ("log", "max") and self.sr.n_potentials == 1 and not self.has_seg_bias
+
+    def _local(self, x, out, dim):
+        """∂out/∂x for out = ⊕ x along dim: softmax (log) or the argmax one-hot (max)."""
+        if self.sr.name == "log":
+            return (x - _finite(out).unsqueeze(dim)).exp()
+        idx = x.argmax(dim, keepdim=True)
+        return torch.zeros_like(x).scatter_(dim, idx, 1.0)
+
+    def fast_backward(self, ring_in, views, t0, t1, adj_ring, grad_value):
+        """Adjoints of (w, sb, trans, end, ring_in) for one block, without autograd.
+
+        Recomputes the block's states (rings and α), then sweeps t = t1..t0+1:
+        G is the adjoint of the ring after step t; τ(t) sits in its last slot.
+        """
+        K = self.K
+        trans, end = views[1][0].detach(), views[4][0].detach()
+        with torch.no_grad():
+            detached = [v.detach() for v in views]
+            w, sb = self.block_inputs(detached, t0, t1)
+            trace = []
+            self.steps(ring_in.detach(), detached, t0, t1, {}, [], trace, inputs=(w, sb))
+        w = w[0]  # (B,nb,K,C)
+        B, C = self.B, self.C
+        G = adj_ring[0] if adj_ring is not None else torch.zeros(B, K, self.C, dtype=self.dtype, device=w.device)
+        gw = torch.zeros_like(w)
+        gsb = torch.zeros(B, t1 - t0, C, dtype=self.dtype, device=w.device) if sb is not None else None
+        g_trans = torch.zeros_like(trans)
+        g_end = torch.zeros_like(end)
+        gv = grad_value[0].to(self.dtype)
+        for i in range(len(trace) - 1, -1, -1):
+            t = t0 + 1 + i
+            ring, alpha = trace[i]
+            ring, alpha = ring[0], alpha[0]  # (B,K,C), (B,C)
+            g_alpha = torch.zeros_like(alpha)
+            if not (t == t1 and t == self.t_max):
+                g_tau = G[:, K - 1]
+                if gsb is not None:
+                    gsb[:, i] = g_tau
+                x = alpha.unsqueeze(-1) + trans  # (B,C',C)
+                tau_raw = self.sr.sum(x.unsqueeze(0), -2)[0]
+                P = self._local(x, tau_raw, 1) * g_tau.unsqueeze(1)
+                g_trans += P
+                g_alpha += P.sum(-1)
+                G = torch.cat([torch.zeros_like(G[:, :1]), G[:, : K - 1]], 1)
+            if t in self.record_set:
+                sel = (self.lengths == t).to(self.dtype) * gv
+                x = alpha + end
+                v = self.sr.sum(x.unsqueeze(0), -1)[0]
+                Q = self._local(x, v, 1) * sel.unsqueeze(1)
+                g_end += Q
+                g_alpha += Q
+            x = ring + w[:, i]
+            q = self._local(x, alpha, 1) * g_alpha.unsqueeze(1)  # (B,K,C)
+            gw[:, i] = q
+            G = G + q
+        return gw.unsqueeze(0), (gsb.unsqueeze(0) if gsb is not None else None), g_trans.unsqueeze(0), g_end.unsqueeze(0), G.unsqueeze(0)
 
 
 class _EdgeRecurrence(_Recurrence):
@@ -259,25 +337,45 @@ class _StreamingScan(torch.autograd.Function):
         need = ctx.needs_input_grad[2:]
         grads = [torch.zeros_like(x) if n else None for x, n in zip(inputs, need)]
         adj_ring = None
+        fast = getattr(rec, "has_fast_backward", lambda: False)()
         for (t0, t1), ck in zip(reversed(blocks), reversed(checkpoints)):
             views = rec.views(inputs, t0, t1)
             with torch.enable_grad():
                 leaves = [v.detach().requires_grad_(n) for v, n in zip(views, need)]
                 ring_in = ck.detach().requires_grad_() if ck is not None else rec.prologue(leaves)
-                records = {}
-                ring_out = rec.steps(ring_in, leaves, t0, t1, records, [])
-                outs, gouts = [], []
-                if adj_ring is not None:
-                    outs.append(ring_out)
-                    gouts.append(adj_ring)
-                for t, v in records.items():
-                    sel = (rec.lengths == t).view(1, -1).to(grad_value.dtype)
-                    outs.append(v)
-                    gouts.append((grad_value * sel).to(v.dtype))
                 wrt = [l for l, n in zip(leaves, need) if n]
                 if ck is not None:
                     wrt.append(ring_in)
-                gs = torch.autograd.grad(outs, wrt, gouts, allow_unused=True) if wrt else []
+                if fast:
+                    gw, gsb, g_trans, g_end, g_ring = rec.fast_backward(ring_in, leaves, t0, t1, adj_ring, grad_value)
+                    w, sb = rec.block_inputs(leaves, t0, t1)
+                    outs, gouts = [w, leaves[1], leaves[4]], [gw, g_trans, g_end]
+                    if sb is not None:
+                        outs.append(sb)
+                        gouts.append(gsb)
+                    if ck is None:  # the ring at t = 0 is built from tau0 (and the start bias)
+                        outs.append(ring_in)
+                        gouts.append(g_ring)
+                    outs_needing = [(o, g) for o, g in zip(outs, gouts) if o.requires_grad]
+                    gs = torch.autograd.grad(
+                        [o for o, _ in outs_needing], [x for x in wrt if x is not ring_in],
+                        [g for _, g in outs_needing], allow_unused=True,
+                    ) if outs_needing and [x for x in wrt if x is not ring_in] else []
+                    gs = list(gs)
+                    if ck is not None:
+                        gs.append(g_ring)
+                else:
+                    records = {}
+                    ring_out = rec.steps(ring_in, leaves, t0, t1, records, [])
+                    outs, gouts = [], []
+                    if adj_ring is not None:
+                        outs.append(ring_out)
+                        gouts.append(adj_ring)
+                    for t, v in records.items():
+                        sel = (rec.lengths == t).view(1, -1).to(grad_value.dtype)
+                        outs.append(v)
+                        gouts.append((grad_value * sel).to(v.dtype))
+                    gs = torch.autograd.grad(outs, wrt, gouts, allow_unused=True) if wrt else []
             gs = list(gs)
             if ck is not None:
                 adj_ring = gs.pop()
