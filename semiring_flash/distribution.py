@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import Distribution
 
-from .ops.autograd import check_backend, edge_value, factored_inputs, factored_value
+from .ops.autograd import check_backend, edge_value, factored_inputs, factored_value, factored_viterbi
 from .potentials import SegmentPotentials
 from .segmentation import Segmentation
 from .semirings import (
@@ -143,6 +143,10 @@ class SemiMarkovCRF(Distribution):
     def argmax(self):
         """The Viterbi structure: one-hot edges, or a :class:`Segmentation` (factored)."""
         if self.factored:
+            inputs = factored_inputs([self.potentials.detach()])
+            path = factored_viterbi(inputs, self.backend)
+            if path is not None:
+                return Segmentation(*path, inputs.lengths)
             ind, lengths = self._struct(MaxSemiring).start_indicators(self.potentials)
             return Segmentation.from_start_labels(ind[0], lengths)
         return self._struct(MaxSemiring).marginals(self.potentials, self._edge_lengths())
@@ -152,7 +156,11 @@ class SemiMarkovCRF(Distribution):
         return self.argmax
 
     def topk(self, k: int):
-        """The k best structures: (k, B, ...) one-hot edges, or a Segmentation with (k, B, T)."""
+        """The k best structures: (k, B, ...) one-hot edges, or a Segmentation with (k, B, T).
+
+        When a sequence has fewer than k segmentations, the extra channels are
+        empty: all-zero edges, or labels −1 with no starts.
+        """
         if self.factored:
             ind, lengths = self._struct(KMaxSemiring(k)).start_indicators(self.potentials)
             return Segmentation.from_start_labels(ind, lengths)

@@ -76,7 +76,7 @@ class Segmentation:
         last_start = torch.where(starts, t, torch.zeros_like(t)).cummax(-1).values
         labels = first.gather(-1, last_start)
         seg = cls(labels, starts, lengths)
-        ok = seg.valid()
+        ok = seg.valid() & starts.cummax(-1).values  # an all-zero indicator is an empty structure
         seg.labels = torch.where(ok, labels, torch.full_like(labels, -1))
         seg.starts = starts & ok
         return seg

@@ -91,6 +91,15 @@ def _masked_dot(parts: torch.Tensor, potentials: torch.Tensor, dims: int) -> tor
     return prod.flatten(-dims).sum(-1)
 
 
+def _drop_empty_channels(grads: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Zero the indicators of channels whose value is −inf (k beyond the number of structures).
+
+    Their gradient would otherwise point at an arbitrary (repeated) structure.
+    """
+    alive = (value > float("-inf")).to(grads.dtype)
+    return grads * alive.reshape(alive.shape + (1,) * (grads.dim() - alive.dim()))
+
+
 class SemiMarkov:
     """Semi-Markov struct over a semiring (torch-struct's ``SemiMarkov``).
 
@@ -135,7 +144,9 @@ class SemiMarkov:
             v = edge_value(sr, leaf, tokens, self.backend)
             objs = [v[k].sum() for k in range(v.shape[0])] if _raw else [sr.unconvert(v).sum()]
             grads = [torch.autograd.grad(o, leaf, retain_graph=True)[0] for o in objs]
-        return torch.stack(grads, 0) if _raw else grads[0]
+        if _raw:
+            return _drop_empty_channels(torch.stack(grads, 0), v)
+        return grads[0]
 
     def _factored_marginals(self, pots: SegmentPotentials, raw: bool):
         sr = self.semiring
@@ -177,7 +188,7 @@ class SemiMarkov:
             v = factored_value(sr, inp, self.backend, start_bias=start_bias)
             n = v.shape[0] if channels is None else channels
             grads = [torch.autograd.grad(v[k].sum(), start_bias, retain_graph=k + 1 < n)[0] for k in range(n)]
-        return torch.stack(grads, 0), inp.lengths
+        return _drop_empty_channels(torch.stack(grads, 0), v[:n]), inp.lengths
 
     def segment_marginals(self, pots: SegmentPotentials) -> torch.Tensor:
         """(B, T, K, C): P(segment starting at t, duration d (index d-1), label c). O(T·K·C) memory."""

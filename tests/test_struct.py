@@ -52,3 +52,13 @@ def test_struct_accepts_factored_potentials():
     torch.testing.assert_close(st.sum(pots), sf.SemiMarkovCRF(pots).partition)
     m = st.marginals(pots)
     assert isinstance(m, sf.FactoredMarginals) and m.token.shape == (2, 6, 2)
+
+
+def test_topk_beyond_the_number_of_segmentations_gives_empty_channels():
+    # T=2, K=2, C=1 has exactly two segmentations: [0,1)[1,2) and [0,2).
+    pots = sf.SegmentPotentials(torch.tensor([[[0.3], [-0.2]]]), transition=torch.zeros(1, 1), duration=torch.tensor([[0.5], [0.1]]))
+    dist = sf.SemiMarkovCRF(pots)
+    assert dist.kmax(4)[2:].isneginf().all()
+    assert dist.topk(4).segments() == [[(0, 1, 0), (1, 2, 0)], [(0, 2, 0)], [], []]
+    edges = sf.SemiMarkovCRF(pots.to_edges()).topk(4)
+    assert edges.flatten(1).sum(-1).tolist() == [2.0, 1.0, 0.0, 0.0]

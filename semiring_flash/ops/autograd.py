@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..potentials import SegmentPotentials
-from ..semirings import Semiring
+from ..semirings import MaxSemiring, Semiring
 from . import streaming
 
 BACKENDS = ("auto", "torch", "triton")
@@ -39,12 +39,12 @@ def resolve_backend(backend: str, device: torch.device, semiring: Semiring, extr
     for); 'triton' insists, and runs on CPU tensors under TRITON_INTERPRET=1.
     """
     check_backend(backend)
-    if backend == "torch":
-        return "torch"
+    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
+        return "torch"  # auto on CPU never imports Triton
     kernels, err = _triton_module()
     supported = semiring.name in _TRITON_SEMIRINGS and semiring.n_potentials == 1 and not extras
     if backend == "auto":
-        return "triton" if (kernels is not None and device.type == "cuda" and supported) else "torch"
+        return "triton" if (kernels is not None and supported) else "torch"
     if kernels is None:
         raise NotImplementedError(f"backend='triton' is unavailable: {err}")
     if not supported:
@@ -127,3 +127,15 @@ def edge_value(
         kernels, _ = _triton_module()
         return kernels.edge_scan_triton(semiring, edges, lengths)
     return streaming.edge_scan(semiring, edges, lengths, checkpoint_every=checkpoint_every)
+
+
+def factored_viterbi(inputs: FactoredInputs, backend: str = "auto"):
+    """(labels, starts) of the best segmentation from the Triton Viterbi kernel
+    (forward with backpointers + device backtrace), or None when the torch
+    engine is chosen (callers then take the max-semiring gradient)."""
+    if resolve_backend(backend, inputs.cum.device, MaxSemiring) != "triton":
+        return None
+    kernels, _ = _triton_module()
+    tau0 = entry_value(MaxSemiring, inputs.entry, inputs.transition.dtype)
+    _, labels, starts = kernels.viterbi_triton(inputs.cum, inputs.transition, inputs.duration, tau0, inputs.end, inputs.lengths)
+    return labels, starts
