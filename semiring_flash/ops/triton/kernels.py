@@ -1,0 +1,622 @@
+"""Streaming semi-CRF scan kernels: one forward template, one backward template.
+
+Both are specialised at compile time by the semiring (``SR``, pieces from
+``semiring.py``), the edge source (``EDGES``: on-the-fly factored potentials
+from float64 prefix sums, or streamed torch-struct edges) and options
+(``HAS_SB``: start bias; ``SAVE_CK``: store checkpoints). T is a runtime
+argument: one compilation serves every length.
+
+Layout. One program scans one sequence (``program_id(0)`` = batch row b) for
+exactly L_b steps. Labels lie across lanes, durations along the other tile
+axis, semiring channels last: a step is a handful of tile ops on
+(KP, CP, SP) (factored) or (KP·CP, CP, SP) (edges) tiles.
+
+Tape. Each program owns a circular *tape* in global memory, rows indexed by
+position mod R (R a power of two: ≥ K+1 in a plain forward, ≥ Δ + 2K + 1 in
+backward), each row stored twice (slot and slot + R) so that any window of
+K consecutive rows is contiguous (addresses = scalar + loop-invariant tile):
+  VAL   ring value of the position: τ(t) (factored, after the start bias) or α(t) (edges)
+  OUT   α(t) (factored)                 TPRE  τ(t) before the start bias (factored)
+  RA/RT routes of the α / τ sums (max, kmax)   ADJ  adjoint of α(t) (backward)
+  AM/AZ, TM/TZ  max and sum of the α / τ logsumexps (log, entropy): the backward
+        uses exactly normalised weights exp(x - m) / z (see semiring.vjp)
+  BASE  (2R, 2) float64 normalisers: every stored value of row t is relative to BASE(t).
+BASE(t+1) = BASE(t) + shift(α(t)) (float64), so fp32 values stay O(1) at
+any T; a window read adds float64 differences BASE(p) - BASE(t) rounded
+once. A step writes one row and reads the K rows before it, so a CTA-wide
+barrier separates steps (besides the compiler's own for cross-warp reductions).
+Short sequences whose whole tape fits ``launch.STORE_ALL_BYTES`` keep every
+row in the forward (FULL) and the backward skips its recompute (RECOMPUTE off).
+
+Checkpoints. Every Δ steps (Δ ≈ √(T·K)) the forward keeps the K ring rows
+before the block border (VAL + BASE). The backward walks blocks in reverse:
+it reloads the checkpoint, recomputes the block's rows (values, routes),
+then runs the adjoint recursion over the block in reverse, reading the K
+rows after each position (the next block's rows survive on the tape since
+R > Δ + 2K). Memory: O((T/Δ)·K·C + Δ·C) per sequence.
+
+Backward = the vector-Jacobian products of the forward ops, in the order
+autograd through the dense DP would apply them; every gradient element is
+written once by one program (no atomics): bitwise deterministic.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .semiring import mul_pot, one_value, plus0, potgrad, shift, vjp, zero_value
+
+
+# --------------------------------------------------------------------------------------
+# shared bits
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _offset(bp0, bp1, bq0, bq1, s_idx, SR: tl.constexpr):
+    """float64 normaliser difference BASE(p) - BASE(q), per channel group."""
+    if SR == 2:
+        return tl.where(s_idx == 1, bp1 - bq1, bp0 - bq0)
+    else:
+        return bp0 - bq0
+
+
+@triton.jit
+def _row0(tau0_ptr, sb_b, b, B, C, S: tl.constexpr, CP: tl.constexpr, SP: tl.constexpr,
+          SR: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr):
+    """The state at position 0: τ(0) ⊗ start_bias[0] (factored) or 1̄ (edges)."""
+    c2 = tl.arange(0, CP)[:, None]
+    s2 = tl.arange(0, SP)[None, :]
+    ok = (c2 < C) & (s2 < S)
+    if EDGES:
+        v0 = tl.where(ok, one_value(s2, SR), zero_value(s2, SR)).to(tau0_ptr.dtype.element_ty)
+    else:
+        v0 = tl.load(tau0_ptr + s2 * (B * C) + b * C + c2, mask=ok, other=0.0)
+        v0 = tl.where(ok, v0, zero_value(s2, SR))
+        if HAS_SB:
+            v0 = mul_pot(v0, tl.load(sb_b + c2, mask=c2 < C, other=0.0), s2, SR)
+    return v0
+
+
+@triton.jit
+def _store_row(ptr_b, slot, v, CP: tl.constexpr, SP: tl.constexpr):
+    c2 = tl.arange(0, CP)[:, None]
+    s2 = tl.arange(0, SP)[None, :]
+    tl.store(ptr_b + slot * (CP * SP) + c2 * SP + s2, v)
+
+
+# --------------------------------------------------------------------------------------
+# forward steps
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _load_bases(tb_b, rows, ok, SR: tl.constexpr):
+    b0 = tl.load(tb_b + rows * 2, mask=ok, other=0.0)
+    if SR == 2:
+        b1 = tl.load(tb_b + rows * 2 + 1, mask=ok, other=0.0)
+    else:
+        b1 = b0
+    return b0, b1
+
+
+@triton.jit
+def _store_row2(ptr_b, slot, R, v, CP: tl.constexpr, SP: tl.constexpr):
+    """Store a row at its slot and at its mirror slot + R (windows are then contiguous)."""
+    c2 = tl.arange(0, CP)[:, None]
+    s2 = tl.arange(0, SP)[None, :]
+    o = c2 * SP + s2
+    tl.store(ptr_b + slot * (CP * SP) + o, v)
+    tl.store(ptr_b + (slot + R) * (CP * SP) + o, v)
+
+
+@triton.jit
+def _store_base2(tb_b, slot, R, base0, base1):
+    tl.store(tb_b + slot * 2, base0)
+    tl.store(tb_b + slot * 2 + 1, base1)
+    tl.store(tb_b + (slot + R) * 2, base0)
+    tl.store(tb_b + (slot + R) * 2 + 1, base1)
+
+
+@triton.jit
+def _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
+                  tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                  SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr,
+                  KP: tl.constexpr, SP: tl.constexpr, HAS_SB: tl.constexpr, FULL: tl.constexpr):
+    """α(t) = ⊕_d τ(t-d) ⊗ w(t, d);  τ(t) = (⊕_c' α(t, c') ⊗ trans[c', ·]) ⊗ sb[t].
+
+    Window rows t-1, t-2, ..., t-K (tile row n = d-1) are read downwards from the
+    mirror slot of t-1, so every address is a scalar plus a loop-invariant tile.
+    """
+    n3 = tl.arange(0, KP)[:, None, None]  # duration d = n3 + 1
+    c3 = tl.arange(0, CP)[None, :, None]
+    s3 = tl.arange(0, SP)[None, None, :]
+    c2 = tl.arange(0, CP)[:, None]
+    s2 = tl.arange(0, SP)[None, :]
+    okr = (n3 < K) & (n3 < t)  # position t-1-n3 >= 0
+    okc = okr & (c3 < C) & (s3 < S)
+    top = ((t - 1) & (R - 1)) + R  # mirror slot of position t-1
+    x = tl.load(tv_b + top * (CP * SP) + (c3 * SP + s3 - n3 * (CP * SP)), mask=okc, other=0.0)
+    b0, b1 = _load_bases(tb_b, top - n3, okr, SR)
+    off = _offset(b0, b1, base0, base1, s3, SR).to(x.dtype)
+    cum_t = tl.load(cum_b + t * C + c3, mask=c3 < C, other=0.0)
+    cum_p = tl.load(cum_b + (t - 1) * C + (c3 - n3 * C), mask=okr & (c3 < C), other=0.0)
+    w = (cum_t - cum_p).to(x.dtype) + dur3
+    cand = tl.where(okc, mul_pot(x + off, w, s3, SR), zero_value(s3, SR))
+    alpha, ra, am, az = plus0(cand, SR, KK)  # (CP, SP)
+    tpre, rt, tm, tz = plus0(mul_pot(tl.expand_dims(alpha, 1), tr3, s3, SR), SR, KK)
+    if HAS_SB:
+        sbt = tl.load(sb_b + t * C + c2, mask=(c2 < C) & (t < T), other=0.0)
+        tau = mul_pot(tpre, sbt, s2, SR)
+    else:
+        tau = tpre
+    st = t & (R - 1)
+    _store_row2(tv_b, st, R, tau, CP, SP)
+    _store_row2(to_b, st, R, alpha, CP, SP)
+    _store_base2(tb_b, st, R, base0, base1)
+    if FULL:
+        if HAS_SB:
+            _store_row(tp_b, st, tpre, CP, SP)
+        if SR == 1 or SR == 3:
+            _store_row2(tra_b, st, R, ra, CP, SP)
+            _store_row(trt_b, st, rt, CP, SP)
+        if SR == 0 or SR == 2:
+            _store_row2(tam_b, st, R, am, CP, SP)
+            _store_row2(taz_b, st, R, az, CP, SP)
+            _store_row(ttm_b, st, tm, CP, SP)
+            _store_row(ttz_b, st, tz, CP, SP)
+    # the next normaliser comes from α(t): its label axis lies inside a warp (cheap reduction)
+    sh0, sh1 = shift(alpha, SR)
+    return base0 + sh0.to(tl.float64), base1 + sh1.to(tl.float64), tau, ra, rt
+
+
+@triton.jit
+def _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
+                   SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr,
+                   KP: tl.constexpr, SP: tl.constexpr, FULL: tl.constexpr):
+    """α(t, c) = ⊕_{d, c'} α(t-d, c') ⊗ edge[t-d, d, c, c'] (rows: (d, c'), columns: c)."""
+    i3 = tl.arange(0, KP * CP)[:, None, None]
+    dd = i3 // CP  # d - 1
+    cp = i3 % CP  # c'
+    c3 = tl.arange(0, CP)[None, :, None]
+    s3 = tl.arange(0, SP)[None, None, :]
+    okr = (dd < K) & (dd < t) & (cp < C)
+    top = ((t - 1) & (R - 1)) + R
+    x = tl.load(tv_b + top * (CP * SP) + (cp * SP + s3 - dd * (CP * SP)), mask=okr & (s3 < S), other=0.0)
+    b0, b1 = _load_bases(tb_b, top - dd, okr, SR)
+    off = _offset(b0, b1, base0, base1, s3, SR).to(x.dtype)
+    # edge[p, d, c, c'] with p = t-1-dd: ((t-1)(K+1) + dd(1-(K+1)) + 1) C² + c C + c'
+    e = tl.load(edge_b + (t - 1) * ((K + 1) * C * C) + ((1 - dd * K) * (C * C) + c3 * C + cp),
+                mask=okr & (c3 < C), other=0.0)
+    cand = tl.where(okr & (c3 < C) & (s3 < S), mul_pot(x + off, e, s3, SR), zero_value(s3, SR))
+    alpha, ra, am, az = plus0(cand, SR, KK)
+    st = t & (R - 1)
+    _store_row2(tv_b, st, R, alpha, CP, SP)
+    _store_base2(tb_b, st, R, base0, base1)
+    if FULL:
+        if SR == 1 or SR == 3:
+            _store_row2(tra_b, st, R, ra, CP, SP)
+        if SR == 0 or SR == 2:
+            _store_row2(tam_b, st, R, am, CP, SP)
+            _store_row2(taz_b, st, R, az, CP, SP)
+    sh0, sh1 = shift(alpha, SR)
+    return base0 + sh0.to(tl.float64), base1 + sh1.to(tl.float64), alpha, ra, ra
+
+
+# --------------------------------------------------------------------------------------
+# forward kernel
+# --------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["T", "R", "DELTA", "NBLK"])
+def scan_fwd_kernel(
+    cum_ptr, trans_ptr, dur_ptr, tau0_ptr, end_ptr, sb_ptr, edge_ptr, len_ptr,
+    value_ptr, tv_ptr, to_ptr, tp_ptr, tra_ptr, trt_ptr, tb_ptr, ckv_ptr, ckb_ptr,
+    bpa_ptr, bpt_ptr, fin_ptr, ckn_ptr, tam_ptr, taz_ptr, ttm_ptr, ttz_ptr,
+    B, T, C, K, R, DELTA, NBLK,
+    SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
+    SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, SAVE_CK: tl.constexpr,
+    BACKPTR: tl.constexpr, FULL: tl.constexpr,
+):
+    """Value (B, SP) float64 of the scan; optionally checkpoints (SAVE_CK) and, for
+    the max semiring, backpointers (BACKPTR: the routes of every α and τ sum,
+    (B, T+1, C) int16 each, and the final label, for a device-side backtrace)."""
+    b = tl.cast(tl.program_id(0), tl.int64)
+    L = tl.load(len_ptr + b).to(tl.int32)
+    tape = b * (2 * R) * (CP * SP)  # rows [0, 2R): slot and mirror slot + R
+    tv_b, to_b, tp_b = tv_ptr + tape, to_ptr + tape, tp_ptr + tape
+    tra_b, trt_b = tra_ptr + tape, trt_ptr + tape
+    tam_b, taz_b, ttm_b, ttz_b = tam_ptr + tape, taz_ptr + tape, ttm_ptr + tape, ttz_ptr + tape
+    tb_b = tb_ptr + b * (2 * R) * 2
+    cum_b = cum_ptr + b * (T + 1) * C
+    sb_b = sb_ptr + b * T * C
+    edge_b = edge_ptr + b * T * (K + 1) * C * C
+    ckv_b = ckv_ptr + b * NBLK * (KP * CP * SP)
+    ckb_b = ckb_ptr + b * NBLK * (KP * 2)
+
+    n3 = tl.arange(0, KP)[:, None, None]
+    c3 = tl.arange(0, CP)[None, :, None]
+    cr = tl.arange(0, CP)[:, None, None]
+    s3 = tl.arange(0, SP)[None, None, :]
+    c2 = tl.arange(0, CP)[:, None]
+    s2 = tl.arange(0, SP)[None, :]
+    # loop invariants: duration tile (d-1, c) and transition tile (c', c)
+    dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
+    tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
+
+    v0 = _row0(tau0_ptr, sb_b, b, B, C, S, CP, SP, SR, EDGES, HAS_SB)
+    zero64 = tl.zeros((), dtype=tl.float64)
+    _store_row2(tv_b, 0, R, v0, CP, SP)
+    _store_base2(tb_b, 0, R, zero64, zero64)
+    sh0, sh1 = shift(v0, SR)
+    base0 = sh0.to(tl.float64)
+    base1 = sh1.to(tl.float64)
+    tl.debug_barrier()
+    for t in range(1, L + 1):
+        bt0 = base0
+        bt1 = base1
+        if EDGES:
+            base0, base1, v, ra, rt = _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
+                                                     SR, KK, S, CP, KP, SP, FULL)
+        else:
+            base0, base1, v, ra, rt = _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
+                                                    tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                                                    SR, KK, S, CP, KP, SP, HAS_SB, FULL)
+        if BACKPTR:
+            bo = (b * (T + 1) + t) * C + c2
+            tl.store(bpa_ptr + bo + s2 * 0, ra.to(tl.int16), mask=(c2 < C) & (s2 == 0))
+            tl.store(bpt_ptr + bo + s2 * 0, rt.to(tl.int16), mask=(c2 < C) & (s2 == 0))
+        if SAVE_CK:
+            j = (t + DELTA - 1) // DELTA
+            r = t - j * DELTA + K - 1
+            ok = (r >= 0) & (j < NBLK)
+            ck = tl.cast((j * KP + r), tl.int64)
+            tl.store(ckv_b + ck * (CP * SP) + c2 * SP + s2, v, mask=ok & (c2 >= 0))
+            tl.store(ckb_b + ck * 2, bt0, mask=ok)
+            tl.store(ckb_b + ck * 2 + 1, bt1, mask=ok)
+            okn = ok & (r == K - 1)  # t = j·Δ: the base the block after the border starts from
+            tl.store(ckn_ptr + (b * NBLK + j) * 2, base0, mask=okn)
+            tl.store(ckn_ptr + (b * NBLK + j) * 2 + 1, base1, mask=okn)
+        tl.debug_barrier()
+
+    # value = ⊕_c α(L, c) [⊗ end[c]] + BASE(L)
+    sl = L & (R - 1)
+    okf = (cr < C) & (s3 < S)
+    if EDGES:
+        x = tl.load(tv_b + sl * (CP * SP) + cr * SP + s3)
+        x = tl.where(okf, x, zero_value(s3, SR))
+    else:
+        x = tl.load(to_b + sl * (CP * SP) + cr * SP + s3)
+        e3 = tl.load(end_ptr + b * C + cr, mask=cr < C, other=0.0)
+        x = tl.where(okf, mul_pot(x, e3, s3, SR), zero_value(s3, SR))
+    v, rv, _, _ = plus0(x, SR, KK)  # (1, SP)
+    bl0 = tl.load(tb_b + sl * 2)
+    bl1 = tl.load(tb_b + sl * 2 + 1)
+    if SR == 2:
+        vb = v.to(tl.float64) + tl.where(s2 == 1, bl1, bl0)
+    else:
+        vb = v.to(tl.float64) + bl0
+    tl.store(value_ptr + s2 * B + b, vb.to(value_ptr.dtype.element_ty), mask=s2 < S)  # (S, B)
+    if BACKPTR:
+        tl.store(fin_ptr + b + s2 * 0, rv, mask=s2 == 0)
+
+
+# --------------------------------------------------------------------------------------
+# backward steps
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
+              SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr,
+              KP: tl.constexpr, SP: tl.constexpr):
+    """Adjoint of τ(p) from α(p+d), d = 1..K, and the duration-potential adjoints (KP, CP).
+
+    Window rows p+1..p+K are read upwards from the slot of p+1 (through the mirror)."""
+    n3 = tl.arange(0, KP)[:, None, None]
+    c3 = tl.arange(0, CP)[None, :, None]
+    s3 = tl.arange(0, SP)[None, None, :]
+    okr = (n3 < K) & (n3 < L - p)  # q = p+1+n3 <= L
+    okc = okr & (c3 < C) & (s3 < S)
+    lo = (p + 1) & (R - 1)
+    rowq = lo * (CP * SP) + (n3 * (CP * SP) + c3 * SP + s3)
+    outq = tl.load(to_b + rowq, mask=okc, other=0.0)
+    adjq = tl.load(ta_b + rowq, mask=okc, other=0.0)
+    if SR == 1 or SR == 3:
+        raq = tl.load(tra_b + rowq, mask=okc, other=0)
+    else:
+        raq = 0
+    if SR == 0 or SR == 2:
+        amq = tl.load(tam_b + rowq, mask=okc, other=0.0)
+        azq = tl.load(taz_b + rowq, mask=okc, other=0.0)
+    else:
+        amq = 0.0
+        azq = 0.0
+    bq0, bq1 = _load_bases(tb_b, lo + n3, okr, SR)
+    sp = p & (R - 1)
+    vp = tl.load(tv_b + sp * (CP * SP) + (c3 * SP + s3), mask=(c3 < C) & (s3 < S), other=0.0)
+    bp0 = tl.load(tb_b + sp * 2)
+    bp1 = tl.load(tb_b + sp * 2 + 1)
+    off = _offset(bp0, bp1, bq0, bq1, s3, SR).to(vp.dtype)
+    cum_p = tl.load(cum_b + p * C + c3, mask=c3 < C, other=0.0)
+    cum_q = tl.load(cum_b + (p + 1) * C + (n3 * C + c3), mask=okr & (c3 < C), other=0.0)
+    w = (cum_q - cum_p).to(vp.dtype) + dur3
+    x = mul_pot(vp + off, w, s3, SR)
+    ct = tl.where(okc, vjp(x, outq, adjq, raq, amq, azq, n3, s3, SR, KK), 0.0)
+    a_tau = tl.sum(ct, axis=0)  # (CP, SP)
+    gd = potgrad(ct, s3, SR, 2)  # (KP, CP)
+    return a_tau, gd
+
+
+@triton.jit
+def _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
+               SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr,
+               SP: tl.constexpr, HAS_SB: tl.constexpr):
+    """Adjoint of α(p, c') from τ(p, c) through the transition (rows c, columns c')."""
+    cr = tl.arange(0, CP)[:, None, None]
+    cc = tl.arange(0, CP)[None, :, None]
+    s3 = tl.arange(0, SP)[None, None, :]
+    sp = p & (R - 1)
+    ap = tl.load(to_b + sp * (CP * SP) + cc * SP + s3)  # α(p, c') (1, CP, SP)
+    x = mul_pot(ap, trT3, s3, SR)
+    if HAS_SB:
+        outp = tl.load(tp_b + sp * (CP * SP) + cr * SP + s3)
+    else:
+        outp = tl.load(tv_b + sp * (CP * SP) + cr * SP + s3)
+    if SR == 1 or SR == 3:
+        rtp = tl.load(trt_b + sp * (CP * SP) + cr * SP + s3)
+    else:
+        rtp = 0
+    if SR == 0 or SR == 2:
+        tmp = tl.load(ttm_b + sp * (CP * SP) + cr * SP + s3)
+        tzp = tl.load(ttz_b + sp * (CP * SP) + cr * SP + s3)
+    else:
+        tmp = 0.0
+        tzp = 0.0
+    ct = vjp(x, outp, tl.expand_dims(a_tau, 1), rtp, tmp, tzp, cc, s3, SR, KK)
+    ct = tl.where((cr < C) & (cc < C) & (s3 < S), ct, 0.0)
+    a_alpha = tl.sum(ct, axis=0)  # (CP, SP) over c'
+    gt = potgrad(ct, s3, SR, 2)  # (CP c, CP c')
+    return a_alpha, gt
+
+
+@triton.jit
+def _edge_pull(p, L, C, K, R, edge_b, gedge_b, tv_b, tra_b, ta_b, tb_b, tam_b, taz_b,
+               SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr,
+               KP: tl.constexpr, SP: tl.constexpr):
+    """Adjoint of α(p, c') from α(p+d, c); writes the edge adjoints of segments starting at p."""
+    i3 = tl.arange(0, KP * CP)[:, None, None]
+    dd = i3 // CP  # d - 1
+    cd = i3 % CP  # destination label c
+    cc = tl.arange(0, CP)[None, :, None]  # source label c'
+    s3 = tl.arange(0, SP)[None, None, :]
+    okr = (dd < K) & (dd < L - p) & (cd < C)
+    okq = okr & (s3 < S)
+    lo = (p + 1) & (R - 1)
+    rowq = lo * (CP * SP) + (dd * (CP * SP) + cd * SP + s3)
+    outq = tl.load(tv_b + rowq, mask=okq, other=0.0)
+    adjq = tl.load(ta_b + rowq, mask=okq, other=0.0)
+    if SR == 1 or SR == 3:
+        raq = tl.load(tra_b + rowq, mask=okq, other=0)
+    else:
+        raq = 0
+    if SR == 0 or SR == 2:
+        amq = tl.load(tam_b + rowq, mask=okq, other=0.0)
+        azq = tl.load(taz_b + rowq, mask=okq, other=0.0)
+    else:
+        amq = 0.0
+        azq = 0.0
+    bq0, bq1 = _load_bases(tb_b, lo + dd, okr, SR)
+    sp = p & (R - 1)
+    vp = tl.load(tv_b + sp * (CP * SP) + cc * SP + s3, mask=(cc < C) & (s3 < S), other=0.0)
+    bp0 = tl.load(tb_b + sp * 2)
+    bp1 = tl.load(tb_b + sp * 2 + 1)
+    off = _offset(bp0, bp1, bq0, bq1, s3, SR).to(vp.dtype)
+    eoff = p * ((K + 1) * C * C) + ((dd + 1) * (C * C) + cd * C + cc)  # (KP·CP, CP, 1)
+    oke = okr & (cc < C)
+    e = tl.load(edge_b + eoff, mask=oke, other=0.0)
+    x = mul_pot(vp + off, e, s3, SR)
+    ct = tl.where(oke & (s3 < S), vjp(x, outq, adjq, raq, amq, azq, dd * CP + cc, s3, SR, KK), 0.0)
+    a_alpha = tl.sum(ct, axis=0)  # (CP c', SP)
+    ge = potgrad(ct, s3, SR, 2)  # (KP·CP, CP)
+    i2 = tl.arange(0, KP * CP)[:, None]
+    c2 = tl.arange(0, CP)[None, :]
+    ok2 = (i2 // CP < K) & (i2 // CP < L - p) & (i2 % CP < C) & (c2 < C)
+    tl.store(gedge_b + p * ((K + 1) * C * C) + ((i2 // CP + 1) * (C * C) + (i2 % CP) * C + c2), ge, mask=ok2)
+    return a_alpha
+
+
+@triton.jit
+def _final_pull(L, GV_S, C, R, gv_b, end_b, gend_b, tv_b, to_b,
+                SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr,
+                SP: tl.constexpr, EDGES: tl.constexpr):
+    """Adjoint of α(L, ·) from the value's adjoint; writes the end-potential adjoint."""
+    cr = tl.arange(0, CP)[:, None, None]
+    s3 = tl.arange(0, SP)[None, None, :]
+    sl = L & (R - 1)
+    okf = (cr < C) & (s3 < S)
+    if EDGES:
+        x = tl.load(tv_b + sl * (CP * SP) + cr * SP + s3)
+        x = tl.where(okf, x, zero_value(s3, SR))
+    else:
+        x = tl.load(to_b + sl * (CP * SP) + cr * SP + s3)
+        e3 = tl.load(end_b + cr, mask=cr < C, other=0.0)
+        x = tl.where(okf, mul_pot(x, e3, s3, SR), zero_value(s3, SR))
+    v, rv, vm, vz = plus0(x, SR, KK)  # (1, SP)
+    g = tl.load(gv_b + s3 * GV_S, mask=s3 < S, other=0.0)  # (1, 1, SP) from grad_value (S, B)
+    ct = tl.where(okf, vjp(x, tl.expand_dims(v, 0), g, tl.expand_dims(rv, 0), tl.expand_dims(vm, 0),
+                             tl.expand_dims(vz, 0), cr, s3, SR, KK), 0.0)
+    a_alpha = tl.sum(ct, axis=1)  # (CP, SP)
+    if not EDGES:
+        ge = potgrad(ct, s3, SR, 2)  # (CP, 1)
+        c2 = tl.arange(0, CP)[:, None]
+        tl.store(gend_b + c2, ge, mask=c2 < C)
+    return a_alpha
+
+
+# --------------------------------------------------------------------------------------
+# backward kernel
+# --------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["T", "R", "DELTA", "NBLK"])
+def scan_bwd_kernel(
+    cum_ptr, trans_ptr, dur_ptr, tau0_ptr, end_ptr, sb_ptr, edge_ptr, len_ptr, gv_ptr,
+    tv_ptr, to_ptr, tp_ptr, tra_ptr, trt_ptr, ta_ptr, tb_ptr, ckv_ptr, ckb_ptr,
+    tam_ptr, taz_ptr, ttm_ptr, ttz_ptr,
+    gcum_ptr, gtr_ptr, gdur_ptr, gtau0_ptr, gend_ptr, gsb_ptr, gedge_ptr, ckn_ptr,
+    B, T, C, K, R, DELTA, NBLK, GV_S, GV_B,
+    SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
+    SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, RECOMPUTE: tl.constexpr,
+):
+    """Gradients of the scan. RECOMPUTE: rebuild each block's tape rows from its
+    checkpoint (O(√(T·K)) memory); else the forward stored every row (one block)."""
+    b = tl.cast(tl.program_id(0), tl.int64)
+    L = tl.load(len_ptr + b).to(tl.int32)
+    tape = b * (2 * R) * (CP * SP)
+    tv_b, to_b, tp_b, ta_b = tv_ptr + tape, to_ptr + tape, tp_ptr + tape, ta_ptr + tape
+    tra_b, trt_b = tra_ptr + tape, trt_ptr + tape
+    tam_b, taz_b, ttm_b, ttz_b = tam_ptr + tape, taz_ptr + tape, ttm_ptr + tape, ttz_ptr + tape
+    tb_b = tb_ptr + b * (2 * R) * 2
+    cum_b = cum_ptr + b * (T + 1) * C
+    sb_b = sb_ptr + b * T * C
+    edge_b = edge_ptr + b * T * (K + 1) * C * C
+    gedge_b = gedge_ptr + b * T * (K + 1) * C * C
+    gcum_b = gcum_ptr + b * (T + 1) * C
+    gsb_b = gsb_ptr + b * T * C
+    ckv_b = ckv_ptr + b * NBLK * (KP * CP * SP)
+    ckb_b = ckb_ptr + b * NBLK * (KP * 2)
+
+    n3 = tl.arange(0, KP)[:, None, None]
+    c3 = tl.arange(0, CP)[None, :, None]
+    cr = tl.arange(0, CP)[:, None, None]
+    s3 = tl.arange(0, SP)[None, None, :]
+    c2 = tl.arange(0, CP)[:, None]
+    s2 = tl.arange(0, SP)[None, :]
+    c1 = tl.arange(0, CP)
+    dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
+    tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
+    trT3 = tl.load(trans_ptr + b * C * C + c3 * C + cr, mask=(cr < C) & (c3 < C), other=float("-inf"))
+    gdur = tl.zeros((KP, CP), dtype=dur3.dtype)
+    gtr = tl.zeros((CP, CP), dtype=dur3.dtype)
+
+    nb = (L + DELTA - 1) // DELTA
+    for jj in range(0, nb):
+        j = nb - 1 - jj
+        t0 = j * DELTA
+        t1 = tl.minimum(t0 + DELTA, L)
+        if RECOMPUTE:
+            # ---- prologue: ring rows t0-K+1..t0 from the checkpoint (or position 0) ----
+            if j == 0:
+                v0 = _row0(tau0_ptr, sb_b, b, B, C, S, CP, SP, SR, EDGES, HAS_SB)
+                zero64 = tl.zeros((), dtype=tl.float64)
+                _store_row2(tv_b, 0, R, v0, CP, SP)
+                _store_base2(tb_b, 0, R, zero64, zero64)
+                sh0, sh1 = shift(v0, SR)
+                base0 = sh0.to(tl.float64)
+                base1 = sh1.to(tl.float64)
+            else:
+                okr = n3 < K
+                slot = (t0 - K + 1 + n3) & (R - 1)
+                ck = tl.cast((j * KP + n3), tl.int64)
+                vals = tl.load(ckv_b + ck * (CP * SP) + c3 * SP + s3, mask=okr, other=0.0)
+                tl.store(tv_b + slot * (CP * SP) + c3 * SP + s3, vals, mask=okr)
+                tl.store(tv_b + (slot + R) * (CP * SP) + c3 * SP + s3, vals, mask=okr)
+                cb0 = tl.load(ckb_b + ck * 2, mask=okr, other=0.0)
+                cb1 = tl.load(ckb_b + ck * 2 + 1, mask=okr, other=0.0)
+                tl.store(tb_b + slot * 2, cb0, mask=okr)
+                tl.store(tb_b + slot * 2 + 1, cb1, mask=okr)
+                tl.store(tb_b + (slot + R) * 2, cb0, mask=okr)
+                tl.store(tb_b + (slot + R) * 2 + 1, cb1, mask=okr)
+                base0 = tl.load(ckn_ptr + (b * NBLK + j) * 2)
+                base1 = tl.load(ckn_ptr + (b * NBLK + j) * 2 + 1)
+            tl.debug_barrier()
+            # ---- recompute the block's rows ----
+            for t in range(t0 + 1, t1 + 1):
+                if EDGES:
+                    base0, base1, v, ra, rt = _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
+                                                             SR, KK, S, CP, KP, SP, True)
+                else:
+                    base0, base1, v, ra, rt = _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
+                                                    tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                                                    SR, KK, S, CP, KP, SP, HAS_SB, True)
+                tl.debug_barrier()
+        # ---- adjoints, positions t1 down to t0+1 (and 0 in the first block) ----
+        hi = t1
+        if t1 == L:
+            a_alpha = _final_pull(L, GV_S, C, R, gv_ptr + b * GV_B, end_ptr + b * C, gend_ptr + b * C, tv_b, to_b,
+                                  SR, KK, S, CP, SP, EDGES)
+            _store_row2(ta_b, L & (R - 1), R, a_alpha, CP, SP)
+            if not EDGES:
+                pa = potgrad(a_alpha, s2, SR, 1)
+                tl.store(gcum_b + L * C + c1, pa.to(tl.float64), mask=c1 < C)
+            hi = L - 1
+            tl.debug_barrier()
+        lo = t0 + 1
+        if EDGES:
+            if j == 0:
+                lo = lo - lo
+        for i in range(0, hi - lo + 1):
+            p = hi - i
+            if EDGES:
+                a_alpha = _edge_pull(p, L, C, K, R, edge_b, gedge_b, tv_b, tra_b, ta_b, tb_b, tam_b, taz_b,
+                                     SR, KK, S, CP, KP, SP)
+            else:
+                a_tau, gd = _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
+                                      SR, KK, S, CP, KP, SP)
+                a_alpha, gt = _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
+                                         SR, KK, S, CP, SP, HAS_SB)
+                gdur += gd
+                gtr += gt
+                pa = potgrad(a_alpha, s2, SR, 1)
+                pt = potgrad(a_tau, s2, SR, 1)
+                pp = p
+                tl.store(gcum_b + pp * C + c1, pa.to(tl.float64) - pt.to(tl.float64), mask=c1 < C)
+                if HAS_SB:
+                    tl.store(gsb_b + pp * C + c1, pt, mask=c1 < C)
+            _store_row2(ta_b, p & (R - 1), R, a_alpha, CP, SP)
+            tl.debug_barrier()
+        if not EDGES:
+            if j == 0:
+                a_tau, gd = _fac_pull(0, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
+                                      SR, KK, S, CP, KP, SP)
+                gdur += gd
+                pt = potgrad(a_tau, s2, SR, 1)
+                tl.store(gcum_b + c1, -pt.to(tl.float64), mask=c1 < C)
+                if HAS_SB:
+                    tl.store(gsb_b + c1, pt, mask=c1 < C)
+                tl.store(gtau0_ptr + s2 * (B * C) + b * C + c2, a_tau, mask=(c2 < C) & (s2 < S))
+    if not EDGES:
+        # rows past the sequence's end: zero (the buffers come uninitialised)
+        for r in range(L + 1, T + 1):
+            tl.store(gcum_b + r * C + c1, tl.zeros((CP,), dtype=tl.float64), mask=c1 < C)
+            if HAS_SB:
+                if r < T:
+                    tl.store(gsb_b + r * C + c1, tl.zeros((CP,), dtype=dur3.dtype), mask=c1 < C)
+        if HAS_SB:
+            tl.store(gsb_b + L * C + c1, tl.zeros((CP,), dtype=dur3.dtype), mask=(c1 < C) & (L < T))
+        k2 = tl.arange(0, KP)[:, None]
+        cc2 = tl.arange(0, CP)[None, :]
+        tl.store(gdur_ptr + b * K * C + k2 * C + cc2, gdur, mask=(k2 < K) & (cc2 < C))
+        # gtr[c, c'] is the adjoint of transition[c', c]
+        tl.store(gtr_ptr + b * C * C + cc2 * C + c2, gtr, mask=(c2 < C) & (cc2 < C))
+
+
+# --------------------------------------------------------------------------------------
+# Viterbi backtrace (max semiring, factored input)
+# --------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["T"])
+def backtrace_kernel(bpa_ptr, bpt_ptr, fin_ptr, len_ptr, labels_ptr, starts_ptr, T, C,
+                     KP: tl.constexpr):
+    """Walk the backpointers from (L, best final label) to 0, one segment per iteration.
+
+    labels (B, T) int64 and starts (B, T) int8 must be pre-filled (-1 / 0) past L.
+    Each iteration: two dependent loads (duration of the segment ending at t
+    with label c; the label before it), one vector store of the segment.
+    """
+    b = tl.cast(tl.program_id(0), tl.int64)
+    L = tl.load(len_ptr + b).to(tl.int32)
+    c = tl.load(fin_ptr + b).to(tl.int32)
+    o = tl.arange(0, KP)
+    t = L
+    while t > 0:
+        bo = (b * (T + 1) + t) * C + c
+        d = tl.load(bpa_ptr + bo).to(tl.int32) + 1
+        pos = t - d + o
+        ok = o < d
+        tl.store(labels_ptr + b * T + pos, (c + o * 0).to(tl.int64), mask=ok)
+        tl.store(starts_ptr + b * T + pos, (o == 0).to(tl.int8), mask=ok)
+        t = t - d
+        if t > 0:
+            c = tl.load(bpt_ptr + (b * (T + 1) + t) * C + c).to(tl.int32)

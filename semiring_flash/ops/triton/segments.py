@@ -1,0 +1,51 @@
+"""Viterbi segmentations on the device: one max-semiring forward pass that keeps
+backpointers, then a device-side backtrace (no per-position host round trip).
+
+Memory: the backpointers are two (B, T+1, C) int16 arrays, O(T·C) like the
+output itself; the scan state stays O(K·C). The path is the one the
+max-semiring gradient selects (same first-index tie-breaking).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .kernels import backtrace_kernel
+from .launch import _fwd, _Meta, _pow2
+
+__all__ = ["viterbi_triton"]
+
+
+class _MaxSR:
+    name, size, k, n_potentials = "max", 1, 1, 1
+
+
+def viterbi_triton(cum, transition, duration, tau0, end, lengths, start_bias=None):
+    """Best segmentation of factored potentials.
+
+    Same inputs as ``factored_scan_triton`` (tau0 (1, B, C) in the max semiring).
+    Returns ``(score (B,), labels (B, T) int64 with -1 past L, starts (B, T) bool)``.
+    Not differentiable (use the max-semiring gradient for that).
+    """
+    B, T1, C = cum.shape
+    T, K = T1 - 1, duration.shape[-2]
+    if K > 32767 or C > 32767:
+        raise ValueError("viterbi_triton stores int16 backpointers: K and C must be < 32768")
+    dev, dtype = cum.device, tau0.dtype
+    m = _Meta(_MaxSR(), B, T, K, C, dtype, dev, False, start_bias is not None)
+    with torch.no_grad():
+        cum_c = cum.detach().to(torch.float64).contiguous()
+        tr_c = transition.detach().to(dtype).contiguous()
+        dur_c = duration.detach().to(dtype).contiguous()
+        tau0_c = tau0.detach().to(dtype).contiguous()
+        end_c = end.detach().to(dtype).contiguous()
+        sb_c = start_bias.detach().to(dtype).contiguous() if start_bias is not None else cum_c
+        len_c = lengths.to(device=dev, dtype=torch.int64).contiguous()
+        bpa = torch.empty(B, T1, C, dtype=torch.int16, device=dev)
+        bpt = torch.empty(B, T1, C, dtype=torch.int16, device=dev)
+        fin = torch.empty(B, dtype=torch.int32, device=dev)
+        value, _ = _fwd(m, cum_c, tr_c, dur_c, tau0_c, end_c, sb_c, cum_c, len_c, False, (bpa, bpt, fin))
+        labels = torch.full((B, T), -1, dtype=torch.int64, device=dev)
+        starts = torch.zeros(B, T, dtype=torch.int8, device=dev)
+        backtrace_kernel[(B,)](bpa, bpt, fin, len_c, labels, starts, T, C, KP=max(2, _pow2(K)), num_warps=1)
+    return value[0], labels, starts.bool()

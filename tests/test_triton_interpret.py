@@ -1,0 +1,209 @@
+"""Triton kernels on CPU through TRITON_INTERPRET=1 (tiny sizes), against the dense float64 DP.
+
+Every semiring x input kind (factored / materialized edges) x mixed lengths x
+-inf structural zeros, forward and backward, with checkpoints small enough to
+force several blocks.
+
+TRITON_INTERPRET=1 must be in the environment before *triton itself* is first
+imported (setting it later gives "Cannot call @triton.jit'd outside of the
+scope of a kernel" from nested jit functions). Export it, or set it in
+tests/conftest.py; failing that this module sets it at collection time, which
+works when no earlier test module imported triton, and otherwise skips with
+that reason.
+"""
+
+import os
+import sys
+
+import pytest
+import torch
+
+_TRITON_ALREADY_IMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+if _TRITON_ALREADY_IMPORTED:
+    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set: export it (or set it in "
+                "tests/conftest.py) to run the interpreter tests", allow_module_level=True)
+
+triton = pytest.importorskip("triton")
+
+import semiring_flash as sf  # noqa: E402
+from semiring_flash.ops.autograd import entry_value  # noqa: E402
+from semiring_flash.ops.dense import dense_edges, dense_factored  # noqa: E402
+
+kernels = pytest.importorskip("semiring_flash.ops.triton")
+from semiring_flash.ops.triton.kernels import scan_fwd_kernel  # noqa: E402
+
+_INTERPRETED = type(scan_fwd_kernel).__name__ == "InterpretedFunction"
+pytestmark = [
+    pytest.mark.triton_interpret,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+    pytest.mark.skipif(not _INTERPRETED, reason="kernels compiled for a GPU (TRITON_INTERPRET unset at import)"),
+]
+
+NEG = float("-inf")
+SEMIRINGS = [sf.LogSemiring, sf.MaxSemiring, sf.EntropySemiring, sf.KMaxSemiring(3)]
+IDS = ["log", "max", "entropy", "kmax3"]
+
+
+def _factored(sr, B, T, K, C, seed, neg, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    cum = torch.cat([torch.zeros(B, 1, C, dtype=torch.float64), r(B, T, C).cumsum(1)], 1)
+    trans, dur, entry, end = r(B, C, C), r(B, K, C), r(B, C, C), r(B, C)
+    if neg:
+        trans[:, 0, C - 1] = NEG  # forbidden transition
+        dur[:, K - 1, 0] = NEG  # forbidden duration
+        end[:, 0] = NEG
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
+    tau0 = entry_value(sr, entry, torch.float64)
+    sb = 0.1 * r(B, T, C)
+    ins = [cum, trans.to(dtype), dur.to(dtype), tau0.to(dtype), end.to(dtype), sb.to(dtype)]
+    return [x.requires_grad_() for x in ins], lengths
+
+
+def _edges(B, T, K, C, seed, neg, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(B, T, K + 1, C, C, generator=g, dtype=torch.float64)
+    if neg:
+        e[:, :, 1, 0, :] = NEG
+        e[:, 2, :, :, C - 1] = NEG
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
+    return e.to(dtype).requires_grad_(), lengths
+
+
+def _dot(g, x):
+    return torch.where(g != 0, g * x, torch.zeros_like(x)).sum()
+
+
+def _check_grads(sr, a, b, ins, seed, tol):
+    """Log/entropy: gradients equal the dense DP's. Max/kmax: ties make the argmax
+    ambiguous, so check Euler's identity (Σ input·gradient = value, for any optimal
+    path) on a weighted sum of the finite channels, and that gradients are 0/±w."""
+    assert not torch.isnan(a).any()
+    w = torch.randn(a.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    w = torch.where(torch.isfinite(b), w, torch.zeros_like(w))
+    ga = torch.autograd.grad((a.nan_to_num(0, 0, 0) * w.to(a.dtype)).sum(), ins, allow_unused=True)
+    for x in ga:
+        assert x is None or not torch.isnan(x).any()
+    if sr.name in ("max", "kmax"):
+        # one weight per (channel, batch): each gradient entry is a sum of path counts times weights
+        total = sum(_dot(g.double(), x.detach().double()) for g, x in zip(ga, ins) if g is not None)
+        ref = (b.nan_to_num(0, 0, 0) * w).sum()
+        torch.testing.assert_close(total, ref, rtol=tol, atol=tol)
+        return
+    gb = torch.autograd.grad((b.nan_to_num(0, 0, 0) * w).sum(), ins, allow_unused=True)
+    for x, y in zip(ga, gb):
+        y = torch.zeros_like(x) if y is None else y
+        torch.testing.assert_close(x.double(), y.double(), rtol=tol, atol=tol)
+
+
+# "ckpt": checkpoints every 3 steps, the backward recomputes each block from its checkpoint;
+# "stored": short sequences keep the whole tape and the backward skips the recompute
+MODES = {"ckpt": 3, "stored": None}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("neg", [False, True], ids=["finite", "neginf"])
+@pytest.mark.parametrize("si", range(4), ids=IDS)
+def test_factored_fwd_bwd_vs_dense(si, neg, mode):
+    sr = SEMIRINGS[si]
+    ins, L = _factored(sr, 3, 9, 3, 3, seed=10 + si, neg=neg)
+    a = kernels.factored_scan_triton(sr, *ins[:5], L, start_bias=ins[5], checkpoint_every=MODES[mode])
+    b = dense_factored(sr, *ins[:5], L, start_bias=ins[5])
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    _check_grads(sr, a, b, ins, si, 1e-9)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("neg", [False, True], ids=["finite", "neginf"])
+@pytest.mark.parametrize("si", range(4), ids=IDS)
+def test_edges_fwd_bwd_vs_dense(si, neg, mode):
+    sr = SEMIRINGS[si]
+    e, L = _edges(3, 8, 3, 2, seed=20 + si, neg=neg)
+    a = kernels.edge_scan_triton(sr, e, L, checkpoint_every=MODES[mode])
+    b = dense_edges(sr, e, L)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    _check_grads(sr, a, b, [e], si, 1e-9)
+
+
+@pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
+def test_factored_no_start_bias_single_block_k_gt_t(si):
+    """K > T (every duration fits), one block, no start bias (HAS_SB off)."""
+    sr = SEMIRINGS[si]
+    ins, L = _factored(sr, 2, 4, 6, 2, seed=3, neg=False)
+    a = kernels.factored_scan_triton(sr, *ins[:5], L)
+    b = dense_factored(sr, *ins[:5], L)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    _check_grads(sr, a, b, ins[:5], 3, 1e-9)
+
+
+@pytest.mark.parametrize("si", [0, 2], ids=["log", "entropy"])
+def test_fp32_compute_vs_float64_dense(si):
+    sr = SEMIRINGS[si]
+    ins, L = _factored(sr, 2, 12, 4, 3, seed=5, neg=True, dtype=torch.float32)
+    a = kernels.factored_scan_triton(sr, *ins[:5], L, start_bias=ins[5], checkpoint_every=4)
+    assert a.dtype == torch.float32
+    ref = [x.detach().double().requires_grad_() for x in ins]
+    b = dense_factored(sr, *ref[:5], L, start_bias=ref[5])
+    torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+    ga = torch.autograd.grad(a[0].sum(), ins)
+    gb = torch.autograd.grad(b[0].sum(), ref)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x.double(), y, rtol=1e-4, atol=1e-4)
+
+
+def test_viterbi_matches_max_gradient_path():
+    sr = sf.MaxSemiring
+    ins, L = _factored(sr, 3, 12, 4, 3, seed=7, neg=True)
+    cum, trans, dur, tau0, end, _ = ins
+    sb = torch.zeros(3, 12, 3, dtype=torch.float64, requires_grad=True)
+    v = kernels.factored_scan_triton(sr, cum, trans, dur, tau0, end, L, start_bias=sb)
+    (g,) = torch.autograd.grad(v.sum(), sb)
+    score, labels, starts = kernels.viterbi_triton(cum, trans, dur, tau0, end, L)
+    torch.testing.assert_close(score, v[0])
+    assert torch.equal(starts, g.sum(-1) > 0)
+    for b in range(3):
+        cur = -1
+        for t in range(12):
+            if t < L[b] and starts[b, t]:
+                cur = int(g[b, t].argmax())
+            assert int(labels[b, t]) == (cur if t < L[b] else -1)
+
+
+def test_dispatch_backend_triton_matches_torch():
+    """The public API with backend='triton' (CPU tensors under the interpreter)."""
+    g = torch.Generator().manual_seed(11)
+    B, T, K, C = 2, 8, 3, 3
+    pots = sf.SegmentPotentials(
+        torch.randn(B, T, C, generator=g, dtype=torch.float64),
+        transition=torch.randn(C, C, generator=g, dtype=torch.float64),
+        duration=torch.randn(K, C, generator=g, dtype=torch.float64),
+        init=torch.randn(C, generator=g, dtype=torch.float64),
+        end=torch.randn(C, generator=g, dtype=torch.float64),
+        lengths=torch.tensor([8, 5]),
+    )
+    a = sf.SemiMarkovCRF(pots, backend="triton")
+    b = sf.SemiMarkovCRF(pots, backend="torch")
+    torch.testing.assert_close(a.partition, b.partition)
+    ma, mb = a.marginals, b.marginals
+    for name in ("token", "start", "duration", "transition"):
+        torch.testing.assert_close(getattr(ma, name), getattr(mb, name), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(a.entropy, b.entropy)
+    sa, sb_ = a.argmax, b.argmax
+    torch.testing.assert_close(a.max, b.max)
+    assert torch.equal(sa.labels, sb_.labels) and torch.equal(sa.starts, sb_.starts)
+
+
+def test_edges_match_torch_struct():
+    torch_struct = pytest.importorskip("torch_struct")
+    e, _ = _edges(2, 7, 3, 3, seed=9, neg=False)
+    L = torch.tensor([7, 7])
+    a = kernels.edge_scan_triton(sf.LogSemiring, e, L)
+    ref = torch_struct.SemiMarkovCRF(e.detach().clone().requires_grad_(), lengths=L + 1)
+    torch.testing.assert_close(a[0], ref.partition)
+    (ga,) = torch.autograd.grad(a.sum(), e)
+    torch.testing.assert_close(ga, ref.marginals)
