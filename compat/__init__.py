@@ -1,0 +1,1 @@
+"""torch-struct conformance suite for semiring_flash (see compat/conformance.py)."""
