@@ -244,3 +244,26 @@ def test_torch_struct_parity_on_materialized_edges():
     mt = sf.SemiMarkovCRF(pots, backend="torch").marginals
     torch.testing.assert_close(ma.token, mt.token, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ma.duration, mt.duration, rtol=1e-4, atol=1e-4)
+
+
+def test_distribution_on_cuda_auto_backend_matches_torch_engine():
+    """The public API on CUDA tensors (backend='auto' takes the kernels; argmax/topk by the
+    device Viterbi / kmax paths) against the torch engine on the same CUDA tensors, float64."""
+    g = torch.Generator(device=DEV).manual_seed(5)
+    B, T, K, C = 3, 300, 12, 6
+    f64 = dict(generator=g, device=DEV, dtype=torch.float64)
+    trans = torch.randn(C, C, **f64)
+    trans.fill_diagonal_(NEG)  # no c -> c: permuting durations inside a run of one label would tie
+    trans[0, 1] = NEG
+    pots = sf.SegmentPotentials(torch.randn(B, T, C, **f64), transition=trans, duration=torch.randn(K, C, **f64),
+                                start=torch.randn(C, **f64), end=torch.randn(C, **f64),
+                                lengths=torch.tensor([300, 171, 1], device=DEV))
+    a, b = sf.SemiMarkovCRF(pots), sf.SemiMarkovCRF(pots, backend="torch")
+    for name in ("partition", "max", "entropy"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(a.marginals.token, b.marginals.token, rtol=1e-8, atol=1e-10)
+    sa, sb = a.argmax, b.argmax
+    assert torch.equal(sa.labels, sb.labels) and torch.equal(sa.starts, sb.starts)
+    torch.testing.assert_close(a.log_prob(sa), b.max - b.partition, rtol=1e-9, atol=1e-9)
+    ka, kb = a.topk(3), b.topk(3)
+    assert torch.equal(ka.labels, kb.labels) and torch.equal(ka.starts, kb.starts)

@@ -300,6 +300,35 @@ def scan_fwd_kernel(
 # backward steps
 # --------------------------------------------------------------------------------------
 @triton.jit
+def _window_rows(rowq, ok, okr, slots, to_b, ta_b, tra_b, tam_b, taz_b, tb_b, SR: tl.constexpr):
+    """What the backward needs of window rows q: the forward's ⊕ result, its adjoint,
+    route (max/kmax) or LSE normalisers (log/entropy), and the rows' bases."""
+    outq = tl.load(to_b + rowq, mask=ok, other=0.0)
+    adjq = tl.load(ta_b + rowq, mask=ok, other=0.0)
+    if SR == 1 or SR == 3:
+        raq = tl.load(tra_b + rowq, mask=ok, other=0)
+    else:
+        raq = 0
+    if SR == 0 or SR == 2:
+        amq = tl.load(tam_b + rowq, mask=ok, other=0.0)
+        azq = tl.load(taz_b + rowq, mask=ok, other=0.0)
+    else:
+        amq = 0.0
+        azq = 0.0
+    bq0, bq1 = _load_bases(tb_b, slots, okr, SR)
+    return outq, adjq, raq, amq, azq, bq0, bq1
+
+
+@triton.jit
+def _source_row(tv_b, tb_b, sp, rows, ok, bq0, bq1, s3, SR: tl.constexpr, CP: tl.constexpr, SP: tl.constexpr):
+    """Row p (slot sp) of τ, rebased to the bases of the window rows it feeds."""
+    vp = tl.load(tv_b + sp * (CP * SP) + (rows * SP + s3), mask=ok, other=0.0)
+    bp0 = tl.load(tb_b + sp * 2)
+    bp1 = tl.load(tb_b + sp * 2 + 1)
+    return vp + _offset(bp0, bp1, bq0, bq1, s3, SR).to(vp.dtype)
+
+
+@triton.jit
 def _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
               SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr,
               KP: tl.constexpr, SP: tl.constexpr):
@@ -313,28 +342,13 @@ def _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, 
     okc = okr & (c3 < C) & (s3 < S)
     lo = (p + 1) & (R - 1)
     rowq = lo * (CP * SP) + (n3 * (CP * SP) + c3 * SP + s3)
-    outq = tl.load(to_b + rowq, mask=okc, other=0.0)
-    adjq = tl.load(ta_b + rowq, mask=okc, other=0.0)
-    if SR == 1 or SR == 3:
-        raq = tl.load(tra_b + rowq, mask=okc, other=0)
-    else:
-        raq = 0
-    if SR == 0 or SR == 2:
-        amq = tl.load(tam_b + rowq, mask=okc, other=0.0)
-        azq = tl.load(taz_b + rowq, mask=okc, other=0.0)
-    else:
-        amq = 0.0
-        azq = 0.0
-    bq0, bq1 = _load_bases(tb_b, lo + n3, okr, SR)
-    sp = p & (R - 1)
-    vp = tl.load(tv_b + sp * (CP * SP) + (c3 * SP + s3), mask=(c3 < C) & (s3 < S), other=0.0)
-    bp0 = tl.load(tb_b + sp * 2)
-    bp1 = tl.load(tb_b + sp * 2 + 1)
-    off = _offset(bp0, bp1, bq0, bq1, s3, SR).to(vp.dtype)
+    outq, adjq, raq, amq, azq, bq0, bq1 = _window_rows(rowq, okc, okr, lo + n3, to_b, ta_b, tra_b, tam_b, taz_b,
+                                                       tb_b, SR)
+    vp = _source_row(tv_b, tb_b, p & (R - 1), c3, (c3 < C) & (s3 < S), bq0, bq1, s3, SR, CP, SP)
     cum_p = tl.load(cum_b + p * C + c3, mask=c3 < C, other=0.0)
     cum_q = tl.load(cum_b + (p + 1) * C + (n3 * C + c3), mask=okr & (c3 < C), other=0.0)
     w = (cum_q - cum_p).to(vp.dtype) + dur3
-    x = mul_pot(vp + off, w, s3, SR)
+    x = mul_pot(vp, w, s3, SR)
     ct = tl.where(okc, vjp(x, outq, adjq, raq, amq, azq, n3, s3, SR, KK), 0.0)
     a_tau = tl.sum(ct, axis=0)  # (CP, SP)
     gd = potgrad(ct, s3, SR, 2)  # (KP, CP)
@@ -387,28 +401,13 @@ def _edge_pull(p, L, C, K, R, edge_b, gedge_b, tv_b, tra_b, ta_b, tb_b, tam_b, t
     okq = okr & (s3 < S)
     lo = (p + 1) & (R - 1)
     rowq = lo * (CP * SP) + (dd * (CP * SP) + cd * SP + s3)
-    outq = tl.load(tv_b + rowq, mask=okq, other=0.0)
-    adjq = tl.load(ta_b + rowq, mask=okq, other=0.0)
-    if SR == 1 or SR == 3:
-        raq = tl.load(tra_b + rowq, mask=okq, other=0)
-    else:
-        raq = 0
-    if SR == 0 or SR == 2:
-        amq = tl.load(tam_b + rowq, mask=okq, other=0.0)
-        azq = tl.load(taz_b + rowq, mask=okq, other=0.0)
-    else:
-        amq = 0.0
-        azq = 0.0
-    bq0, bq1 = _load_bases(tb_b, lo + dd, okr, SR)
-    sp = p & (R - 1)
-    vp = tl.load(tv_b + sp * (CP * SP) + cc * SP + s3, mask=(cc < C) & (s3 < S), other=0.0)
-    bp0 = tl.load(tb_b + sp * 2)
-    bp1 = tl.load(tb_b + sp * 2 + 1)
-    off = _offset(bp0, bp1, bq0, bq1, s3, SR).to(vp.dtype)
+    outq, adjq, raq, amq, azq, bq0, bq1 = _window_rows(rowq, okq, okr, lo + dd, tv_b, ta_b, tra_b, tam_b, taz_b,
+                                                       tb_b, SR)
+    vp = _source_row(tv_b, tb_b, p & (R - 1), cc, (cc < C) & (s3 < S), bq0, bq1, s3, SR, CP, SP)
     eoff = p * ((K + 1) * C * C) + ((dd + 1) * (C * C) + cd * C + cc)  # (KP·CP, CP, 1)
     oke = okr & (cc < C)
     e = tl.load(edge_b + eoff, mask=oke, other=0.0)
-    x = mul_pot(vp + off, e, s3, SR)
+    x = mul_pot(vp, e, s3, SR)
     ct = tl.where(oke & (s3 < S), vjp(x, outq, adjq, raq, amq, azq, dd * CP + cc, s3, SR, KK), 0.0)
     a_alpha = tl.sum(ct, axis=0)  # (CP c', SP)
     ge = potgrad(ct, s3, SR, 2)  # (KP·CP, CP)

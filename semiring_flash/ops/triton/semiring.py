@@ -173,14 +173,17 @@ def vjp(x, out, a_out, route, nm, nz, idx, s_idx, SR: tl.constexpr, KK: tl.const
     out / a_out / route / nm / nz: the ⊕ result, its adjoint, route and
     logsumexp normalisers, broadcast against x; idx: the candidate's index
     along the reduced axis (broadcast). Softmax weights are exp(x - nm) / nz
-    with the forward's own nm, nz: they sum to one exactly up to rounding, so
+    (applied as exp(x - nm) · (a_out / nz)) with the forward's own nm, nz: they sum to one exactly up to rounding, so
     the adjoint carries no systematic drift over millions of steps (weights
     exp(x - out) with out = nm + log nz inherit the bias of the fast log/exp
     and compound it, ~1e-8 per step).
     """
+    # Divide on the un-broadcast operands (nz, a_out lack the reduced axis): one correctly
+    # rounded division per output instead of one per candidate (K times fewer).
     if SR == 0:
         ok = nz > 0
-        r = tl.where(ok, _div(tl.exp(x - nm), tl.where(ok, nz, 1.0)) * a_out, 0.0)
+        scale = _div(a_out, tl.where(ok, nz, 1.0))
+        r = tl.where(ok, tl.exp(x - nm) * scale, 0.0)
     elif SR == 1:
         r = tl.where((route == idx) & (out > float("-inf")), a_out + tl.zeros_like(x), 0.0)
     elif SR == 2:
@@ -192,7 +195,8 @@ def vjp(x, out, a_out, route, nm, nz, idx, s_idx, SR: tl.constexpr, KK: tl.const
         a1 = _chan(a_out, s_idx, 1, 2)
         z0 = _chan(nz, s_idx, 0, 2)
         ok = z0 > 0
-        p = tl.where(ok, _div(tl.exp(x0 - _chan(nm, s_idx, 0, 2)), tl.where(ok, z0, 1.0)), 0.0)
+        inv_z = _div(tl.full(z0.shape, 1.0, z0.dtype), tl.where(ok, z0, 1.0))
+        p = tl.where(ok, tl.exp(x0 - _chan(nm, s_idx, 0, 2)) * inv_z, 0.0)
         lp = tl.where(p > 0, x0 - o0, 0.0)
         c0 = p * a0 + tl.where(p > 0, p * (x1 - lp - o1), 0.0) * a1
         c1 = p * a1
