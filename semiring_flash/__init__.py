@@ -3,6 +3,8 @@
     import semiring_flash as sf
     dist = sf.SemiMarkovCRF(sf.SegmentPotentials(scores, transition=A, duration=D))
     dist.partition, dist.marginals, dist.argmax.segments()
+
+    head = sf.nn.SemiCRFHead(in_features, num_labels, max_duration)   # on top of an encoder
 """
 
 from .distribution import SemiMarkovCRF
@@ -19,6 +21,7 @@ from .semirings import (
     Semiring,
 )
 from .struct import SemiMarkov
+from . import nn, tags  # noqa: E402  (submodules: sf.nn.SemiCRFHead, sf.tags.segments_to_tags)
 
 __version__ = "0.1.0"
 
@@ -36,4 +39,6 @@ __all__ = [
     "CrossEntropySemiring",
     "KLDivergenceSemiring",
     "SampledSemiring",
+    "nn",
+    "tags",
 ]
