@@ -51,7 +51,7 @@ __all__ = [
 
 
 def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.where(torch.isfinite(x), x, 0.0)  # a Python scalar: no device allocation
 
 
 class _SafeLogSumExp(torch.autograd.Function):

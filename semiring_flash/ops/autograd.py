@@ -92,6 +92,8 @@ def factored_inputs(pots: list[SegmentPotentials], leaves: bool = False) -> Fact
 def entry_value(semiring: Semiring, entry: torch.Tensor, dtype) -> torch.Tensor:
     """τ(0, c) = ⊕_{c'} 1̄ ⊗ entry[c', c], as a semiring value (S, B, C)."""
     pot = entry if semiring.n_potentials > 1 else entry.unsqueeze(0)
+    if semiring.name in ("log", "max"):  # 1̄ ⊗ w = w: skip building 1̄ (small-batch GPU calls are host-bound)
+        return semiring.sum(pot, -2)
     B, C = pot.shape[1], pot.shape[-1]
     return semiring.matmul(semiring.one((B, C), dtype, entry.device), pot)
 

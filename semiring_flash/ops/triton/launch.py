@@ -151,7 +151,8 @@ def _bwd(m: _Meta, grad_value, cum, trans, dur, tau0, end, sb, edges, lengths, s
     else:
         R = tape[0].shape[1] // 2
     tv, to, tp, tra, trt, ta, tb, tam, taz, ttm, ttz = tape
-    gv = grad_value if grad_value.dtype == m.dtype else grad_value.to(m.dtype)  # (S, B), any strides
+    # (S, B), any strides (the kernel takes them): the expanded ones of v.sum() need no copy
+    gv = grad_value if grad_value.dtype == m.dtype else grad_value.to(m.dtype)
     if m.edges:
         gedge = torch.zeros_like(edges)
         gcum = gtr = gdur = gtau0 = gend = gsb = gedge
@@ -200,7 +201,7 @@ class _FactoredScan(torch.autograd.Function):
         m = ctx.m
         sb_arg = sb_c if sb_c is not None else cum_c
         gcum, gtr, gdur, gtau0, gend, gsb = _bwd(
-            m, grad_value.contiguous(), cum_c, tr_c, dur_c, tau0_c, end_c, sb_arg, cum_c, len_c, ck)
+            m, grad_value, cum_c, tr_c, dur_c, tau0_c, end_c, sb_arg, cum_c, len_c, ck)
         need = ctx.needs_input_grad
         pick = lambda g, i: g if need[i] else None  # noqa: E731
         return (None, pick(gcum, 1), pick(gtr, 2), pick(gdur, 3), pick(gtau0, 4), pick(gend, 5), None,
@@ -223,7 +224,7 @@ class _EdgeScan(torch.autograd.Function):
     def backward(ctx, grad_value):
         e_c, len_c, *ck = ctx.saved_tensors
         m = ctx.m
-        g = _bwd(m, grad_value.contiguous(), e_c, e_c, e_c, e_c, e_c, e_c, e_c, len_c, ck)
+        g = _bwd(m, grad_value, e_c, e_c, e_c, e_c, e_c, e_c, e_c, len_c, ck)
         return None, g, None
 
 
