@@ -519,7 +519,7 @@ class SemiCRFHead(nn.Module):
         return self.proj(features)
 
     def _masked(self, x, mask):
-        return torch.where(mask, x, torch.tensor(NEG_INF, device=x.device, dtype=x.dtype))
+        return torch.where(mask, x, NEG_INF)
 
     def structure(self, start=None, end=None) -> dict:
         """Internal transition (S, S), duration (K_int, S), start (.., S), end (.., S) (S = internal states)."""
