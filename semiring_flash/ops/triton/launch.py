@@ -82,9 +82,10 @@ class _Meta:
                     EDGES=self.edges, HAS_SB=self.has_sb)
 
 
-    def tape(self, R, dtype=None):
-        """(B, 2R, CP, SP): rows of positions mod R, each stored twice (slot, slot + R)."""
-        return torch.empty(self.B, 2 * R, self.CP, self.SP, dtype=dtype or self.dtype, device=self.device)
+    def tapes(self, R, n, dtype=None):
+        """n tapes from one allocation (views of one buffer, each contiguous)."""
+        buf = torch.empty(n, self.B, 2 * R, self.CP, self.SP, dtype=dtype or self.dtype, device=self.device)
+        return buf.unbind(0)
 
     def bases(self, R):
         return torch.empty(self.B, 2 * R, 2, dtype=torch.float64, device=self.device)
@@ -92,20 +93,23 @@ class _Meta:
 
 def _bwd_tape(m: _Meta, R):
     """Tape arrays of the backward (and of a store-all forward):
-    tv, to, tp, tra, trt, ta, tb, tam, taz, ttm, ttz."""
+    tv, to, tp, tra, trt, ta, tb, tam, taz, ttm, ttz.
+
+    One allocation per dtype, split into views: short calls are host-bound,
+    and each allocation costs as much host time as a small kernel launch."""
     routed = m.sr in (1, 3)
     norm = m.sr in (0, 2)
-    tv = m.tape(R)
-    to = m.tape(R) if not m.edges else tv
-    tp = m.tape(R) if m.has_sb else tv
-    tra = m.tape(R, torch.int32) if routed else tv
-    trt = m.tape(R, torch.int32) if (routed and not m.edges) else tv
-    ta = m.tape(R)
-    tam = m.tape(R) if norm else tv
-    taz = m.tape(R) if norm else tv
-    ttm = m.tape(R) if (norm and not m.edges) else tv
-    ttz = m.tape(R) if (norm and not m.edges) else tv
-    return [tv, to, tp, tra, trt, ta, m.bases(R), tam, taz, ttm, ttz]
+    want = dict(to=not m.edges, tp=m.has_sb, ta=True, tam=norm, taz=norm,
+                ttm=norm and not m.edges, ttz=norm and not m.edges)
+    names = ["tv"] + [k for k, v in want.items() if v]
+    tapes = dict(zip(names, m.tapes(R, len(names))))
+    n_int = int(routed) + int(routed and not m.edges)
+    ints = m.tapes(R, n_int, torch.int32) if n_int else ()
+    tv = tapes["tv"]
+    tra = ints[0] if n_int else tv
+    trt = ints[1] if n_int > 1 else tv
+    get = lambda k: tapes.get(k, tv)  # noqa: E731  (unused arrays alias tv; the kernel never touches them)
+    return [tv, get("to"), get("tp"), tra, trt, get("ta"), m.bases(R), get("tam"), get("taz"), get("ttm"), get("ttz")]
 
 
 def _fwd(m: _Meta, cum, trans, dur, tau0, end, sb, edges, lengths, save_ck: bool, backptr=None):
@@ -118,8 +122,7 @@ def _fwd(m: _Meta, cum, trans, dur, tau0, end, sb, edges, lengths, save_ck: bool
         tv, to, tp, tra, trt, _, tb, tam, taz, ttm, ttz = tape
     else:
         R = _pow2(m.K + 1)
-        tv = m.tape(R)
-        to = m.tape(R) if not m.edges else tv
+        tv, to = m.tapes(R, 2) if not m.edges else 2 * m.tapes(R, 1)
         tb = m.bases(R)
         tp = tra = trt = tam = taz = ttm = ttz = tv
         tape = None
