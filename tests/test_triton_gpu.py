@@ -267,3 +267,29 @@ def test_distribution_on_cuda_auto_backend_matches_torch_engine():
     torch.testing.assert_close(a.log_prob(sa), b.max - b.partition, rtol=1e-9, atol=1e-9)
     ka, kb = a.topk(3), b.topk(3)
     assert torch.equal(ka.labels, kb.labels) and torch.equal(ka.starts, kb.starts)
+
+
+def test_kbest_segmentations_T1e6_through_the_public_api():
+    """k-best at T = 10^6 on the kernels: three valid, distinct segmentations whose float64
+    scores are the kmax values, best first, the first being the Viterbi path."""
+    g = torch.Generator(device=DEV).manual_seed(8)
+    T, K, C = 1_000_000, 4, 3
+    f64 = dict(generator=g, device=DEV, dtype=torch.float64)
+    trans = torch.randn(C, C, **f64)
+    trans.fill_diagonal_(NEG)  # no c -> c: permuting durations inside a run of one label would tie
+    pots = sf.SegmentPotentials(torch.randn(1, T, C, **f64), transition=trans, duration=torch.randn(K, C, **f64),
+                                start=torch.randn(C, **f64), end=torch.randn(C, **f64))
+    dist = sf.SemiMarkovCRF(pots)
+    top = dist.topk(3)
+    top.check(C)
+    from semiring_flash.struct import score_segmentation
+
+    scores = torch.stack([score_segmentation(pots, top[i]) for i in range(3)])[:, 0]
+    kmax = dist.kmax(3)[:, 0]
+    torch.testing.assert_close(scores, kmax, rtol=1e-9, atol=1e-6)
+    assert bool((kmax[:-1] > kmax[1:]).all())
+    best = dist.argmax
+    assert torch.equal(best.labels, top.labels[0]) and torch.equal(best.starts, top.starts[0])
+    for i in range(3):
+        for j in range(i):
+            assert not (torch.equal(top.labels[i], top.labels[j]) and torch.equal(top.starts[i], top.starts[j]))
