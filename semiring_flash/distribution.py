@@ -143,10 +143,9 @@ class SemiMarkovCRF(Distribution):
     def argmax(self):
         """The Viterbi structure: one-hot edges, or a :class:`Segmentation` (factored)."""
         if self.factored:
-            inputs = factored_inputs([self.potentials.detach()])
-            path = factored_viterbi(inputs, self.backend)
+            path = factored_viterbi(self.potentials, self.backend)
             if path is not None:
-                return Segmentation(*path, inputs.lengths)
+                return Segmentation(*path)
             ind, lengths = self._struct(MaxSemiring).start_indicators(self.potentials)
             return Segmentation.from_start_labels(ind[0], lengths)
         return self._struct(MaxSemiring).marginals(self.potentials, self._edge_lengths())

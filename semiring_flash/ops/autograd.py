@@ -131,13 +131,14 @@ def edge_value(
     return streaming.edge_scan(semiring, edges, lengths, checkpoint_every=checkpoint_every)
 
 
-def factored_viterbi(inputs: FactoredInputs, backend: str = "auto"):
-    """(labels, starts) of the best segmentation from the Triton Viterbi kernel
-    (forward with backpointers + device backtrace), or None when the torch
+def factored_viterbi(pots: SegmentPotentials, backend: str = "auto"):
+    """(labels, starts, lengths) of the best segmentation from the Triton Viterbi
+    kernel (forward with backpointers + device backtrace), or None when the torch
     engine is chosen (callers then take the max-semiring gradient)."""
-    if resolve_backend(backend, inputs.cum.device, MaxSemiring) != "triton":
+    if resolve_backend(backend, pots.device, MaxSemiring) != "triton":
         return None
     kernels, _ = _triton_module()
+    inputs = factored_inputs([pots.detach()])
     tau0 = entry_value(MaxSemiring, inputs.entry, inputs.transition.dtype)
     _, labels, starts = kernels.viterbi_triton(inputs.cum, inputs.transition, inputs.duration, tau0, inputs.end, inputs.lengths)
-    return labels, starts
+    return labels, starts, inputs.lengths
