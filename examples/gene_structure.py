@@ -30,7 +30,7 @@ strand) and whole genes (every exon exact) — precision / recall / F1 — plus
 coding-base F1. A plot shows the posterior label marginals and the decoded
 segments along one test locus.
 
-    python examples/gene_structure.py            # default: a ≤ 5 min CPU run (test loci ≤ 8 kb, 120 steps)
+    python examples/gene_structure.py            # default: a ≤ 5 min CPU run (test loci ≤ 8 kb, 100 steps)
     python examples/gene_structure.py --full --device cuda   # all loci, 400 steps (≈ 8 min on one H200)
 
 See docs/gene_demo.md for the results.
@@ -508,7 +508,7 @@ def main(argv=None):
     ap.add_argument("--max-window", type=int, default=None,
                     help="skip training windows longer than this (a window holds whole segments; default 6000; --full: none)")
     ap.add_argument("--max-test-len", type=int, default=None, help="test on loci up to this length (default 8000; --full: all)")
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default 120; --full: 400)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default 100; --full: 400)")
     ap.add_argument("--K", type=int, default=64, help="longest segment piece of the semi-CRF")
     ap.add_argument("--duration", default="negbin", choices=["table", "geometric", "poisson", "negbin"])
     ap.add_argument("--window", type=int, default=None, help="training window, bases (default 1000; --full: 4000)")
@@ -535,7 +535,7 @@ def main(argv=None):
     args.max_train_len = args.max_train_len or 10**9
     args.max_window = args.max_window or (10**9 if full else 6000)
     args.max_test_len = args.max_test_len or (10**9 if full else 8000)
-    args.steps = args.steps or (400 if full else 120)
+    args.steps = args.steps or (400 if full else 100)
     args.window = args.window or (4000 if full else 1000)
     args.max_tokens = args.max_tokens or (256_000 if full else 48_000)
     # the engine runs many small ops per position: on CPU one thread avoids OpenMP stalls
