@@ -512,11 +512,14 @@ class SemiCRFHead(nn.Module):
     # ---------------------------------------------------------------------------------------
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """(B, T, C) per-token label scores; with ``first_token`` (B, T, 2C): [inside, first-token] scores."""
-        if self.proj is None:
-            if features.shape[-1] != self.num_channels:
-                raise ValueError(f"with in_features=None, features must be (B, T, {self.num_channels}) label scores")
-            return features
-        return self.proj(features)
+        width = self.num_channels if self.proj is None else self.in_features
+        if not isinstance(features, torch.Tensor) or not features.is_floating_point():
+            raise TypeError(f"features must be a floating-point tensor (B, T, {width}), got "
+                            f"{features.dtype if isinstance(features, torch.Tensor) else type(features).__name__}")
+        if features.dim() != 3 or features.shape[-1] != width:
+            what = "label scores" if self.proj is None else "encoder features"
+            raise ValueError(f"features must be (B, T, {width}) {what}, got shape {tuple(features.shape)}")
+        return features if self.proj is None else self.proj(features)
 
     def _masked(self, x, mask):
         return torch.where(mask, x, NEG_INF)
@@ -576,7 +579,10 @@ class SemiCRFHead(nn.Module):
         semi-Markov chain is Markov at segment boundaries.
         """
         if lengths is not None:
-            lengths = torch.as_tensor(lengths, device=features.device).long()
+            lengths = torch.as_tensor(lengths, device=features.device)
+            if lengths.is_floating_point() or lengths.dtype == torch.bool:
+                raise TypeError(f"lengths must be an integer tensor (B,), got {lengths.dtype}")
+            lengths = lengths.long()
         pots = self.potentials(features, lengths, prev_labels, next_labels)
         return SegmentCRF(pots, self.layout, backend=self.backend)
 

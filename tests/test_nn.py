@@ -297,3 +297,16 @@ def test_window_conditional_likelihood_is_exact(cfg):
         window = [[(s - a, e - a, c) for s, e, c in inner]]
         nll = head.loss(feats[:, a:b], None, window, reduction="none", prev_labels=prev, next_labels=nxt)
         assert math.isclose(float(nll.detach()), cond, rel_tol=1e-5, abs_tol=1e-4)
+
+
+@pytest.mark.parametrize("features, lengths, error, match", [
+    (torch.randn(2, 10), [10, 5], ValueError, r"features must be \(B, T, 8\)"),
+    (torch.randn(2, 10, 7), [10, 5], ValueError, r"features must be \(B, T, 8\).*\(2, 10, 7\)"),
+    (torch.ones(2, 10, 8, dtype=torch.long), [10, 5], TypeError, "floating-point"),
+    (torch.randn(2, 10, 8), torch.tensor([10.0, 5.0]), TypeError, "lengths must be an integer"),
+    (torch.randn(2, 10, 8), [11, 5], ValueError, "lengths must lie in"),
+])
+def test_head_bad_inputs_get_clear_errors(features, lengths, error, match):
+    head = SemiCRFHead(8, 3, 4)
+    with pytest.raises(error, match=match):
+        head(features, lengths).partition
