@@ -180,17 +180,21 @@ def _bwd(m: _Meta, grad_value, cum, trans, dur, tau0, end, sb, edges, lengths, s
     return gcum, gtr, gdur, gtau0, gend, (gsb if m.has_sb else None)
 
 
+def _operands(m: _Meta, cum, trans, dur, tau0, end, sb, lengths):
+    """Detached contiguous kernel operands: prefix sums in float64, potentials in the
+    compute dtype, lengths int64 (a missing start bias aliases the prefix sums)."""
+    cum_c = cum.detach().to(torch.float64).contiguous()
+    cast = lambda x: x.detach().to(m.dtype).contiguous()  # noqa: E731
+    sb_c = cast(sb) if sb is not None else cum_c
+    len_c = lengths.to(device=cum.device, dtype=torch.int64).contiguous()
+    return cum_c, cast(trans), cast(dur), cast(tau0), cast(end), sb_c, len_c
+
+
 class _FactoredScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, m, cum, trans, dur, tau0, end, lengths, sb):
         save = any(ctx.needs_input_grad)
-        cum_c = cum.detach().to(torch.float64).contiguous()
-        tr_c = trans.detach().to(m.dtype).contiguous()
-        dur_c = dur.detach().to(m.dtype).contiguous()
-        tau0_c = tau0.detach().to(m.dtype).contiguous()
-        end_c = end.detach().to(m.dtype).contiguous()
-        sb_c = sb.detach().to(m.dtype).contiguous() if sb is not None else cum_c
-        len_c = lengths.to(device=cum.device, dtype=torch.int64).contiguous()
+        cum_c, tr_c, dur_c, tau0_c, end_c, sb_c, len_c = _operands(m, cum, trans, dur, tau0, end, sb, lengths)
         value, ck = _fwd(m, cum_c, tr_c, dur_c, tau0_c, end_c, sb_c, cum_c, len_c, save)
         ctx.m = m
         ctx.has_sb = sb is not None

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from ...semirings import MaxSemiring
 from .kernels import backtrace_kernel
-from .launch import _fwd, _Meta, _pow2
+from .launch import _fwd, _Meta, _operands, _pow2
 
 __all__ = ["viterbi_triton"]
-
-
-class _MaxSR:
-    name, size, k, n_potentials = "max", 1, 1, 1
 
 
 def viterbi_triton(cum, transition, duration, tau0, end, lengths, start_bias=None):
@@ -32,15 +29,10 @@ def viterbi_triton(cum, transition, duration, tau0, end, lengths, start_bias=Non
     if K > 32767 or C > 32767:
         raise ValueError("viterbi_triton stores int16 backpointers: K and C must be < 32768")
     dev, dtype = cum.device, tau0.dtype
-    m = _Meta(_MaxSR(), B, T, K, C, dtype, dev, False, start_bias is not None)
+    m = _Meta(MaxSemiring, B, T, K, C, dtype, dev, False, start_bias is not None)
     with torch.no_grad():
-        cum_c = cum.detach().to(torch.float64).contiguous()
-        tr_c = transition.detach().to(dtype).contiguous()
-        dur_c = duration.detach().to(dtype).contiguous()
-        tau0_c = tau0.detach().to(dtype).contiguous()
-        end_c = end.detach().to(dtype).contiguous()
-        sb_c = start_bias.detach().to(dtype).contiguous() if start_bias is not None else cum_c
-        len_c = lengths.to(device=dev, dtype=torch.int64).contiguous()
+        cum_c, tr_c, dur_c, tau0_c, end_c, sb_c, len_c = _operands(m, cum, transition, duration, tau0, end,
+                                                                   start_bias, lengths)
         bpa = torch.empty(B, T1, C, dtype=torch.int16, device=dev)
         bpt = torch.empty(B, T1, C, dtype=torch.int16, device=dev)
         fin = torch.empty(B, dtype=torch.int32, device=dev)
