@@ -30,8 +30,8 @@ strand) and whole genes (every exon exact) — precision / recall / F1 — plus
 coding-base F1. A plot shows the posterior label marginals and the decoded
 segments along one test locus.
 
-    python examples/gene_structure.py            # default: a ≤ 5 min CPU run (test loci ≤ 8 kb, 100 steps)
-    python examples/gene_structure.py --full --device cuda   # all loci, 400 steps (≈ 8 min on one H200)
+    python examples/gene_structure.py            # default: a 4–5 min CPU run (test loci ≤ 8 kb, 100 steps)
+    python examples/gene_structure.py --full --device cuda   # all loci, 400 steps (≈ 9 min on one H200)
 
 See docs/gene_demo.md for the results.
 

@@ -9,13 +9,24 @@ import argparse
 import time
 
 import torch
-from tqdm import tqdm
 
 import semiring_flash as sf
 
 
+def progress(iterable, **kwargs):
+    """tqdm's bar when installed (the demo and bench extras); plain iteration otherwise."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, **kwargs)
+
+
 def parity(B=4, T=64, K=8, C=6, seed=0):
-    import torch_struct
+    try:
+        import torch_struct
+    except ImportError as err:
+        raise SystemExit(f"{err}: the parity check needs torch-struct 0.5 (pip install torch-struct==0.5)") from err
 
     g = torch.Generator().manual_seed(seed)
     edges = torch.randn(B, T, K + 1, C, C, generator=g, dtype=torch.float64)
@@ -29,7 +40,7 @@ def parity(B=4, T=64, K=8, C=6, seed=0):
         "entropy": lambda d: d.entropy,
         "kmax(3)": lambda d: d.kmax(3),
     }
-    for name, fn in tqdm(checks.items(), desc="torch-struct parity"):
+    for name, fn in progress(checks.items(), desc="torch-struct parity"):
         t0 = time.perf_counter()
         a = fn(ours)
         t1 = time.perf_counter()

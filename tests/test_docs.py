@@ -60,3 +60,14 @@ def test_version_has_one_source():
     assert re.fullmatch(r"\d+\.\d+\.\d+", semiring_flash.__version__)
     assert (ROOT / "LICENSE").exists() and (ROOT / "semiring_flash" / "py.typed").exists()
     assert meta["project"]["license-files"] == ["LICENSE"]
+
+
+@pytest.mark.slow
+def test_lightning_example_smoke_run():
+    pytest.importorskip("lightning")
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(DOCS / "examples" / "lightning_gene.py"), "--fixture", "--smoke"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "max_steps=2" in proc.stderr + proc.stdout and "decoded [(0," in proc.stdout

@@ -6,7 +6,7 @@ head's exact NLL; Lightning's DDP strategy averages the gradients over
 processes exactly like plain DDP (``tests/test_ddp.py`` checks that the
 synchronised gradients equal single-process ones).
 
-    python docs/examples/lightning_gene.py --fixture --max-steps 20                 # tiny smoke run (committed slice)
+    python docs/examples/lightning_gene.py --fixture --smoke                        # tiny smoke run (committed slice)
     python docs/examples/lightning_gene.py --devices 2 --strategy ddp --max-steps 200  # 2 CPU processes (gloo)
     python docs/examples/lightning_gene.py --accelerator gpu --devices 2 --strategy ddp --max-steps 2000
 
@@ -27,7 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run from a checkout; examples/ is not an installed package
 
-import lightning as L  # noqa: E402
+try:
+    import lightning as L  # noqa: E402
+except ImportError as err:  # an optional extra: say which
+    raise SystemExit(f"{err}: this example needs PyTorch Lightning (pip install \"semiring_flash[lightning]\")") from err
 
 from examples.gene_structure import (DNAEncoder, GeneFeatures, Locus, make_head, make_windows,  # noqa: E402
                                    padded_inputs, window_batch)
@@ -86,7 +89,13 @@ def main(argv=None):
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--window", type=int, default=1000)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--K", type=int, default=64, help="longest segment piece of the semi-CRF head")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a seconds-long check of the plumbing: 2 steps, 2 windows of ~300 bases, hidden 8, K 40 (the shortest intron)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.max_steps, args.batch, args.window, args.hidden, args.K = 2, 2, 300, 8, 40
     if args.fixture:
         recs = parse_genbank(ROOT / "tests" / "fixtures" / "augustus_genes_slice.gb")
     else:
@@ -95,12 +104,12 @@ def main(argv=None):
     featurizer = GeneFeatures().fit(loci)  # count-based evidence channels, from the training loci
     for loc in loci:
         loc.feats = featurizer.transform(loc)
-    model = GeneTagger(channels=featurizer.channels)
+    model = GeneTagger(hidden=args.hidden, K=args.K, channels=featurizer.channels)
     data = torch.utils.data.DataLoader(WindowData(loci, args.window, args.batch, model.flank, seed=0),
                                        batch_size=None, collate_fn=lambda x: x)
     trainer = L.Trainer(accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
                         max_steps=args.max_steps, gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
-                        log_every_n_steps=5)
+                        log_every_n_steps=5, enable_progress_bar=not args.smoke, enable_model_summary=not args.smoke)
     trainer.fit(model, data)
     if trainer.is_global_zero:
         with torch.no_grad():
