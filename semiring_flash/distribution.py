@@ -7,7 +7,7 @@ from torch.distributions import Distribution
 
 from .ops.autograd import check_backend, edge_value, factored_inputs, factored_value, factored_viterbi
 from .potentials import SegmentPotentials
-from .segmentation import Segmentation
+from .segmentation import FactoredMarginals, Segmentation
 from .semirings import (
     CrossEntropySemiring,
     EntropySemiring,
@@ -44,7 +44,7 @@ class SemiMarkovCRF(Distribution):
     """Semi-Markov CRF over segmentations.
 
     Args:
-        log_potentials: torch-struct edges (B, N-1, K, C, C) — a drop-in for
+        log_potentials: torch-struct edges (B, N-1, K+1, C, C), durations 1..K — a drop-in for
             ``torch_struct.SemiMarkovCRF`` — or a :class:`SegmentPotentials`
             (the flash path: edges are never materialized).
         lengths: with edges, (B,) positions (tokens + 1), as in torch-struct.
@@ -60,7 +60,8 @@ class SemiMarkovCRF(Distribution):
     arg_constraints: dict = {}
     has_rsample = False
 
-    def __init__(self, log_potentials, lengths=None, backend: str = "auto", validate_args=None):
+    def __init__(self, log_potentials: torch.Tensor | SegmentPotentials, lengths: torch.Tensor | None = None,
+                 backend: str = "auto", validate_args: bool | None = None):
         self.backend = check_backend(backend)
         if isinstance(log_potentials, SegmentPotentials):
             if lengths is not None:
@@ -130,8 +131,8 @@ class SemiMarkovCRF(Distribution):
 
     # -- structures ------------------------------------------------------------------
     @_cached
-    def marginals(self):
-        """Edges: (B, N-1, K, C, C) edge marginals. Factored: :class:`FactoredMarginals`."""
+    def marginals(self) -> torch.Tensor | FactoredMarginals:
+        """Edges: (B, N-1, K+1, C, C) edge marginals. Factored: :class:`FactoredMarginals`."""
         return self._struct(LogSemiring).marginals(self.potentials, self._edge_lengths())
 
     def segment_marginals(self) -> torch.Tensor:
@@ -140,7 +141,7 @@ class SemiMarkovCRF(Distribution):
         return self._struct(LogSemiring).segment_marginals(self.potentials)
 
     @_cached
-    def argmax(self):
+    def argmax(self) -> torch.Tensor | Segmentation:
         """The Viterbi structure: one-hot edges, or a :class:`Segmentation` (factored)."""
         if self.factored:
             path = factored_viterbi(self.potentials, self.backend)
@@ -151,10 +152,10 @@ class SemiMarkovCRF(Distribution):
         return self._struct(MaxSemiring).marginals(self.potentials, self._edge_lengths())
 
     @property
-    def mode(self):
+    def mode(self) -> torch.Tensor | Segmentation:
         return self.argmax
 
-    def topk(self, k: int):
+    def topk(self, k: int) -> torch.Tensor | Segmentation:
         """The k best structures: (k, B, ...) one-hot edges, or a Segmentation with (k, B, T).
 
         When a sequence has fewer than k segmentations, the extra channels are
@@ -165,8 +166,8 @@ class SemiMarkovCRF(Distribution):
             return Segmentation.from_start_labels(ind, lengths)
         return self._struct(KMaxSemiring(k)).marginals(self.potentials, self._edge_lengths(), _raw=True)
 
-    def log_prob(self, value) -> torch.Tensor:
-        """log p(value): one-hot edges (..., B, N-1, K, C, C), or a Segmentation (..., B, T)."""
+    def log_prob(self, value: torch.Tensor | Segmentation) -> torch.Tensor:
+        """log p(value): one-hot edges (..., B, N-1, K+1, C, C), or a Segmentation (..., B, T)."""
         if self.factored:
             if not isinstance(value, Segmentation):
                 raise TypeError("with SegmentPotentials, value must be a semiring_flash.Segmentation")
@@ -177,10 +178,10 @@ class SemiMarkovCRF(Distribution):
             score = self._struct().score(self.potentials, value, batch_dims=range(value.dim() - 4))
         return score - self.partition
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor | Segmentation:
         """Exact samples (ancestral sampling through the DP's backward).
 
-        Edges: one-hot (*sample_shape, B, N-1, K, C, C). Factored: a Segmentation
+        Edges: one-hot (*sample_shape, B, N-1, K+1, C, C). Factored: a Segmentation
         of shape (*sample_shape, B, T).
         """
         shape = torch.Size(sample_shape)
@@ -201,11 +202,11 @@ class SemiMarkovCRF(Distribution):
 
     # -- torch-struct event helpers ------------------------------------------------
     @staticmethod
-    def to_event(sequence, extra, lengths=None):
+    def to_event(sequence: torch.Tensor, extra: tuple[int, int], lengths: torch.Tensor | None = None) -> torch.Tensor:
         return SemiMarkov.to_parts(sequence, extra, lengths)
 
     @staticmethod
-    def from_event(event):
+    def from_event(event: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         return SemiMarkov.from_parts(event)
 
     def _edge_lengths(self):

@@ -124,7 +124,7 @@ class SegmentPotentials:
 
     # -- shapes ---------------------------------------------------------------
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int, int, int]:
         """(B, T, K, C)"""
         return (self.batch, self.T, self.K, self.C)
 

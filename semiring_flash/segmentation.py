@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -82,7 +83,8 @@ class Segmentation:
         return seg
 
     @classmethod
-    def from_segments(cls, segments, T: int | None = None, device=None) -> "Segmentation":
+    def from_segments(cls, segments: Sequence[Sequence[tuple[int, int, int]]], T: int | None = None,
+                      device: torch.device | str | None = None) -> "Segmentation":
         """From per-sequence lists of (start, end_exclusive, label) tiling [0, length)."""
         lengths = [max((e for _, e, _ in segs), default=0) for segs in segments]
         T = T or max(lengths)
@@ -98,7 +100,7 @@ class Segmentation:
                 pos = e
         return cls(labels.to(device), starts.to(device), torch.tensor(lengths, device=device))
 
-    def segments(self) -> list:
+    def segments(self) -> list[list[tuple[int, int, int]]]:
         """Per sequence (flattening leading dims), a list of (start, end_exclusive, label)."""
         labels = self.labels.reshape(-1, self.T).tolist()
         starts = self.starts.reshape(-1, self.T).tolist()

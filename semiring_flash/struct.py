@@ -23,7 +23,7 @@ def check_edges(edges, lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
     check_tensor("log_potentials", edges, 5)
     B, N1, K1, C, C2 = edges.shape
     if C != C2:
-        raise ValueError(f"log_potentials must have shape (B, N-1, K, C, C) with equal label dims, got {tuple(edges.shape)}")
+        raise ValueError(f"log_potentials must have shape (B, N-1, K+1, C, C) with equal label dims, got {tuple(edges.shape)}")
     if K1 < 2:
         raise ValueError(f"log_potentials dim 2 (K, durations 0..K-1) must be >= 2, got shape {tuple(edges.shape)}")
     if B < 1 or N1 < 1 or C < 1:
@@ -103,7 +103,7 @@ def _drop_empty_channels(grads: torch.Tensor, value: torch.Tensor) -> torch.Tens
 class SemiMarkov:
     """Semi-Markov struct over a semiring (torch-struct's ``SemiMarkov``).
 
-    Works on torch-struct edge tensors (B, N-1, K, C, C) with position
+    Works on torch-struct edge tensors (B, N-1, K+1, C, C) with position
     lengths, and on :class:`SegmentPotentials` (lengths inside).
     """
 
@@ -114,7 +114,8 @@ class SemiMarkov:
         self.backend = check_backend(backend)
 
     # -- the value -------------------------------------------------------------
-    def logpartition(self, log_potentials, lengths=None, force_grad=False):
+    def logpartition(self, log_potentials: torch.Tensor | SegmentPotentials, lengths: torch.Tensor | None = None,
+                     force_grad: bool = False) -> tuple[torch.Tensor, list]:
         """(value (S, B), [potentials]) like torch-struct; never mutates inputs."""
         if isinstance(log_potentials, SegmentPotentials):
             if lengths is not None:
@@ -123,15 +124,17 @@ class SemiMarkov:
         edges, tokens = check_edges(log_potentials, lengths)
         return edge_value(self.semiring, edges, tokens, self.backend), [edges]
 
-    def sum(self, log_potentials, lengths=None, _raw=False):
+    def sum(self, log_potentials: torch.Tensor | SegmentPotentials, lengths: torch.Tensor | None = None,
+            _raw: bool = False) -> torch.Tensor:
         v = self.logpartition(log_potentials, lengths)[0]
         return v if _raw else self.semiring.unconvert(v)
 
     # -- gradients of the value -------------------------------------------------
-    def marginals(self, log_potentials, lengths=None, _raw=False):
+    def marginals(self, log_potentials: torch.Tensor | SegmentPotentials, lengths: torch.Tensor | None = None,
+                  _raw: bool = False) -> torch.Tensor | FactoredMarginals | list[FactoredMarginals]:
         """Gradient of the value w.r.t. the potentials.
 
-        Edges: (B, N-1, K, C, C) like torch-struct (with ``_raw``, (S, ...) one
+        Edges: (B, N-1, K+1, C, C) like torch-struct (with ``_raw``, (S, ...) one
         per channel). Factored: a :class:`FactoredMarginals` (per channel a
         list with ``_raw``). Not differentiable themselves.
         """
@@ -199,7 +202,8 @@ class SemiMarkov:
             return torch.autograd.grad(self.semiring.unconvert(v).sum(), bias)[0]
 
     # -- structures ---------------------------------------------------------------
-    def score(self, potentials, parts, batch_dims=(0,)):
+    def score(self, potentials: torch.Tensor | SegmentPotentials, parts: torch.Tensor | Segmentation,
+              batch_dims=(0,)) -> torch.Tensor:
         """Σ potentials · parts (edge layout; 0 · −inf counts as 0) or a Segmentation's score."""
         if isinstance(potentials, SegmentPotentials):
             return score_segmentation(potentials, parts)
@@ -207,8 +211,8 @@ class SemiMarkov:
         return _masked_dot(parts.to(potentials.dtype), potentials, event_dims)
 
     @staticmethod
-    def to_parts(sequence, extra, lengths=None):
-        """torch-struct's sequence form (B, N) in [-1, 0..C-1] → one-hot edges (B, N-1, K, C, C)."""
+    def to_parts(sequence: torch.Tensor, extra: tuple[int, int], lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """torch-struct's sequence form (B, N) in [-1, 0..C-1], extra = (C, K+1) → one-hot edges (B, N-1, K+1, C, C)."""
         C, K = extra
         B, N = sequence.shape
         parts = torch.zeros(B, N - 1, K, C, C, dtype=torch.long, device=sequence.device)
@@ -226,8 +230,8 @@ class SemiMarkov:
         return parts
 
     @staticmethod
-    def from_parts(edge):
-        """One-hot edges (B, N-1, K, C, C) → (sequence (B, N), (C, K)) like torch-struct."""
+    def from_parts(edge: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """One-hot edges (B, N-1, K+1, C, C) → (sequence (B, N), (C, K+1)) like torch-struct."""
         B, N1, K, C, _ = edge.shape
         labels = torch.full((B, N1 + 1), -1, dtype=torch.long, device=edge.device)
         on = edge.nonzero()
@@ -238,8 +242,9 @@ class SemiMarkov:
         return labels, (C, K)
 
     @staticmethod
-    def hsmm(init_z_1, transition_z_to_z, transition_z_to_l, emission_n_l_z):
-        """HSMM log-probabilities → edges (B, N, K, C, C) (torch-struct's convention).
+    def hsmm(init_z_1: torch.Tensor, transition_z_to_z: torch.Tensor, transition_z_to_l: torch.Tensor,
+             emission_n_l_z: torch.Tensor) -> torch.Tensor:
+        """HSMM log-probabilities → edges (B, N, K, C, C), K = durations + 1 (torch-struct's convention).
 
         init_z_1 (C,) or (B, C): log P(z_{-1}); transition_z_to_z (C, C):
         log P(z_{n+1}=j | z_n=i) at [i, j]; transition_z_to_l (C, K): log P(l | z);

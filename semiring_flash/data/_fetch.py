@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import urllib.parse
@@ -193,7 +194,8 @@ def _index_url() -> str:
     url = os.environ.get("PIP_INDEX_URL")
     if not url:
         try:
-            proc = subprocess.run(["pip", "config", "get", "global.index-url"], capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                                  capture_output=True, text=True)
             url = proc.stdout.strip() if proc.returncode == 0 else ""
         except OSError:
             url = ""

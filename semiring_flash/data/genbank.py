@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ _DNA = {c: i for i, c in enumerate("acgt")}
 class CDS:
     """One coding sequence: exons as 0-based half-open (start, end), sorted by start; strand '+' or '-'."""
 
-    exons: list
+    exons: list[tuple[int, int]]
     strand: str
     gene: str = ""
 
@@ -39,7 +40,7 @@ class CDS:
 class Locus:
     name: str
     seq: str  # lowercase; anything but a/c/g/t is unknown
-    cds: list = field(default_factory=list)
+    cds: list[CDS] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.seq)
@@ -72,7 +73,7 @@ def _parse_location(loc: str) -> tuple[list, str]:
     return exons, strand
 
 
-def parse_genbank(path_or_text) -> list[Locus]:
+def parse_genbank(path_or_text: str | Path) -> list[Locus]:
     """Parse a (possibly gzipped) GenBank flat file, or its text, into :class:`Locus` records.
 
     Raises ``ValueError`` for anything that is not GenBank text with at least one
@@ -186,7 +187,7 @@ def gene_transition_mask() -> torch.Tensor:
     return allowed
 
 
-def segments_to_genes(segments) -> list[tuple[str, tuple]]:
+def segments_to_genes(segments: Iterable[tuple[int, int, int]]) -> list[tuple[str, tuple[tuple[int, int], ...]]]:
     """Group (start, end, label) segments into genes: (strand, tuple of exons (start, end)).
 
     A gene is a maximal run of exon/intron segments of one strand; its exons are

