@@ -71,3 +71,26 @@ def test_lightning_example_smoke_run():
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "max_steps=2" in proc.stderr + proc.stdout and "decoded [(0," in proc.stdout
+
+
+@pytest.mark.slow
+def test_wheel_builds_offline_with_the_declared_backend(tmp_path):
+    """pip builds the wheel from the sources alone (no network, no build isolation) with py.typed and LICENSE."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    pytest.importorskip("setuptools")
+    import semiring_flash
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "semiring_flash", src / "semiring_flash", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                           "--no-index", "-q", "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("semiring_flash-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "semiring_flash/py.typed" in names and any(n.endswith("licenses/LICENSE") for n in names)
+    assert wheel.name.startswith(f"semiring_flash-{semiring_flash.__version__}-")
