@@ -547,7 +547,7 @@ def main(argv=None):
 
     try:
         train_recs, test_recs = load_augustus_genes("train"), load_augustus_genes("test")
-    except DataUnavailable as err:
+    except (DataUnavailable, ImportError) as err:  # no network, or the data extra missing
         sys.exit(f"error: {err}")
     train_loci = [Locus(r) for r in train_recs if len(r) <= args.max_train_len]
     test_loci = [Locus(r) for r in test_recs if len(r) <= args.max_test_len]

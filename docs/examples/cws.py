@@ -172,7 +172,7 @@ def main(argv=None):
 
     try:
         corpus = load_peoples_daily()
-    except DataUnavailable as err:
+    except (DataUnavailable, ImportError) as err:  # no network, or the data extra missing
         sys.exit(f"error: {err}")
     sents = [{"text": "".join(w for w, _ in s), "segs": sentence_segments(s)} for s in corpus]
     test = [s for i, s in enumerate(sents) if i % 10 == 9 and len(s["text"]) <= args.max_chars][:args.test_sentences]
