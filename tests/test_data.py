@@ -332,3 +332,15 @@ def test_real_downloads():
 
     assert len(load_augustus_genes("train")) == 486 and len(load_augustus_genes("test")) == 100
     assert len(load_peoples_daily()) == 19484
+
+
+def test_missing_data_extra_is_named(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "debian.arfile", None)  # as if python-debian were not installed
+    deb = tmp_path / "pkg_1.0_all.deb"
+    deb.write_bytes(_deb(WANT))
+    with pytest.raises(ImportError, match=r"semiring_flash\[data\].*python-debian"):
+        read_deb_members(deb, {})
+    monkeypatch.setitem(sys.modules, "pooch", None)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get: straight to the download
+    with pytest.raises(ImportError, match=r"semiring_flash\[data\].*pooch"):
+        fetch_deb_members("pkg", _wanted(tmp_path), tmp_path / "work", ("http://127.0.0.1:9/x.deb",), _sha(b""))
