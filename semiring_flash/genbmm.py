@@ -139,8 +139,7 @@ class _ArgBmm(torch.autograd.Function):
     def forward(ctx, a, b, kind, impl):
         ua, ub = _up(a), _up(b)
         if kind == "sample":
-            out = impl.lse_forward(ua, ub)
-            _, index = impl.argmax_forward(ua, ub, gumbel=True)
+            out, index = impl.sample_forward(ua, ub)
         else:
             out, index = impl.argmax_forward(ua, ub, product=kind == "prodmax")
         ctx.kind, ctx.impl = kind, impl

@@ -13,7 +13,12 @@ Triton kernels in ``ops/triton/bmm.py``:
 
 * an output whose terms are all −inf is −inf, and its gradients are 0 (never NaN);
 * argmax indices are int32, the FIRST k reaching the max, and −1 when every term is −inf;
-* ``samplebmm`` draws k with probability softmax_k(a + b) by the Gumbel-max trick.
+* ``samplebmm`` draws k with probability softmax_k(a + b) by the Gumbel-max trick
+  (argmax_k of a + b + independent Gumbel noise), from torch's generator here.
+
+Functions: lse_forward, argmax_forward, sample_forward, lse_backward, index_scatter
+(the same names and signatures in ``ops/triton/bmm.py``), plus index_gather and
+lse_double_backward (PyTorch only).
 """
 
 from __future__ import annotations
@@ -53,6 +58,11 @@ def lse_forward(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         total = total * torch.exp(best - ref) + torch.exp(v - ref.unsqueeze(2)).sum(2)
         best = new_best
     return torch.where(total > 0, torch.log(total) + _finite_or_zero(best), best)
+
+
+def sample_forward(a: torch.Tensor, b: torch.Tensor):
+    """(logbmm(a, b), one k per output drawn from softmax_k(a + b), int32; −1 where all terms are −inf)."""
+    return lse_forward(a, b), argmax_forward(a, b, gumbel=True)[1]
 
 
 def argmax_forward(a: torch.Tensor, b: torch.Tensor, product: bool = False, gumbel: bool = False):
