@@ -122,13 +122,14 @@ def sampled_indices(backend, a, b):
 
 
 def check_sample_frequencies(backend, a, b, draws):
-    """Over ``draws`` copies of one (n, k, m) problem, the frequency of each k is the
-    softmax probability within 5 binomial standard deviations (+ a small floor)."""
-    A, Bm = a.expand(draws, *a.shape[1:]).contiguous(), b.expand(draws, *b.shape[1:]).contiguous()
-    index = sampled_indices(backend, A, Bm)  # (draws, n, m)
+    """Over ``draws`` copies of one (1, n, k, m) problem (stacked along n: few programs),
+    the frequency of each k is the softmax probability within 5 binomial standard
+    deviations (+ a small floor), and −inf terms are never drawn."""
+    n, K = a.shape[1], a.shape[2]
+    index = sampled_indices(backend, a.repeat(1, draws, 1), b).view(draws, n, -1)
     probs = ref.log_weights_reference(a.double(), b.double())[0]  # (n, K, m)
     assert (index >= 0).all()
-    freq = torch.nn.functional.one_hot(index, a.shape[2]).double().mean(0).permute(0, 2, 1)  # (n, K, m)
+    freq = torch.nn.functional.one_hot(index, K).double().mean(0).permute(0, 2, 1)  # (n, K, m)
     sd = (probs * (1 - probs) / draws).sqrt()
     assert ((freq - probs).abs() <= 5 * sd + 1e-3).all(), (freq, probs)
-    assert (freq[probs == 0] == 0).all()  # a −inf term is never drawn
+    assert (freq[probs == 0] == 0).all()
