@@ -112,6 +112,40 @@ def bench_bmm(sizes, device, repeats, progress):
     return rows
 
 
+#: (TILE_N, TILE_K, TILE_M, NUM_WARPS) tried by --sweep
+SWEEP = [(32, 8, 32, 4), (32, 4, 32, 4), (16, 16, 16, 4), (64, 4, 64, 8), (32, 16, 32, 8), (64, 8, 32, 8), (16, 8, 64, 4)]
+
+
+def bench_sweep(B, S, device, repeats, progress):
+    """logbmm forward and forward + backward time for each kernel tile configuration."""
+    from semiring_flash.ops.triton import bmm
+
+    saved = (bmm.TILE_N, bmm.TILE_K, bmm.TILE_M, bmm.NUM_WARPS)
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(B, S, S, device=device, generator=g).requires_grad_()
+    b = torch.randn(B, S, S, device=device, generator=g).requires_grad_()
+    grad = torch.randn(B, S, S, device=device, generator=g)
+    rows = []
+    try:
+        for cfg in progress(SWEEP, desc="sweep"):
+            bmm.TILE_N, bmm.TILE_K, bmm.TILE_M, bmm.NUM_WARPS = cfg
+
+            def fwd():
+                with torch.no_grad():
+                    genbmm.logbmm(a, b)
+
+            def both():
+                a.grad = b.grad = None
+                genbmm.logbmm(a, b).backward(grad)
+
+            f, fb = measure(fwd, device, repeats), measure(both, device, repeats)
+            rows.append({"part": "sweep", "impl": "tiles %dx%dx%d w%d" % cfg, "B": B, "S": S,
+                         "status": f["status"], "seconds": f.get("seconds"), "fwd_bwd_seconds": fb.get("seconds")})
+    finally:
+        bmm.TILE_N, bmm.TILE_K, bmm.TILE_M, bmm.NUM_WARPS = saved
+    return rows
+
+
 def _struct_inputs(name, B, N, C, device):
     g = torch.Generator(device=device).manual_seed(1)
     if name == "LinearChain":
@@ -164,6 +198,9 @@ def _fmt(r):
 def table(rows) -> str:
     lines = []
     for r in rows:
+        if r["part"] == "sweep":
+            lines.append(f"sweep  B={r['B']} S={r['S']} {r['impl']:<22} fwd {1e3 * r['seconds']:8.2f} ms  fwd+bwd {1e3 * r['fwd_bwd_seconds']:8.2f} ms")
+            continue
         if r["part"] == "logbmm":
             head = f"logbmm B={r['B']:<3} S={r['S']:<5} {r['impl']:<26}"
         else:
@@ -209,6 +246,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke run)")
     p.add_argument("--parts", default="bmm,structs", help="comma list of: bmm, structs")
+    p.add_argument("--sweep", action="store_true", help="also time logbmm (B=8, S=1024) for several kernel tile sizes (CUDA)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     p.add_argument("--name", default=None, help="file stem (default genbmm_bench, genbmm_bench_quick with --quick)")
@@ -223,6 +261,8 @@ def main(argv=None):
     parts = set(args.parts.split(","))
     hardware = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores visible)"
     rows = []
+    if args.sweep:
+        rows += bench_sweep(8, 1024, device, args.repeats, progress)
     if "bmm" in parts:
         rows += bench_bmm(BMM_SIZES[scale], device, args.repeats, progress)
     if "structs" in parts:
