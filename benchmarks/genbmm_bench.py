@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import statistics
 import sys
@@ -199,7 +198,8 @@ def table(rows) -> str:
     lines = []
     for r in rows:
         if r["part"] == "sweep":
-            lines.append(f"sweep  B={r['B']} S={r['S']} {r['impl']:<22} fwd {1e3 * r['seconds']:8.2f} ms  fwd+bwd {1e3 * r['fwd_bwd_seconds']:8.2f} ms")
+            ms = lambda x: "failed" if x is None else f"{1e3 * x:8.2f} ms"  # noqa: E731
+            lines.append(f"sweep  B={r['B']} S={r['S']} {r['impl']:<22} fwd {ms(r['seconds'])}  fwd+bwd {ms(r['fwd_bwd_seconds'])}")
             continue
         if r["part"] == "logbmm":
             head = f"logbmm B={r['B']:<3} S={r['S']:<5} {r['impl']:<26}"
@@ -273,12 +273,12 @@ def main(argv=None):
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "dtype": "float32",
     }
-    print(f"{meta['command']} | {hardware} | torch {torch.__version__} | {meta['date']}")
-    print(table(rows))
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, args.name or ("genbmm_bench_quick" if args.quick else "genbmm_bench"))
     with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x)
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    print(f"{meta['command']} | {hardware} | torch {torch.__version__} | {meta['date']}")
+    print(table(rows))
     plot(rows, stem + ".png", f"genbmm.logbmm vs broadcast, fp32, {hardware}")
     return rows
 
