@@ -112,7 +112,8 @@ def bench_bmm(sizes, device, repeats, progress):
 
 
 #: (TILE_N, TILE_K, TILE_M, NUM_WARPS) tried by --sweep
-SWEEP = [(32, 8, 32, 4), (32, 4, 32, 4), (16, 16, 16, 4), (64, 4, 64, 8), (32, 16, 32, 8), (64, 8, 32, 8), (16, 8, 64, 4)]
+SWEEP = [(16, 16, 16, 4), (32, 8, 32, 4), (16, 8, 64, 4), (16, 32, 16, 4), (16, 16, 32, 4), (32, 16, 16, 4),
+         (16, 16, 16, 2), (16, 16, 16, 8), (8, 16, 16, 2), (16, 8, 16, 2)]
 
 
 def bench_sweep(B, S, device, repeats, progress):

@@ -72,7 +72,7 @@ def check_forward(name, backend, a, b, atol=1e-12, rtol=1e-12):
 def check_logbmm_grads(backend, a, b, seed=0, atol=1e-10, rtol=1e-10):
     """Gradients = softmax-weighted sums of the adjoint (the broadcast's softmax in float64,
     0 for all −inf outputs); finite everywhere."""
-    g = torch.randn(a.shape[0], a.shape[1], b.shape[2], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    g = torch.randn(a.shape[0], a.shape[1], b.shape[2], generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(a.device)
     probs = torch.nan_to_num(ref.log_weights_reference(a.double(), b.double()), nan=0.0)  # (B, n, k, m)
     want = (torch.einsum("bikj,bij->bik", probs, g), torch.einsum("bikj,bij->bkj", probs, g))
     a2, b2 = a.detach().requires_grad_(), b.detach().requires_grad_()
@@ -87,7 +87,7 @@ def check_argmax_grads(name, backend, a, b, seed=0):
     """maxbmm / prodmaxbmm gradients = indicator of the FIRST argmax k (times b or a for prodmax)."""
     product = name == "prodmaxbmm"
     fn = OPS[name][0]
-    g = torch.randn(a.shape[0], a.shape[1], b.shape[2], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    g = torch.randn(a.shape[0], a.shape[1], b.shape[2], generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(a.device)
     a2, b2 = a.detach().requires_grad_(), b.detach().requires_grad_()
     got = torch.autograd.grad(fn(a2, b2, backend=backend), (a2, b2), g.to(a.dtype))
     index = first_argmax(a, b, product)

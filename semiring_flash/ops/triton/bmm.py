@@ -158,8 +158,10 @@ def _index_scatter_kernel(
 # --------------------------------------------------------------------------------------
 # launchers
 # --------------------------------------------------------------------------------------
-#: tile sizes (rows, inner, cols); the (BN, BK, BM) term tile lives in registers
-TILE_N, TILE_K, TILE_M = 32, 8, 32
+#: tile sizes (rows, inner, cols); the (BN, BK, BM) term tile lives in registers. 16 x 16 x 16
+#: with 4 warps was the fastest logbmm forward + backward of benchmarks/genbmm_bench.py --sweep
+#: on an H200 (B = 8, n = k = m = 1024; docs/genbmm.md)
+TILE_N, TILE_K, TILE_M = 16, 16, 16
 NUM_WARPS = 4
 
 
