@@ -231,7 +231,7 @@ def plot(rows, path, title):
         for r in bmm:
             if r["impl"] == impl and r["status"] == "OOM":
                 for ax in axes:
-                    ax.annotate("OOM", (labels.index(f"B{r['B']} S{r['S']}"), 1), color="red")
+                    ax.annotate(f"{impl} OOM", (labels.index(f"B{r['B']} S{r['S']}"), 1), color="red")
     for ax, yl in zip(axes, ("seconds, forward + backward", "extra MiB")):
         ax.set_yscale("log")
         ax.set_xticks(range(len(labels)))
