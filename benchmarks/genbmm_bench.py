@@ -111,24 +111,31 @@ def bench_bmm(sizes, device, repeats, progress):
     return rows
 
 
-#: (TILE_N, TILE_K, TILE_M, NUM_WARPS) tried by --sweep
-SWEEP = [(16, 16, 16, 4), (32, 8, 32, 4), (16, 8, 64, 4), (16, 32, 16, 4), (16, 16, 32, 4), (32, 16, 16, 4),
-         (16, 16, 16, 2), (16, 16, 16, 8), (8, 16, 16, 2), (16, 8, 16, 2)]
+#: (TILE_N, TILE_K, TILE_M, NUM_WARPS, FORWARD_K_AXIS) tried by --sweep
+SWEEP = [(16, 16, 16, 4, 1), (16, 16, 16, 4, 2), (32, 8, 32, 4, 1), (32, 8, 32, 4, 2), (16, 8, 64, 4, 1),
+         (16, 32, 16, 4, 1), (16, 32, 16, 4, 2), (16, 16, 32, 4, 2), (32, 16, 16, 4, 2),
+         (16, 16, 16, 2, 1), (16, 16, 16, 8, 2), (8, 16, 16, 2, 2), (16, 8, 16, 2, 1)]
+_TILE_NAMES = ("TILE_N", "TILE_K", "TILE_M", "NUM_WARPS", "FORWARD_K_AXIS")
 
 
 def bench_sweep(B, S, device, repeats, progress):
-    """logbmm forward and forward + backward time for each kernel tile configuration."""
+    """logbmm forward and forward + backward time for each kernel tile configuration, and
+    the largest difference of its output and gradients from the float64 kernels'."""
     from semiring_flash.ops.triton import bmm
 
-    saved = (bmm.TILE_N, bmm.TILE_K, bmm.TILE_M, bmm.NUM_WARPS)
+    saved = tuple(getattr(bmm, n) for n in _TILE_NAMES)
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(B, S, S, device=device, generator=g).requires_grad_()
     b = torch.randn(B, S, S, device=device, generator=g).requires_grad_()
     grad = torch.randn(B, S, S, device=device, generator=g)
+    a64, b64 = a.detach().double().requires_grad_(), b.detach().double().requires_grad_()
+    out64 = genbmm.logbmm(a64, b64)
+    want = (out64.detach(), *torch.autograd.grad(out64, (a64, b64), grad.double()))
     rows = []
     try:
         for cfg in progress(SWEEP, desc="sweep"):
-            bmm.TILE_N, bmm.TILE_K, bmm.TILE_M, bmm.NUM_WARPS = cfg
+            for name, value in zip(_TILE_NAMES, cfg):
+                setattr(bmm, name, value)
 
             def fwd():
                 with torch.no_grad():
@@ -139,10 +146,14 @@ def bench_sweep(B, S, device, repeats, progress):
                 genbmm.logbmm(a, b).backward(grad)
 
             f, fb = measure(fwd, device, repeats), measure(both, device, repeats)
-            rows.append({"part": "sweep", "impl": "tiles %dx%dx%d w%d" % cfg, "B": B, "S": S,
-                         "status": f["status"], "seconds": f.get("seconds"), "fwd_bwd_seconds": fb.get("seconds")})
+            out = genbmm.logbmm(a, b)
+            got = (out.detach(), *torch.autograd.grad(out, (a, b), grad))
+            diff = max((x.double() - y).abs().max().item() for x, y in zip(got, want))
+            rows.append({"part": "sweep", "impl": "tiles %dx%dx%d w%d kaxis%d" % cfg, "B": B, "S": S, "status": f["status"],
+                         "seconds": f.get("seconds"), "fwd_bwd_seconds": fb.get("seconds"), "max_abs_diff_vs_float64": diff})
     finally:
-        bmm.TILE_N, bmm.TILE_K, bmm.TILE_M, bmm.NUM_WARPS = saved
+        for name, value in zip(_TILE_NAMES, saved):
+            setattr(bmm, name, value)
     return rows
 
 
@@ -200,7 +211,8 @@ def table(rows) -> str:
     for r in rows:
         if r["part"] == "sweep":
             ms = lambda x: "failed" if x is None else f"{1e3 * x:8.2f} ms"  # noqa: E731
-            lines.append(f"sweep  B={r['B']} S={r['S']} {r['impl']:<22} fwd {ms(r['seconds'])}  fwd+bwd {ms(r['fwd_bwd_seconds'])}")
+            lines.append(f"sweep  B={r['B']} S={r['S']} {r['impl']:<28} fwd {ms(r['seconds'])}  fwd+bwd {ms(r['fwd_bwd_seconds'])}"
+                         f"  max|diff| vs float64 {r['max_abs_diff_vs_float64']:.1e}")
             continue
         if r["part"] == "logbmm":
             head = f"logbmm B={r['B']:<3} S={r['S']:<5} {r['impl']:<26}"

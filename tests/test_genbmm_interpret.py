@@ -41,10 +41,13 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(params=["one_tile", "many_tiles"])
+@pytest.fixture(params=["one_tile", "many_tiles", "many_tiles_k_last"])
 def tiles(request, monkeypatch):
-    """Default tiles (one per matrix here), or 2 x 2 x 4 tiles: several programs, loops and padding."""
-    if request.param == "many_tiles":
+    """Default tiles (one per matrix here), or 2 x 2 x 4 tiles: several programs, loops and
+    padding; the last also with the forward's (BN, BM, BK) term layout."""
+    if request.param == "many_tiles_k_last":
+        monkeypatch.setattr(bmm, "FORWARD_K_AXIS", 2)
+    if request.param != "one_tile":
         monkeypatch.setattr(bmm, "TILE_N", 2)
         monkeypatch.setattr(bmm, "TILE_K", 2)
         monkeypatch.setattr(bmm, "TILE_M", 4)
