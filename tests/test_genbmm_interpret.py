@@ -41,22 +41,31 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(params=["one_tile", "many_tiles", "many_tiles_k_last"])
-def tiles(request, monkeypatch):
+def _set_tiles(monkeypatch, which):
     """Default tiles (one per matrix here), or 2 x 2 x 4 tiles: several programs, loops and
-    padding; the last also with the forward's (BN, BM, BK) term layout."""
-    if request.param == "many_tiles_k_last":
+    padding; "many_tiles_k_last" also takes the forward's (BN, BM, BK) term layout."""
+    if which == "many_tiles_k_last":
         monkeypatch.setattr(bmm, "FORWARD_K_AXIS", 2)
-    if request.param != "one_tile":
+    if which != "one_tile":
         monkeypatch.setattr(bmm, "TILE_N", 2)
         monkeypatch.setattr(bmm, "TILE_K", 2)
         monkeypatch.setattr(bmm, "TILE_M", 4)
-    return request.param
+    return which
+
+
+@pytest.fixture(params=["one_tile", "many_tiles"])
+def tiles(request, monkeypatch):
+    return _set_tiles(monkeypatch, request.param)
+
+
+@pytest.fixture(params=["one_tile", "many_tiles", "many_tiles_k_last"])
+def forward_tiles(request, monkeypatch):
+    return _set_tiles(monkeypatch, request.param)
 
 
 @pytest.mark.parametrize("name", list(OPS))
 @pytest.mark.parametrize("neg", [0.0, 0.3])
-def test_forward_matches_broadcast(name, neg, tiles):
+def test_forward_matches_broadcast(name, neg, forward_tiles):
     if name == "prodmaxbmm" and neg:
         pytest.skip("a * b with −inf factors is not a semiring product")
     a, b = operands(2, 3, 5, 6, seed=11, neg=neg, transposed=True)
@@ -72,7 +81,7 @@ def test_logbmm_gradients(dtype, tiles):
 
 
 @pytest.mark.parametrize("name", ["maxbmm", "prodmaxbmm"])
-def test_argmax_gradients_with_ties(name, tiles):
+def test_argmax_gradients_with_ties(name, forward_tiles):
     g = torch.Generator().manual_seed(13)
     a = torch.randint(-1, 2, (2, 3, 5), generator=g).double()  # many ties: the first k must win
     b = torch.randint(-1, 2, (2, 5, 6), generator=g).double()
@@ -92,7 +101,7 @@ def test_samplebmm_draws_follow_softmax():
     check_sample_frequencies("triton", a, b, draws=1000)
 
 
-def test_samplebmm_repeatable_and_never_draws_neg_inf(tiles):
+def test_samplebmm_repeatable_and_never_draws_neg_inf(forward_tiles):
     a, b = operands(2, 3, 5, 6, seed=16, neg=0.3)
     torch.manual_seed(2)
     first = sampled_indices("triton", a, b)
