@@ -6,6 +6,8 @@ and test_genbmm_gpu.py (CUDA).
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from genbmm_checks import (
     OPS,
@@ -17,6 +19,7 @@ from genbmm_checks import (
     operands,
     sampled_indices,
 )
+from strategies import ci_settings
 from semiring_flash import genbmm
 from semiring_flash.ops import bmm_torch
 
@@ -40,6 +43,26 @@ def test_forward_matches_broadcast(name, shape, neg, chunking):
         pytest.skip("a * b with −inf factors is not a semiring product")
     a, b = operands(*shape, seed=sum(shape), neg=neg, transposed=shape[0] == 2)
     check_forward(name, "torch", a, b)
+
+
+@ci_settings
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)),
+    seed=st.integers(0, 2**16),
+    neg=st.sampled_from([0.0, 0.4]),
+    budget=st.sampled_from([1, 30, bmm_torch.CHUNK_ELEMENTS]),
+)
+def test_random_shapes_values_and_gradients(shape, seed, neg, budget):
+    old, bmm_torch.CHUNK_ELEMENTS = bmm_torch.CHUNK_ELEMENTS, budget  # (no fixtures under @given)
+    try:
+        a, b = operands(*shape, seed=seed, neg=neg)
+        for name in NAMES:
+            if not (name == "prodmaxbmm" and neg):
+                check_forward(name, "torch", a, b)
+        check_logbmm_grads("torch", a, b, seed=seed)
+        check_argmax_grads("maxbmm", "torch", a, b, seed=seed)
+    finally:
+        bmm_torch.CHUNK_ELEMENTS = old
 
 
 @pytest.mark.parametrize("neg", [0.0, 0.3])
