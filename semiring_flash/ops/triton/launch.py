@@ -240,6 +240,7 @@ def _check_lengths(lengths, B, T):
         raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
 
 
+@torch.compiler.disable  # torch.compile: one graph break here, the kernels run as they are
 def factored_scan_triton(semiring, cum, transition, duration, tau0, end, lengths, start_bias=None,
                          checkpoint_every=None):
     """Semiring value (S, B) of the factored streaming recurrence (see ``ops.streaming.factored_scan``).
@@ -255,6 +256,7 @@ def factored_scan_triton(semiring, cum, transition, duration, tau0, end, lengths
     return _FactoredScan.apply(m, cum, transition, duration, tau0, end, lengths, start_bias)
 
 
+@torch.compiler.disable
 def edge_scan_triton(semiring, edges, lengths, checkpoint_every=None):
     """Semiring value (S, B) over torch-struct edges (B, T, K+1, C, C); lengths (B,) in tokens."""
     B, T, K1, C, _ = edges.shape
