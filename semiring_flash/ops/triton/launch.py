@@ -240,7 +240,17 @@ def _check_lengths(lengths, B, T):
         raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
 
 
-@torch.compiler.disable  # torch.compile: one graph break here, the kernels run as they are
+def _eager(apply):
+    """Under torch.compile, ``apply`` runs outside the graph (one graph break; the kernels
+    run as they are); in eager mode it is called directly (the disable wrapper costs host time)."""
+    disabled = torch.compiler.disable(apply)
+    return lambda *args: disabled(*args) if torch.compiler.is_compiling() else apply(*args)
+
+
+_factored_apply = _eager(lambda *args: _FactoredScan.apply(*args))
+_edge_apply = _eager(lambda *args: _EdgeScan.apply(*args))
+
+
 def factored_scan_triton(semiring, cum, transition, duration, tau0, end, lengths, start_bias=None,
                          checkpoint_every=None):
     """Semiring value (S, B) of the factored streaming recurrence (see ``ops.streaming.factored_scan``).
@@ -253,14 +263,13 @@ def factored_scan_triton(semiring, cum, transition, duration, tau0, end, lengths
     K = duration.shape[-2]
     _check_lengths(lengths, B, T1 - 1)
     m = _Meta(semiring, B, T1 - 1, K, C, tau0.dtype, cum.device, False, start_bias is not None, checkpoint_every)
-    return _FactoredScan.apply(m, cum, transition, duration, tau0, end, lengths, start_bias)
+    return _factored_apply(m, cum, transition, duration, tau0, end, lengths, start_bias)
 
 
-@torch.compiler.disable
 def edge_scan_triton(semiring, edges, lengths, checkpoint_every=None):
     """Semiring value (S, B) over torch-struct edges (B, T, K+1, C, C); lengths (B,) in tokens."""
     B, T, K1, C, _ = edges.shape
     _check_lengths(lengths, B, T)
     dtype = edges.dtype if edges.dtype in (torch.float32, torch.float64) else torch.float32
     m = _Meta(semiring, B, T, K1 - 1, C, dtype, edges.device, True, False, checkpoint_every)
-    return _EdgeScan.apply(m, edges, lengths)
+    return _edge_apply(m, edges, lengths)
