@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
-import triton
 
+from ..streaming import default_checkpoint_every
 from .kernels import scan_bwd_kernel, scan_fwd_kernel
 from .semiring import SEMIRING_IDS
 
 __all__ = ["factored_scan_triton", "edge_scan_triton", "checkpoint_every"]
 
 
-def checkpoint_every(T: int, K: int) -> int:
-    """Δ ≈ √(T·K), at least K (so a checkpoint's K ring rows lie in one block), at most T."""
-    return max(1, min(T, max(K, int(math.ceil(math.sqrt(T * K))))))
+def checkpoint_every(T: int, K: int, every: int | None = None) -> int:
+    """Δ of the kernels: the streaming engine's rule (≈ √(T·K)) or the caller's ``every``,
+    raised to at least K (a checkpoint's K ring rows must lie in one block), at most T."""
+    base = default_checkpoint_every(T, K) if every is None else int(every)
+    return max(1, min(T, max(K, base)))
 
 
 def _pow2(n: int) -> int:
@@ -59,7 +59,7 @@ class _Meta:
         self.CP, self.KP = max(2, _pow2(C)), max(2, _pow2(K))
         self.dtype, self.device = dtype, device
         self.edges, self.has_sb = edges, has_sb
-        self.delta = checkpoint_every(T, K) if every is None else max(1, min(T, max(K, int(every))))
+        self.delta = checkpoint_every(T, K, every)
         # Short sequences: when every tape row of the whole batch fits in STORE_ALL_BYTES the
         # forward keeps them all and the backward skips its recompute pass (one block).
         r_all = _pow2(T + 2 * K + 1)
@@ -235,7 +235,7 @@ class _EdgeScan(torch.autograd.Function):
         return None, g, None
 
 
-def _check_lengths(lengths, B, T):
+def _check_lengths(lengths, B):
     if lengths.shape != (B,):
         raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
 
@@ -261,7 +261,7 @@ def factored_scan_triton(semiring, cum, transition, duration, tau0, end, lengths
     """
     B, T1, C = cum.shape
     K = duration.shape[-2]
-    _check_lengths(lengths, B, T1 - 1)
+    _check_lengths(lengths, B)
     m = _Meta(semiring, B, T1 - 1, K, C, tau0.dtype, cum.device, False, start_bias is not None, checkpoint_every)
     return _factored_apply(m, cum, transition, duration, tau0, end, lengths, start_bias)
 
@@ -269,7 +269,7 @@ def factored_scan_triton(semiring, cum, transition, duration, tau0, end, lengths
 def edge_scan_triton(semiring, edges, lengths, checkpoint_every=None):
     """Semiring value (S, B) over torch-struct edges (B, T, K+1, C, C); lengths (B,) in tokens."""
     B, T, K1, C, _ = edges.shape
-    _check_lengths(lengths, B, T)
+    _check_lengths(lengths, B)
     dtype = edges.dtype if edges.dtype in (torch.float32, torch.float64) else torch.float32
     m = _Meta(semiring, B, T, K1 - 1, C, dtype, edges.device, True, False, checkpoint_every)
     return _edge_apply(m, edges, lengths)
