@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..streaming import default_checkpoint_every
@@ -89,6 +91,16 @@ class _Meta:
 
     def bases(self, R):
         return torch.empty(self.B, 2 * R, 2, dtype=torch.float64, device=self.device)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_meta(*key):
+    return _Meta(*key[:-2])
+
+
+def _meta(*args) -> _Meta:
+    """_Meta per call shape, cached (small calls are host-bound); the tuning globals are part of the key."""
+    return _cached_meta(*args, NUM_WARPS_OVERRIDE, STORE_ALL_BYTES)
 
 
 def _bwd_tape(m: _Meta, R):
@@ -262,7 +274,7 @@ def factored_scan_triton(semiring, cum, transition, duration, tau0, end, lengths
     B, T1, C = cum.shape
     K = duration.shape[-2]
     _check_lengths(lengths, B)
-    m = _Meta(semiring, B, T1 - 1, K, C, tau0.dtype, cum.device, False, start_bias is not None, checkpoint_every)
+    m = _meta(semiring, B, T1 - 1, K, C, tau0.dtype, cum.device, False, start_bias is not None, checkpoint_every)
     return _factored_apply(m, cum, transition, duration, tau0, end, lengths, start_bias)
 
 
@@ -271,5 +283,5 @@ def edge_scan_triton(semiring, edges, lengths, checkpoint_every=None):
     B, T, K1, C, _ = edges.shape
     _check_lengths(lengths, B)
     dtype = edges.dtype if edges.dtype in (torch.float32, torch.float64) else torch.float32
-    m = _Meta(semiring, B, T, K1 - 1, C, dtype, edges.device, True, False, checkpoint_every)
+    m = _meta(semiring, B, T, K1 - 1, C, dtype, edges.device, True, False, checkpoint_every)
     return _edge_apply(m, edges, lengths)
