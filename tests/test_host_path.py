@@ -134,3 +134,10 @@ def test_unchecked_lengths_are_clamped_by_the_kernels():
     clamped = sf.SemiMarkovCRF(model(lengths=torch.tensor([T, 1])), backend="triton").partition
     assert torch.isfinite(wild[0]) and wild[0] == clamped[0]
     assert not torch.isnan(wild[1])  # length clamped to 0: no segmentation, but no NaN either
+
+
+def test_pair_of_distributions_needs_equal_lengths():
+    p = sf.SemiMarkovCRF(model(lengths=torch.tensor([T, 3])))
+    with pytest.raises(ValueError, match="same lengths"):
+        p.kl(sf.SemiMarkovCRF(model(lengths=torch.tensor([T, 4]))))
+    assert torch.isfinite(p.kl(sf.SemiMarkovCRF(model(lengths=torch.tensor([T, 3]))))).all()

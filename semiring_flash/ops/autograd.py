@@ -9,6 +9,7 @@ import torch
 
 from ..potentials import SegmentPotentials
 from ..semirings import MaxSemiring, Semiring
+from ..validation import check_values, signature
 from . import streaming
 
 BACKENDS = ("auto", "torch", "triton")
@@ -74,8 +75,10 @@ def factored_inputs(pots: list[SegmentPotentials], leaves: bool = False) -> Fact
     """
     first = pots[0]
     for p in pots[1:]:
-        if p.shape != first.shape or not torch.equal(p.lengths, first.lengths):
+        if p.shape != first.shape:
             raise ValueError(f"both distributions need the same (B, T, K, C) and lengths; got {first.shape} and {p.shape}")
+        check_values(signature(lengths=first.lengths, other_lengths=p.lengths), first.device,
+                     lambda: [((p.lengths != first.lengths).any(), "both distributions need the same lengths")])
 
     def prep(x):
         return x.detach().requires_grad_() if leaves else x
