@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ BACKENDS = ("auto", "torch", "triton")
 _TRITON_SEMIRINGS = {"log", "max", "entropy", "kmax"}
 
 
+@functools.lru_cache(maxsize=None)  # once: the import machinery costs host time on every call
 def _triton_module():
     try:
         from . import triton as kernels  # noqa: WPS433 (optional dependency)
