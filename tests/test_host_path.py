@@ -141,3 +141,22 @@ def test_pair_of_distributions_needs_equal_lengths():
     with pytest.raises(ValueError, match="same lengths"):
         p.kl(sf.SemiMarkovCRF(model(lengths=torch.tensor([T, 4]))))
     assert torch.isfinite(p.kl(sf.SemiMarkovCRF(model(lengths=torch.tensor([T, 3]))))).all()
+
+
+def test_torch_compile_breaks_only_at_the_kernel_call(monkeypatch):
+    """dynamo traces the public API; the Triton call is the one break (reported in its frame and the caller's)."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    import torch._dynamo
+
+    linear = torch.nn.Linear(3, C)
+    transition = torch.randn(C, C, requires_grad=True)
+
+    def loss(x, lengths):
+        pots = sf.SegmentPotentials(linear(x), transition=transition, duration=torch.zeros(K, C), lengths=lengths)
+        return sf.SemiMarkovCRF(pots, backend="triton").partition.sum()
+
+    x, lengths = torch.randn(B, T, 3), torch.tensor([T, 4])
+    explained = torch._dynamo.explain(loss)(x, lengths)
+    assert explained.graph_break_count <= 2, [b.reason for b in explained.break_reasons]
+    torch._dynamo.reset()

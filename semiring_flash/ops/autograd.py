@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 
@@ -17,8 +16,7 @@ BACKENDS = ("auto", "torch", "triton")
 _TRITON_SEMIRINGS = {"log", "max", "entropy", "kmax"}
 
 
-@functools.lru_cache(maxsize=None)  # once: the import machinery costs host time on every call
-def _triton_module():
+def _import_triton():
     try:
         from . import triton as kernels  # noqa: WPS433 (optional dependency)
     except Exception as err:  # ImportError, or triton failing to initialise
@@ -26,6 +24,15 @@ def _triton_module():
     if not hasattr(kernels, "factored_scan_triton"):
         return None, ImportError("semiring_flash.ops.triton has no kernels")
     return kernels, None
+
+
+_TRITON: list = []  # (module or None, error): looked up once, the import machinery costs host time
+
+
+def _triton_module():
+    if not _TRITON:
+        _TRITON.append(_import_triton())
+    return _TRITON[0]
 
 
 def check_backend(backend: str) -> str:

@@ -99,7 +99,10 @@ def _cached_meta(*key):
 
 
 def _meta(*args) -> _Meta:
-    """_Meta per call shape, cached (small calls are host-bound); the tuning globals are part of the key."""
+    """_Meta per call shape, cached (small calls are host-bound); the tuning globals are part of the key.
+    torch.compile traces the plain constructor (it warns about lru_cache wrappers)."""
+    if torch.compiler.is_compiling():
+        return _Meta(*args)
     return _cached_meta(*args, NUM_WARPS_OVERRIDE, STORE_ALL_BYTES)
 
 
