@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_bench.py --out benchmarks/results            # all cases
     python benchmarks/gpu_bench.py --cases small,mid --sweep            # subset, num_warps sweep
+    python benchmarks/gpu_bench.py --cases api                          # the public API, small batch
 
 For each case: forward + backward (gradients w.r.t. every potential) of this
 kernel, and where it is affordable the PyTorch streaming engine and
@@ -10,6 +11,10 @@ over repeats for short cases, one timed run after a warm-up for long ones).
 "Extra memory" is the peak allocation during the call minus what was
 allocated before it (the inputs); ``extra_minus_grads`` also subtracts the
 gradient tensors the call returns (outputs, same size as the inputs).
+The ``api`` case times the public API instead (build SegmentPotentials,
+SemiMarkovCRF(...).partition, gradients w.r.t. scores, transition, duration) per
+validation mode, eager and as a CUDA-graph replay; "pipelined" is the time per
+call when calls are queued back to back and synchronised once (a training loop).
 Writes gpu_bench.json and gpu_bench.png under --out.
 """
 
@@ -35,6 +40,7 @@ from semiring_flash.ops.triton import launch  # noqa: E402
 DEV = "cuda"
 CASES = {
     "small": dict(B=32, T=128, K=8, C=16, target_s=1e-3),
+    "api": dict(B=32, T=128, K=8, C=16, target_s=0.5e-3),
     "mid": dict(B=16, T=1000, K=30, C=39, target_s=20e-3),
     "long": dict(B=1, T=100_000, K=100, C=8, target_s=1.0),
     "huge": dict(B=1, T=10_000_000, K=100, C=8, target_s=60.0),
@@ -139,6 +145,75 @@ def edge_fn(impl, edges, lengths):
     return run
 
 
+def api_fn(B, T, K, C, seed=0):
+    """One public-API call: SegmentPotentials from (B, T, C) scores, partition, gradients."""
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    scores = torch.randn(B, T, C, generator=g, device=DEV).requires_grad_()
+    trans = (0.5 * torch.randn(C, C, generator=g, device=DEV)).requires_grad_()
+    dur = torch.randn(K, C, generator=g, device=DEV).requires_grad_()
+    lengths = torch.full((B,), T, dtype=torch.int64, device=DEV)
+    leaves = [scores, trans, dur]
+
+    def run():
+        pots = sf.SegmentPotentials(scores, transition=trans, duration=dur, lengths=lengths)
+        z = sf.SemiMarkovCRF(pots).partition
+        return list(torch.autograd.grad(z.sum(), leaves))
+
+    return run
+
+
+def pipelined(fn, reps=200):
+    """Seconds per call with calls queued back to back, one synchronisation at the end."""
+    fn()
+    sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return (time.perf_counter() - t) / reps
+
+
+def cuda_graph(fn):
+    """fn captured in a CUDA graph (after a warm-up on a side stream): a replay function."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
+
+
+def bench_api(name, cfg, results):
+    B, T, K, C = cfg["B"], cfg["T"], cfg["K"], cfg["C"]
+    run = api_fn(B, T, K, C)
+    dims = dict(B=B, T=T, K=K, C=C, target_s=cfg["target_s"])
+    has_modes = hasattr(sf, "set_validation")  # absent before the validation policy existed
+    for mode in ("auto", "full", "off") if has_modes else ("always (no policy)",):
+        if has_modes:
+            sf.set_validation(mode)
+        s, ex, ob = measure(run, 200)
+        results.append(row(name, f"public_api_eager[{mode}]", s, ex, ob, pipelined_seconds=pipelined(run),
+                           gpu_seconds=gpu_seconds(run), **dims))
+    if has_modes:
+        sf.set_validation("auto")
+    try:
+        replay = cuda_graph(run)
+        s, ex, ob = measure(replay, 200)
+        results.append(row(name, "public_api_cuda_graph", s, ex, ob, pipelined_seconds=pipelined(replay), **dims))
+    except Exception as err:  # noqa: BLE001  (the old host path syncs: capture fails)
+        results.append(dict(case=name, impl="public_api_cuda_graph", error=repr(err)[:300], **dims))
+        print(json.dumps(results[-1]), flush=True)
+
+
 def row(name, impl, secs, extra, out_bytes, **kw):
     r = dict(case=name, impl=impl, seconds=secs, extra_bytes=extra, extra_minus_grads=extra - out_bytes, **kw)
     print(json.dumps(r), flush=True)
@@ -146,6 +221,8 @@ def row(name, impl, secs, extra, out_bytes, **kw):
 
 
 def bench_case(name, cfg, results, torch_engine=True):
+    if name == "api":
+        return bench_api(name, cfg, results)
     B, T, K, C = cfg["B"], cfg["T"], cfg["K"], cfg["C"]
     inp = make_inputs(B, T, K, C)
     long = T >= 100_000

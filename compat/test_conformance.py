@@ -16,7 +16,12 @@ warnings.filterwarnings("ignore", message=".*does not define `arg_constraints`.*
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-@pytest.mark.parametrize("sc", SCENARIOS, ids=[s.name for s in SCENARIOS])
+#: scenarios of a few seconds each: CI only (-m "not slow" skips them)
+SLOW_SCENARIOS = {"neginf_mixed_lengths", "neginf_duration", "wider_f32", "base_f64", "neginf_transition"}
+
+
+@pytest.mark.parametrize("sc", [pytest.param(s, marks=pytest.mark.slow) if s.name in SLOW_SCENARIOS else s
+                                for s in SCENARIOS], ids=[s.name for s in SCENARIOS])
 def test_scenario_conforms(sc):
     rows = run_scenario(sc, n_samples=1000)
     failed = [r for r in rows if not r.ok]

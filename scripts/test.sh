@@ -1,4 +1,12 @@
 #!/usr/bin/env bash
-# Runs the whole test suite (CPU; Triton kernels through TRITON_INTERPRET=1). Sets itself up.
+# Runs the test suite (CPU; Triton kernels through TRITON_INTERPRET=1). Sets itself up.
+#   bash scripts/test.sh               everything (what CI runs: .ci/run)
+#   bash scripts/test.sh --fast        development selection: -m "not slow" (skips the long-T,
+#                                      interpreter-heavy and multi-second oracle cases)
+# Other arguments go to pytest, e.g. bash scripts/test.sh --fast tests/test_engine.py -k dense
 source "$(dirname "$0")/_venv.sh" test
-exec "$PY" -m pytest -q "$@"
+args=()
+for a in "$@"; do
+  if [ "$a" = "--fast" ]; then args+=(-m "not slow"); else args+=("$a"); fi
+done
+exec "$PY" -m pytest -q ${args[@]+"${args[@]}"}

@@ -21,6 +21,7 @@ from .semirings import (
     Semiring,
 )
 from .struct import SemiMarkov
+from .validation import get_validation, set_validation, validation_mode
 from . import nn, tags  # noqa: E402  (submodules: sf.nn.SemiCRFHead, sf.tags.segments_to_tags)
 
 __version__ = "0.1.0"
@@ -39,6 +40,9 @@ __all__ = [
     "CrossEntropySemiring",
     "KLDivergenceSemiring",
     "SampledSemiring",
+    "set_validation",
+    "get_validation",
+    "validation_mode",
     "nn",
     "tags",
 ]

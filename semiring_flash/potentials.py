@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .validation import (
-    check_lengths,
-    check_no_nan,
-    check_no_pos_inf,
+    all_finite,
     check_same_device,
     check_shape,
     check_tensor,
+    check_values,
+    lengths_in_range,
+    lengths_tensor,
+    no_nan_or_pos_inf,
+    signature,
 )
 
 __all__ = ["SegmentPotentials"]
@@ -94,20 +99,31 @@ class SegmentPotentials:
             scores=scores, cum_scores=cum_scores, transition=transition, duration=duration,
             init=init, start=start, end=end,
         )
-        check_no_nan("scores" if scores is not None else "cum_scores", base)
-        check_no_pos_inf("scores" if scores is not None else "cum_scores", base)
-        if not torch.isfinite(base.detach()).all():
-            raise ValueError("scores must be finite (put structural zeros in transition/duration/start/end)")
-        for name, v in (("transition", transition), ("duration", duration), ("init", init), ("start", start), ("end", end)):
-            if v is not None:
-                check_no_nan(name, v)
-                check_no_pos_inf(name, v)
-        if cum_scores is not None and bool((cum_scores.detach()[:, 0] != 0).any()):
-            raise ValueError("cum_scores[:, 0] must be 0 (prefix sums S[t] = sum of scores[:t])")
         if center not in (None, "mean"):
             raise ValueError(f"center must be None or 'mean', got {center!r}")
         if init is not None and start is not None:
             raise ValueError("give at most one of init and start (start replaces init ⊗ transition)")
+        given_lengths = lengths is not None
+        lengths = lengths_tensor("lengths", lengths, B, T, device)
+        base_name = "scores" if scores is not None else "cum_scores"
+        optional = (("init", init), ("start", start), ("end", end))
+        host_lengths = given_lengths and lengths.device.type == "cpu" and device.type != "cpu"  # GPU potentials
+
+        def value_checks():
+            yield all_finite(base_name, base)
+            for name, v in (("transition", transition), ("duration", duration)) + optional:
+                if v is not None:
+                    yield no_nan_or_pos_inf(name, v)
+            if cum_scores is not None:
+                yield (cum_scores.detach()[:, 0] != 0).any(), "cum_scores[:, 0] must be 0 (prefix sums S[t] = sum of scores[:t])"
+            if given_lengths and not host_lengths:
+                yield lengths_in_range("lengths", lengths, 1, T)
+
+        if host_lengths:  # checked where the data is: no device sync
+            check_values(signature(lengths=lengths) + (T,), lengths.device, lambda: [lengths_in_range("lengths", lengths, 1, T)])
+        sig = signature(**{base_name: base}, transition=transition, duration=duration, init=init, start=start,
+                        end=end, lengths=lengths if given_lengths else None)
+        check_values(sig, device, value_checks)
 
         self.scores = scores
         self.cum_scores = cum_scores
@@ -120,7 +136,7 @@ class SegmentPotentials:
         self.batch, self.T, self.C, self.K = B, T, C, K
         self.device = device
         self.dtype = _compute_dtype(base.dtype)
-        self.lengths = check_lengths("lengths", lengths, B, 1, T, device)
+        self.lengths = lengths.to(device=device, dtype=torch.long)
 
     # -- shapes ---------------------------------------------------------------
     @property
@@ -138,8 +154,8 @@ class SegmentPotentials:
     def cum(self) -> torch.Tensor:
         """(B, T+1, C) float64 prefix sums (centred if requested), differentiable."""
         if self.scores is not None:
-            s = self.scores.to(torch.float64)
-            cum = torch.cat([s.new_zeros(self.batch, 1, self.C), s.cumsum(1)], 1)
+            s = self.scores.cumsum(1, dtype=torch.float64)
+            cum = torch.cat([s.new_zeros(self.batch, 1, self.C), s], 1)
         else:
             cum = self.cum_scores.to(torch.float64)
         if self.center == "mean":
@@ -212,14 +228,12 @@ class SegmentPotentials:
         return torch.cat([zero_k, edge], 2)
 
     def detach(self) -> "SegmentPotentials":
-        def dt(x):
-            return None if x is None else x.detach()
-
-        return SegmentPotentials(
-            dt(self.scores), cum_scores=dt(self.cum_scores), transition=self.transition.detach(),
-            duration=self.duration.detach(), init=dt(self.init), start=dt(self.start), end=dt(self.end),
-            lengths=self.lengths, center=self.center,
-        )
+        """The same potentials cut from the autograd graph (already validated: no checks, no sync)."""
+        out = copy.copy(self)
+        for name in ("scores", "cum_scores", "transition", "duration", "init", "start", "end"):
+            v = getattr(self, name)
+            setattr(out, name, None if v is None else v.detach())
+        return out
 
     def __repr__(self):
         B, T, K, C = self.shape

@@ -51,7 +51,7 @@ __all__ = [
 
 
 def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(torch.isfinite(x), x, 0.0)  # a Python scalar: no device allocation
+    return x.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # one kernel (where(isfinite) takes six)
 
 
 class _SafeLogSumExp(torch.autograd.Function):
@@ -68,10 +68,6 @@ class _SafeLogSumExp(torch.autograd.Function):
     def backward(ctx, g):
         x, out = ctx.saved_tensors
         return (x - _finite_or_zero(out)).exp() * g.unsqueeze(ctx.dim), None
-
-    @staticmethod
-    def jvp(ctx, *args):  # pragma: no cover - forward-mode AD is not supported
-        raise NotImplementedError
 
 
 def logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ from .ops.autograd import check_backend, edge_value, factored_inputs, factored_v
 from .potentials import SegmentPotentials
 from .segmentation import FactoredMarginals, Segmentation
 from .semirings import LogSemiring, Semiring, logsumexp
-from .validation import check_lengths, check_no_nan, check_tensor
+from .validation import check_lengths, check_tensor, check_values, no_nan_or_pos_inf, signature
 
 __all__ = ["SemiMarkov", "check_edges", "score_segmentation"]
 
@@ -28,9 +28,7 @@ def check_edges(edges, lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"log_potentials dim 2 (K, durations 0..K-1) must be >= 2, got shape {tuple(edges.shape)}")
     if B < 1 or N1 < 1 or C < 1:
         raise ValueError(f"log_potentials needs B, N-1, C >= 1, got shape {tuple(edges.shape)}")
-    check_no_nan("log_potentials", edges)
-    if torch.isposinf(edges.detach()).any():
-        raise ValueError("log_potentials contains +inf; scores must be finite or -inf")
+    check_values(signature(log_potentials=edges), edges.device, lambda: [no_nan_or_pos_inf("log_potentials", edges)])
     positions = check_lengths("lengths", lengths, B, 2, N1 + 1, edges.device)
     return edges, positions - 1
 

@@ -1,8 +1,111 @@
-"""Argument checks shared by every entry point: clear errors, never a kernel crash."""
+"""Argument checks shared by every entry point: clear errors, never a kernel crash.
+
+Two kinds of checks:
+
+* **structure** (type, dtype, ndim, shape, device): host metadata only, always run;
+* **values** (NaN, +inf, lengths in range, ...): they read the data, so on a GPU
+  each one is a device→host synchronisation. Their policy is set by
+  :func:`set_validation`:
+
+  ``"auto"`` (default)
+      CPU tensors: checked on every call (on the host, where the data is: no sync).
+      Accelerator tensors: checked on the first call of each input signature
+      (shapes, dtypes, device, optional arguments), with one synchronisation for
+      all the checks of that call; later calls with the same signature skip them
+      (no sync, so a training step can run ahead of the GPU or be captured in a
+      CUDA graph).
+  ``"full"``
+      Every call, every device (one synchronisation per call on a GPU).
+  ``"off"``
+      Structure checks only. Out-of-range lengths are clamped into range by the
+      Triton kernels (never an out-of-bounds access); NaN inputs give NaN results.
+
+Whatever the mode, value checks are skipped while a CUDA graph is being captured or
+torch.compile is tracing (a sync is impossible there): do an eager warm-up call first,
+as CUDA-graph capture requires anyway.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, Iterable, Union
+
 import torch
+
+VALIDATION_MODES = ("auto", "full", "off")
+_mode = "auto"
+_checked_signatures: set = set()
+_MAX_SIGNATURES = 4096  # bound the memory of "auto" (then forget and re-check)
+
+#: one value check: a 0-d bool tensor that is True when the input is bad, and its message
+#: (a callable is only evaluated on failure: it may sync to say what is wrong)
+Check = tuple[torch.Tensor, Union[str, Callable[[], str]]]
+
+
+def set_validation(mode: str) -> str:
+    """Choose when input *values* are checked: ``"auto"`` | ``"full"`` | ``"off"``; returns the old mode.
+
+    See the module docstring (``semiring_flash.validation``); shapes, dtypes and devices
+    are always checked.
+    """
+    global _mode
+    if mode not in VALIDATION_MODES:
+        raise ValueError(f"validation mode must be one of {VALIDATION_MODES}, got {mode!r}")
+    old, _mode = _mode, mode
+    _checked_signatures.clear()
+    return old
+
+
+def get_validation() -> str:
+    return _mode
+
+
+@contextlib.contextmanager
+def validation_mode(mode: str):
+    """``with sf.validation_mode("full"): ...`` — :func:`set_validation` for a block."""
+    old = set_validation(mode)
+    try:
+        yield
+    finally:
+        set_validation(old)
+
+
+def _on_host(device: torch.device) -> bool:
+    """Data the host can read without waiting for a device."""
+    return device.type == "cpu"
+
+
+def _tracing(device: torch.device) -> bool:
+    if torch.compiler.is_compiling():
+        return True
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def signature(**tensors) -> tuple:
+    """Hashable description of the inputs (shape, dtype, device; None for absent ones)."""
+    return tuple((n, None) if t is None else (n, tuple(t.shape), t.dtype, t.device) for n, t in tensors.items())
+
+
+def check_values(sig: tuple, device: torch.device, checks: Callable[[], Iterable[Check]]) -> None:
+    """Run the value checks built by ``checks()`` when the policy asks for it.
+
+    All flags are read back at once (one synchronisation on a GPU); the first failing
+    check raises ValueError with its message.
+    """
+    if _mode == "off" or _tracing(device):
+        return
+    once = _mode == "auto" and not _on_host(device)
+    if once and sig in _checked_signatures:
+        return
+    listed = list(checks())
+    if listed and torch.stack([bad for bad, _ in listed]).any():  # the one read when all is well
+        for bad, message in listed:
+            if bad:
+                raise ValueError(message() if callable(message) else message)
+    if once:
+        if len(_checked_signatures) >= _MAX_SIGNATURES:
+            _checked_signatures.clear()
+        _checked_signatures.add(sig)
 
 
 def check_tensor(name: str, x, ndims, *, floating: bool = True) -> torch.Tensor:
@@ -26,14 +129,34 @@ def check_shape(name: str, x: torch.Tensor, expected: tuple, what: str) -> None:
         raise ValueError(f"{name} must have shape {what} = {shown}, got {tuple(x.shape)}")
 
 
-def check_no_nan(name: str, x: torch.Tensor) -> None:
-    if torch.isnan(x.detach()).any():
-        raise ValueError(f"{name} contains NaN (use -inf for a structural zero)")
+def _nan_or_posinf_message(name: str, x: torch.Tensor) -> Callable[[], str]:
+    def message():
+        if torch.isnan(x).any():
+            return f"{name} contains NaN (use -inf for a structural zero)"
+        if torch.isposinf(x).any():
+            return f"{name} contains +inf; scores must be finite or -inf"
+        return f"{name} must be finite (put structural zeros in transition/duration/start/end)"
+
+    return message
 
 
-def check_no_pos_inf(name: str, x: torch.Tensor) -> None:
-    if torch.isposinf(x.detach()).any():
-        raise ValueError(f"{name} contains +inf; scores must be finite or -inf")
+def no_nan_or_pos_inf(name: str, x: torch.Tensor) -> Check:
+    """Potentials may hold −inf (a structural zero), never NaN or +inf."""
+    x = x.detach()
+    return ~(x.amax() < float("inf")), _nan_or_posinf_message(name, x)  # amax propagates NaN
+
+
+def all_finite(name: str, x: torch.Tensor) -> Check:
+    x = x.detach()
+    return ~(x.abs().amax() < float("inf")), _nan_or_posinf_message(name, x)
+
+
+def lengths_in_range(name: str, lengths: torch.Tensor, low: int, high: int) -> Check:
+    def message():
+        lo, hi = int(lengths.min()), int(lengths.max())
+        return f"{name} must lie in [{low}, {high}], got values in [{lo}, {hi}]"
+
+    return ((lengths < low) | (lengths > high)).any(), message
 
 
 def check_same_device(**tensors) -> torch.device:
@@ -44,8 +167,13 @@ def check_same_device(**tensors) -> torch.device:
     return next(iter(devices.values()))
 
 
-def check_lengths(name: str, lengths, batch: int, low: int, high: int, device) -> torch.Tensor:
-    """Integer (B,) tensor with values in [low, high]; returns it as int64 on ``device``."""
+def lengths_tensor(name: str, lengths, batch: int, high: int, device) -> torch.Tensor:
+    """Structure of ``lengths`` (integer, (B,)); returns the tensor as given (default: all ``high``).
+
+    CPU lengths are accepted for GPU potentials: their range check then runs on the
+    host (no sync) before they are copied over.
+    """
+    device = torch.device(device)
     if lengths is None:
         return torch.full((batch,), high, dtype=torch.long, device=device)
     if not isinstance(lengths, torch.Tensor):
@@ -54,9 +182,17 @@ def check_lengths(name: str, lengths, batch: int, low: int, high: int, device) -
         raise TypeError(f"{name} must be an integer tensor, got dtype {lengths.dtype}")
     if lengths.dim() != 1 or lengths.shape[0] != batch:
         raise ValueError(f"{name} must have shape (B,) = ({batch},), got {tuple(lengths.shape)}")
-    if lengths.device != torch.device(device) and lengths.device.type != torch.device(device).type:
+    if lengths.device.type not in (device.type, "cpu"):
         raise ValueError(f"{name} is on {lengths.device} but the potentials are on {device}")
-    lo, hi = int(lengths.min()), int(lengths.max())
-    if lo < low or hi > high:
-        raise ValueError(f"{name} must lie in [{low}, {high}], got values in [{lo}, {hi}]")
+    return lengths
+
+
+def check_lengths(name: str, lengths, batch: int, low: int, high: int, device) -> torch.Tensor:
+    """Integer (B,) lengths with values in [low, high] (checked under the
+    :func:`set_validation` policy); returns them as int64 on ``device``."""
+    given = lengths is not None
+    lengths = lengths_tensor(name, lengths, batch, high, device)
+    if given:
+        check_values(signature(**{name: lengths}) + (low, high), lengths.device,
+                     lambda: [lengths_in_range(name, lengths, low, high)])
     return lengths.to(device=device, dtype=torch.long)

@@ -112,6 +112,7 @@ def check_ddp_matches_single_process(mode, backend="gloo", device_type="cpu", dt
         assert torch.allclose(ranks[0][name], g, rtol=rtol, atol=atol), f"{name}: DDP != single process"
 
 
+@pytest.mark.slow  # spawns two processes
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo needed")
 @pytest.mark.parametrize("mode", ["loss", "dist"])
 def test_ddp_gradients_equal_single_process(mode):

@@ -272,7 +272,8 @@ def test_long_sequence_long_segments_finite():
     assert all(s[-1][1] == L for s, L in zip(seg.segments(), [3000, 2500]))
 
 
-@pytest.mark.parametrize("cfg", [CONFIGS[2], CONFIGS[4], CONFIGS[7]], ids=["poisson-long", "grammar", "first-token"])
+@pytest.mark.parametrize("cfg", [pytest.param(CONFIGS[2], marks=pytest.mark.slow), CONFIGS[4], CONFIGS[7]],
+                         ids=["poisson-long", "grammar", "first-token"])
 def test_window_conditional_likelihood_is_exact(cfg):
     """prev/next labels: the loss on a window = −log p(window segments | segments outside), by brute force."""
     head = make_head(cfg, seed=3)

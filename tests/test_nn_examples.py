@@ -65,6 +65,7 @@ def test_perfect_prediction_scores_one(loci):
     assert m["exon"]["recall"] == 0 and m["gene"]["pred"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["joint"])
 def test_gene_training_step_and_decoding(loci, mode):
     torch.manual_seed(0)

@@ -90,6 +90,7 @@ def check_against_torch_struct(d, e, b, L, ks=(2, 3), entropy=True):
             assert torch.equal(tk[i].double(), edge_indicator(parts, e.shape)), (k, i)
 
 
+@pytest.mark.slow
 # ------------------------------------------------------------------ torch-struct parity
 @more
 @given(edge_models(max_N=6, allow_neg_inf=False, mixed_lengths=False))
@@ -99,6 +100,7 @@ def test_edge_oracle_matches_torch_struct_full_lengths(m):
         check_against_torch_struct(d, m["edges"][b], b, m["N"] - 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed, neg", [(0, False), (1, True)])
 def test_edge_oracle_matches_torch_struct_largest_size(seed, neg):
     """The largest size the oracles are meant for: 7 tokens, K = 4, C = 3 (36504 paths)."""
@@ -125,6 +127,7 @@ def test_edge_oracle_matches_torch_struct_per_example(m):
         assert (marg[Lpos - 1 :] == 0).all() and (marg[:, 0] == 0).all()
 
 
+@pytest.mark.slow
 @more
 @given(edge_models(max_N=6, allow_neg_inf=True, mixed_lengths=False))
 def test_edge_oracle_with_structural_zeros_matches_torch_struct(m):

@@ -9,13 +9,14 @@ import torch
 
 from ..potentials import SegmentPotentials
 from ..semirings import MaxSemiring, Semiring
+from ..validation import check_values, signature
 from . import streaming
 
 BACKENDS = ("auto", "torch", "triton")
 _TRITON_SEMIRINGS = {"log", "max", "entropy", "kmax"}
 
 
-def _triton_module():
+def _import_triton():
     try:
         from . import triton as kernels  # noqa: WPS433 (optional dependency)
     except Exception as err:  # ImportError, or triton failing to initialise
@@ -23,6 +24,15 @@ def _triton_module():
     if not hasattr(kernels, "factored_scan_triton"):
         return None, ImportError("semiring_flash.ops.triton has no kernels")
     return kernels, None
+
+
+_TRITON: list = []  # (module or None, error): looked up once, the import machinery costs host time
+
+
+def _triton_module():
+    if not _TRITON:
+        _TRITON.append(_import_triton())
+    return _TRITON[0]
 
 
 def check_backend(backend: str) -> str:
@@ -74,8 +84,10 @@ def factored_inputs(pots: list[SegmentPotentials], leaves: bool = False) -> Fact
     """
     first = pots[0]
     for p in pots[1:]:
-        if p.shape != first.shape or not torch.equal(p.lengths, first.lengths):
+        if p.shape != first.shape:
             raise ValueError(f"both distributions need the same (B, T, K, C) and lengths; got {first.shape} and {p.shape}")
+        check_values(signature(lengths=first.lengths, other_lengths=p.lengths), first.device,
+                     lambda: [((p.lengths != first.lengths).any(), "both distributions need the same lengths")])
 
     def prep(x):
         return x.detach().requires_grad_() if leaves else x

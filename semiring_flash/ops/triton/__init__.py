@@ -4,9 +4,9 @@
     edge_scan_triton(semiring, edges, lengths)
     viterbi_triton(cum, transition, duration, tau0, end, lengths)  -> (score, labels, starts)
 
-Same signatures and numbers as ``semiring_flash.ops.streaming`` (the naive
-reference, re-exported by ``naive.py``); semirings log, max, entropy, kmax(k),
-forward and backward all in Triton. Importing this module imports triton: an
+Same signatures and numbers as ``semiring_flash.ops.streaming`` (the PyTorch
+reference engine; ``ops.dense`` is the autograd-through-everything oracle);
+semirings log, max, entropy, kmax(k), forward and backward all in Triton. Importing this module imports triton: an
 ImportError here means "no Triton". With ``TRITON_INTERPRET=1`` set before
 this module is first imported, the kernels run on CPU tensors (slowly; that is
 how CI checks them).

@@ -217,7 +217,7 @@ def scan_fwd_kernel(
     the max semiring, backpointers (BACKPTR: the routes of every α and τ sum,
     (B, T+1, C) int16 each, and the final label, for a device-side backtrace)."""
     b = tl.cast(tl.program_id(0), tl.int64)
-    L = tl.load(len_ptr + b).to(tl.int32)
+    L = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
     tape = b * (2 * R) * (CP * SP)  # rows [0, 2R): slot and mirror slot + R
     tv_b, to_b, tp_b = tv_ptr + tape, to_ptr + tape, tp_ptr + tape
     tra_b, trt_b = tra_ptr + tape, trt_ptr + tape
@@ -462,7 +462,7 @@ def scan_bwd_kernel(
     """Gradients of the scan. RECOMPUTE: rebuild each block's tape rows from its
     checkpoint (O(√(T·K)) memory); else the forward stored every row (one block)."""
     b = tl.cast(tl.program_id(0), tl.int64)
-    L = tl.load(len_ptr + b).to(tl.int32)
+    L = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
     tape = b * (2 * R) * (CP * SP)
     tv_b, to_b, tp_b, ta_b = tv_ptr + tape, to_ptr + tape, tp_ptr + tape, ta_ptr + tape
     tra_b, trt_b = tra_ptr + tape, trt_ptr + tape
@@ -605,7 +605,7 @@ def backtrace_kernel(bpa_ptr, bpt_ptr, fin_ptr, len_ptr, labels_ptr, starts_ptr,
     with label c; the label before it), one vector store of the segment.
     """
     b = tl.cast(tl.program_id(0), tl.int64)
-    L = tl.load(len_ptr + b).to(tl.int32)
+    L = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
     c = tl.load(fin_ptr + b).to(tl.int32)
     o = tl.arange(0, KP)
     t = L

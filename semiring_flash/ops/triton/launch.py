@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import math
+import functools
 
 import torch
-import triton
 
+from ..streaming import default_checkpoint_every
 from .kernels import scan_bwd_kernel, scan_fwd_kernel
 from .semiring import SEMIRING_IDS
 
 __all__ = ["factored_scan_triton", "edge_scan_triton", "checkpoint_every"]
 
 
-def checkpoint_every(T: int, K: int) -> int:
-    """Δ ≈ √(T·K), at least K (so a checkpoint's K ring rows lie in one block), at most T."""
-    return max(1, min(T, max(K, int(math.ceil(math.sqrt(T * K))))))
+def checkpoint_every(T: int, K: int, every: int | None = None) -> int:
+    """Δ of the kernels: the streaming engine's rule (≈ √(T·K)) or the caller's ``every``,
+    raised to at least K (a checkpoint's K ring rows must lie in one block), at most T."""
+    base = default_checkpoint_every(T, K) if every is None else int(every)
+    return max(1, min(T, max(K, base)))
 
 
 def _pow2(n: int) -> int:
@@ -59,7 +61,7 @@ class _Meta:
         self.CP, self.KP = max(2, _pow2(C)), max(2, _pow2(K))
         self.dtype, self.device = dtype, device
         self.edges, self.has_sb = edges, has_sb
-        self.delta = checkpoint_every(T, K) if every is None else max(1, min(T, max(K, int(every))))
+        self.delta = checkpoint_every(T, K, every)
         # Short sequences: when every tape row of the whole batch fits in STORE_ALL_BYTES the
         # forward keeps them all and the backward skips its recompute pass (one block).
         r_all = _pow2(T + 2 * K + 1)
@@ -89,6 +91,19 @@ class _Meta:
 
     def bases(self, R):
         return torch.empty(self.B, 2 * R, 2, dtype=torch.float64, device=self.device)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_meta(*key):
+    return _Meta(*key[:-2])
+
+
+def _meta(*args) -> _Meta:
+    """_Meta per call shape, cached (small calls are host-bound); the tuning globals are part of the key.
+    torch.compile traces the plain constructor (it warns about lru_cache wrappers)."""
+    if torch.compiler.is_compiling():
+        return _Meta(*args)
+    return _cached_meta(*args, NUM_WARPS_OVERRIDE, STORE_ALL_BYTES)
 
 
 def _bwd_tape(m: _Meta, R):
@@ -235,9 +250,20 @@ class _EdgeScan(torch.autograd.Function):
         return None, g, None
 
 
-def _check_lengths(lengths, B, T):
+def _check_lengths(lengths, B):
     if lengths.shape != (B,):
         raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+
+
+def _eager(apply):
+    """Under torch.compile, ``apply`` runs outside the graph (one graph break; the kernels
+    run as they are); in eager mode it is called directly (the disable wrapper costs host time)."""
+    disabled = torch.compiler.disable(apply)
+    return lambda *args: disabled(*args) if torch.compiler.is_compiling() else apply(*args)
+
+
+_factored_apply = _eager(lambda *args: _FactoredScan.apply(*args))
+_edge_apply = _eager(lambda *args: _EdgeScan.apply(*args))
 
 
 def factored_scan_triton(semiring, cum, transition, duration, tau0, end, lengths, start_bias=None,
@@ -250,15 +276,15 @@ def factored_scan_triton(semiring, cum, transition, duration, tau0, end, lengths
     """
     B, T1, C = cum.shape
     K = duration.shape[-2]
-    _check_lengths(lengths, B, T1 - 1)
-    m = _Meta(semiring, B, T1 - 1, K, C, tau0.dtype, cum.device, False, start_bias is not None, checkpoint_every)
-    return _FactoredScan.apply(m, cum, transition, duration, tau0, end, lengths, start_bias)
+    _check_lengths(lengths, B)
+    m = _meta(semiring, B, T1 - 1, K, C, tau0.dtype, cum.device, False, start_bias is not None, checkpoint_every)
+    return _factored_apply(m, cum, transition, duration, tau0, end, lengths, start_bias)
 
 
 def edge_scan_triton(semiring, edges, lengths, checkpoint_every=None):
     """Semiring value (S, B) over torch-struct edges (B, T, K+1, C, C); lengths (B,) in tokens."""
     B, T, K1, C, _ = edges.shape
-    _check_lengths(lengths, B, T)
+    _check_lengths(lengths, B)
     dtype = edges.dtype if edges.dtype in (torch.float32, torch.float64) else torch.float32
-    m = _Meta(semiring, B, T, K1 - 1, C, dtype, edges.device, True, False, checkpoint_every)
-    return _EdgeScan.apply(m, edges, lengths)
+    m = _meta(semiring, B, T, K1 - 1, C, dtype, edges.device, True, False, checkpoint_every)
+    return _edge_apply(m, edges, lengths)
