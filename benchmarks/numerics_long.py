@@ -42,7 +42,7 @@ def run(T, K, C, dtype, device, backend, seed=0):
     grads = torch.autograd.grad(logz.sum(), list(model.values()))
     if device == "cuda":
         torch.cuda.synchronize()
-    return logz.double().cpu(), {k: g.double().cpu() for k, g in zip(model, grads)}, time.time() - t0
+    return logz.detach().double().cpu(), {k: g.double().cpu() for k, g in zip(model, grads)}, time.time() - t0
 
 
 def compare(T, K, C, device="cpu", backend="torch", seed=0):
