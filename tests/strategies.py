@@ -173,3 +173,29 @@ def edge_models(
     if neg:
         _structural_zeros(g, edges[:, :, 1:], 0.15)
     return dict(B=B, N=N, C=C, K=K, seed=seed, edges=edges, lengths=lengths, neg=neg)
+
+
+def logprob_model(T: int, K: int, C: int, dtype: torch.dtype = torch.float64, seed: int = 0, B: int = 1) -> dict:
+    """Uncentred, log-probability-like factored model (SegmentPotentials kwargs), fixed seed.
+
+    Scores are log-softmax outputs of a random linear "encoder" (negative,
+    magnitudes up to ~20), then label 0 shifted by +8 and label 1 scaled ×10;
+    transition and duration hold −inf structural zeros. Such scores make the
+    prefix sums grow like T·8 and the segment scores reach hundreds: the
+    regime where float32 gradients used to drift at long T. Built in float64
+    and rounded once to ``dtype``, so two dtypes give the same model.
+    """
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(B, T, 16, generator=g, dtype=torch.float64)
+    proj = 1.5 * torch.randn(16, C, generator=g, dtype=torch.float64)
+    scores = torch.log_softmax(feats @ proj, -1)
+    scores[..., 0] += 8.0
+    scores[..., 1 % C] *= 10.0
+    transition = torch.randn(C, C, generator=g, dtype=torch.float64)
+    transition[0, C - 1] = NEG
+    duration = torch.randn(K, C, generator=g, dtype=torch.float64)
+    duration[(K + 1) // 2 :, C - 1] = NEG  # the last label has only short segments
+    start = torch.randn(C, generator=g, dtype=torch.float64)
+    end = torch.randn(C, generator=g, dtype=torch.float64)
+    out = dict(scores=scores, transition=transition, duration=duration, start=start, end=end)
+    return {k: v.to(dtype) for k, v in out.items()}

@@ -180,8 +180,29 @@ def test_log_T1e6_fp32_against_float64_transfer_reference():
     err["token_marginals"] = (token32 - token_ref).abs().max().item()
     print("fp32 vs float64 at T=1e6:", err)
     assert err["logZ"] < 1e-6
-    for name in ("cum", "transition", "duration", "tau0", "end"):
+    for name in ("cum", "transition", "duration", "tau0", "end", "token_marginals"):
         assert err[name] < 1e-4, err
+
+
+def test_log_T1e6_fp32_logprob_scores_against_float64_kernel():
+    """Uncentred, log-probability-like scores (issue 9: one label +8, one ×10, −inf
+    zeros), T = 10^6, K = 32, C = 8, through the public API: fp32 log Z and every
+    gradient, token marginals (d/dscores) included, vs the float64 kernel (checked
+    against an independent reference above)."""
+    from strategies import logprob_model
+
+    T, K, C = 1_000_000, 32, 8
+    runs = {}
+    for dt in (torch.float32, torch.float64):
+        m = {k: v.to(device=DEV, dtype=dt).requires_grad_() for k, v in logprob_model(T, K, C).items()}
+        z = sf.SemiMarkovCRF(sf.SegmentPotentials(**m), backend="triton").partition
+        runs[dt] = z, dict(zip(m, torch.autograd.grad(z.sum(), list(m.values()))))
+    (z32, g32), (z64, g64) = runs[torch.float32], runs[torch.float64]
+    err = {"logZ": _rel(z32, z64), **{n: _rel(g32[n], g64[n]) for n in g64}}
+    err["token_mass"] = (g32["scores"].double().sum(-1) - 1).abs().max().item()
+    print("fp32 vs float64, log-prob scores, T=1e6 K=32 C=8:", err)
+    assert err["logZ"] < 1e-6
+    assert all(e < 1e-4 for e in err.values()), err
 
 
 def test_max_and_viterbi_T1e6_against_float64_reference():

@@ -17,9 +17,9 @@ backward), each row stored twice (slot and slot + R) so that any window of
 K consecutive rows is contiguous (addresses = scalar + loop-invariant tile):
   VAL   ring value of the position: τ(t) (factored, after the start bias) or α(t) (edges)
   OUT   α(t) (factored)                 TPRE  τ(t) before the start bias (factored)
-  RA/RT routes of the α / τ sums (max, kmax)   ADJ  adjoint of α(t) (backward)
-  AM/AZ, TM/TZ  max and sum of the α / τ logsumexps (log, entropy): the backward
-        uses exactly normalised weights exp(x - m) / z (see semiring.vjp)
+  RA/RT routes of the α / τ sums (max, kmax)   ADJ  adjoint of α(t) (backward; float64)
+  AM/AZ, TM/TZ  max and (float64) sum of the α / τ logsumexps (log, entropy): the
+        backward uses exactly normalised weights exp(x - m) / z (see semiring.vjp)
   BASE  (2R, 2) float64 normalisers: every stored value of row t is relative to BASE(t).
 BASE(t+1) = BASE(t) + shift(α(t)) (float64), so fp32 values stay O(1) at
 any T; a window read adds float64 differences BASE(p) - BASE(t) rounded
@@ -414,7 +414,8 @@ def _edge_pull(p, L, C, K, R, edge_b, gedge_b, tv_b, tra_b, ta_b, tb_b, tam_b, t
     i2 = tl.arange(0, KP * CP)[:, None]
     c2 = tl.arange(0, CP)[None, :]
     ok2 = (i2 // CP < K) & (i2 // CP < L - p) & (i2 % CP < C) & (c2 < C)
-    tl.store(gedge_b + p * ((K + 1) * C * C) + ((i2 // CP + 1) * (C * C) + (i2 % CP) * C + c2), ge, mask=ok2)
+    tl.store(gedge_b + p * ((K + 1) * C * C) + ((i2 // CP + 1) * (C * C) + (i2 % CP) * C + c2),
+             ge.to(gedge_b.dtype.element_ty), mask=ok2)
     return a_alpha
 
 
@@ -442,7 +443,7 @@ def _final_pull(L, GV_S, C, R, gv_b, end_b, gend_b, tv_b, to_b,
     if not EDGES:
         ge = potgrad(ct, s3, SR, 2)  # (CP, 1)
         c2 = tl.arange(0, CP)[:, None]
-        tl.store(gend_b + c2, ge, mask=c2 < C)
+        tl.store(gend_b + c2, ge.to(gend_b.dtype.element_ty), mask=c2 < C)
     return a_alpha
 
 
@@ -487,8 +488,9 @@ def scan_bwd_kernel(
     dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
     tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
     trT3 = tl.load(trans_ptr + b * C * C + c3 * C + cr, mask=(cr < C) & (c3 < C), other=float("-inf"))
-    gdur = tl.zeros((KP, CP), dtype=dur3.dtype)
-    gtr = tl.zeros((CP, CP), dtype=dur3.dtype)
+    # adjoints are float64 (semiring.vjp); so are these sums over up to 10^6 positions
+    gdur = tl.zeros((KP, CP), dtype=tl.float64)
+    gtr = tl.zeros((CP, CP), dtype=tl.float64)
 
     nb = (L + DELTA - 1) // DELTA
     for jj in range(0, nb):
@@ -539,7 +541,7 @@ def scan_bwd_kernel(
             _store_row2(ta_b, L & (R - 1), R, a_alpha, CP, SP)
             if not EDGES:
                 pa = potgrad(a_alpha, s2, SR, 1)
-                tl.store(gcum_b + L * C + c1, pa.to(tl.float64), mask=c1 < C)
+                tl.store(gcum_b + L * C + c1, pa, mask=c1 < C)
             hi = L - 1
             tl.debug_barrier()
         lo = t0 + 1
@@ -561,9 +563,9 @@ def scan_bwd_kernel(
                 pa = potgrad(a_alpha, s2, SR, 1)
                 pt = potgrad(a_tau, s2, SR, 1)
                 pp = p
-                tl.store(gcum_b + pp * C + c1, pa.to(tl.float64) - pt.to(tl.float64), mask=c1 < C)
+                tl.store(gcum_b + pp * C + c1, pa - pt, mask=c1 < C)
                 if HAS_SB:
-                    tl.store(gsb_b + pp * C + c1, pt, mask=c1 < C)
+                    tl.store(gsb_b + pp * C + c1, pt.to(dur3.dtype), mask=c1 < C)
             _store_row2(ta_b, p & (R - 1), R, a_alpha, CP, SP)
             tl.debug_barrier()
         if not EDGES:
@@ -572,10 +574,10 @@ def scan_bwd_kernel(
                                       SR, KK, S, CP, KP, SP)
                 gdur += gd
                 pt = potgrad(a_tau, s2, SR, 1)
-                tl.store(gcum_b + c1, -pt.to(tl.float64), mask=c1 < C)
+                tl.store(gcum_b + c1, -pt, mask=c1 < C)
                 if HAS_SB:
-                    tl.store(gsb_b + c1, pt, mask=c1 < C)
-                tl.store(gtau0_ptr + s2 * (B * C) + b * C + c2, a_tau, mask=(c2 < C) & (s2 < S))
+                    tl.store(gsb_b + c1, pt.to(dur3.dtype), mask=c1 < C)
+                tl.store(gtau0_ptr + s2 * (B * C) + b * C + c2, a_tau.to(dur3.dtype), mask=(c2 < C) & (s2 < S))
     if not EDGES:
         # rows past the sequence's end: zero (the buffers come uninitialised)
         for r in range(L + 1, T + 1):
@@ -587,9 +589,9 @@ def scan_bwd_kernel(
             tl.store(gsb_b + L * C + c1, tl.zeros((CP,), dtype=dur3.dtype), mask=(c1 < C) & (L < T))
         k2 = tl.arange(0, KP)[:, None]
         cc2 = tl.arange(0, CP)[None, :]
-        tl.store(gdur_ptr + b * K * C + k2 * C + cc2, gdur, mask=(k2 < K) & (cc2 < C))
+        tl.store(gdur_ptr + b * K * C + k2 * C + cc2, gdur.to(dur3.dtype), mask=(k2 < K) & (cc2 < C))
         # gtr[c, c'] is the adjoint of transition[c', c]
-        tl.store(gtr_ptr + b * C * C + cc2 * C + c2, gtr, mask=(c2 < C) & (cc2 < C))
+        tl.store(gtr_ptr + b * C * C + cc2 * C + c2, gtr.to(dur3.dtype), mask=(c2 < C) & (cc2 < C))
 
 
 # --------------------------------------------------------------------------------------

@@ -65,8 +65,9 @@ class _Meta:
         # Short sequences: when every tape row of the whole batch fits in STORE_ALL_BYTES the
         # forward keeps them all and the backward skips its recompute pass (one block).
         r_all = _pow2(T + 2 * K + 1)
-        n_arr = 3 + has_sb + 2 * (self.sr in (1, 3)) + 4 * (self.sr in (0, 2))
-        tape_bytes = B * 2 * r_all * self.CP * self.SP * n_arr * (8 if dtype == torch.float64 else 4)
+        n64 = 1 + 2 * (self.sr in (0, 2))  # adjoint and logsumexp sums: float64 tapes
+        n_arr = 2 + has_sb + 2 * (self.sr in (1, 3)) + 2 * (self.sr in (0, 2))
+        tape_bytes = B * 2 * r_all * self.CP * self.SP * (n_arr * (8 if dtype == torch.float64 else 4) + n64 * 8)
         self.store_all = every is None and tape_bytes <= STORE_ALL_BYTES
         if self.store_all:
             self.delta = T
@@ -114,10 +115,14 @@ def _bwd_tape(m: _Meta, R):
     and each allocation costs as much host time as a small kernel launch."""
     routed = m.sr in (1, 3)
     norm = m.sr in (0, 2)
-    want = dict(to=not m.edges, tp=m.has_sb, ta=True, tam=norm, taz=norm,
-                ttm=norm and not m.edges, ttz=norm and not m.edges)
+    want = dict(to=not m.edges, tp=m.has_sb, tam=norm, ttm=norm and not m.edges)
     names = ["tv"] + [k for k, v in want.items() if v]
     tapes = dict(zip(names, m.tapes(R, len(names))))
+    # float64: the adjoints (ta) and the logsumexp sums (taz, ttz) the softmax weights are
+    # normalised by, so the adjoint recursion conserves probability mass over 10^6 steps
+    want64 = dict(ta=True, taz=norm, ttz=norm and not m.edges)
+    names64 = [k for k, v in want64.items() if v]
+    tapes.update(zip(names64, m.tapes(R, len(names64), torch.float64)))
     n_int = int(routed) + int(routed and not m.edges)
     ints = m.tapes(R, n_int, torch.int32) if n_int else ()
     tv = tapes["tv"]

@@ -79,8 +79,9 @@ def plus0(x, SR: tl.constexpr, KK: tl.constexpr):
     """⊕ over axis 0 of candidates x (N, M, SP) -> (value, route, nm, nz), each (M, SP).
 
     route (int32): argmax index n·SP + s per output channel (max, kmax);
-    nm, nz: the logsumexp's max and sum of exp(x - nm) (log; entropy channel 0),
-    kept so the backward can use exactly normalised weights exp(x - nm) / nz.
+    nm, nz: the logsumexp's max and float64 sum of exp(x - nm) (log; entropy channel 0),
+    kept so the backward can use exactly normalised weights exp(x - nm) / nz. Only
+    kernels that store nz pay for its float64 sum (the compiler drops it elsewhere).
     """
     N: tl.constexpr = x.shape[0]
     M: tl.constexpr = x.shape[1]
@@ -92,11 +93,11 @@ def plus0(x, SR: tl.constexpr, KK: tl.constexpr):
         # slower on H200: it puts two exps on every level of the reduction tree)
         m = tl.max(x, axis=0)
         ms = tl.where(m == float("-inf"), 0.0, m)
-        z = tl.sum(tl.exp(x - ms[None, :, :]), axis=0)
-        out = ms + tl.log(z)
+        e = tl.exp(x - ms[None, :, :])
+        out = ms + tl.log(tl.sum(e, axis=0))
         route = tl.zeros((M, SP), dtype=tl.int32)
         nm = ms
-        nz = z
+        nz = tl.sum(e.to(tl.float64), axis=0)
     elif SR == 1:
         out = tl.max(x, axis=0)
         route = tl.argmax(x, axis=0, tie_break_left=True).to(tl.int32)
@@ -116,7 +117,7 @@ def plus0(x, SR: tl.constexpr, KK: tl.constexpr):
         out = tl.where(s2 == 0, part, h)
         route = tl.zeros((M, SP), dtype=tl.int32)
         nm = ms + out * 0.0
-        nz = z + out * 0.0
+        nz = tl.sum(e.to(tl.float64), axis=0) + (out * 0.0).to(tl.float64)
     else:
         n3 = tl.arange(0, N)[:, None, None]
         flat = n3 * SP + s3  # (N, 1, SP)
@@ -157,35 +158,28 @@ def shift(v, SR: tl.constexpr):
 
 
 @triton.jit
-def _div(a, b):
-    """IEEE round-to-nearest a / b: Triton's fp32 '/' is div.full.f32, whose small bias
-    compounds over millions of adjoint steps (float64 '/' is already IEEE)."""
-    if a.dtype == tl.float32:
-        return tl.math.div_rn(a, b)
-    else:
-        return a / b
-
-
-@triton.jit
 def vjp(x, out, a_out, route, nm, nz, idx, s_idx, SR: tl.constexpr, KK: tl.constexpr):
-    """Adjoint reaching candidate x (3-D, the full tile shape) of ``plus0``.
+    """Adjoint (float64) reaching candidate x (3-D, the full tile shape) of ``plus0``.
 
     out / a_out / route / nm / nz: the ⊕ result, its adjoint, route and
     logsumexp normalisers, broadcast against x; idx: the candidate's index
     along the reduced axis (broadcast). Softmax weights are exp(x - nm) / nz
-    (applied as exp(x - nm) · (a_out / nz)) with the forward's own nm, nz: they sum to one exactly up to rounding, so
-    the adjoint carries no systematic drift over millions of steps (weights
-    exp(x - out) with out = nm + log nz inherit the bias of the fast log/exp
-    and compound it, ~1e-8 per step).
+    (applied as exp(x - nm) · (a_out / nz)) with the forward's own nm and
+    float64 sum nz of the very same exp(x - nm): they sum to one up to float64
+    rounding, and the adjoint is carried in float64, so probability mass is
+    conserved over millions of steps. (Weights exp(x - out), out = nm + log nz,
+    inherit the bias of the fast log/exp, ~1e-8 per step; a float32 nz or
+    adjoint still random-walks, ~√T·ε: both compound along the recursion.)
     """
-    # Divide on the un-broadcast operands (nz, a_out lack the reduced axis): one correctly
-    # rounded division per output instead of one per candidate (K times fewer).
+    a_out = a_out.to(tl.float64)
     if SR == 0:
         ok = nz > 0
-        scale = _div(a_out, tl.where(ok, nz, 1.0))
-        r = tl.where(ok, tl.exp(x - nm) * scale, 0.0)
+        # divide on the un-broadcast operands (nz, a_out lack the reduced axis): one
+        # division per output instead of one per candidate
+        scale = a_out / tl.where(ok, nz, 1.0)
+        r = tl.where(ok, tl.exp(x - nm).to(tl.float64) * scale, 0.0)
     elif SR == 1:
-        r = tl.where((route == idx) & (out > float("-inf")), a_out + tl.zeros_like(x), 0.0)
+        r = tl.where((route == idx) & (out > float("-inf")), a_out + tl.zeros_like(x).to(tl.float64), 0.0)
     elif SR == 2:
         x0 = _chan(x, s_idx, 0, 2)
         x1 = _chan(x, s_idx, 1, 2)
@@ -195,15 +189,15 @@ def vjp(x, out, a_out, route, nm, nz, idx, s_idx, SR: tl.constexpr, KK: tl.const
         a1 = _chan(a_out, s_idx, 1, 2)
         z0 = _chan(nz, s_idx, 0, 2)
         ok = z0 > 0
-        inv_z = _div(tl.full(z0.shape, 1.0, z0.dtype), tl.where(ok, z0, 1.0))
-        p = tl.where(ok, tl.exp(x0 - _chan(nm, s_idx, 0, 2)) * inv_z, 0.0)
+        inv_z = 1.0 / tl.where(ok, z0, 1.0)
+        p = tl.where(ok, tl.exp(x0 - _chan(nm, s_idx, 0, 2)).to(tl.float64) * inv_z, 0.0)
         lp = tl.where(p > 0, x0 - o0, 0.0)
         c0 = p * a0 + tl.where(p > 0, p * (x1 - lp - o1), 0.0) * a1
         c1 = p * a1
         r = tl.where(s_idx == 0, c0, c1)
     else:
         SP: tl.constexpr = x.shape[2]
-        r = tl.zeros_like(x)
+        r = tl.zeros_like(x).to(tl.float64)
         for j in tl.static_range(KK):
             rj = _chan(route, s_idx, j, 2)
             aj = _chan(a_out, s_idx, j, 2)
