@@ -11,14 +11,10 @@ from .validation import (
     check_same_device,
     check_shape,
     check_tensor,
+    compute_dtype,
 )
 
 __all__ = ["SegmentPotentials"]
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # half-precision inputs are computed in float32; float64 stays float64
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class SegmentPotentials:
@@ -119,7 +115,7 @@ class SegmentPotentials:
         self.center = center
         self.batch, self.T, self.C, self.K = B, T, C, K
         self.device = device
-        self.dtype = _compute_dtype(base.dtype)
+        self.dtype = compute_dtype(base.dtype)
         self.lengths = check_lengths("lengths", lengths, B, 1, T, device)
 
     # -- shapes ---------------------------------------------------------------

@@ -144,6 +144,22 @@ class Semiring:
         """⊕_{c'} x[..., c'] ⊗ m[..., c', c]: value (S, ..., C') × potential (P, ..., C', C)."""
         return self.sum(self.mul_potential(x.unsqueeze(-1), m), -2)
 
+    def settle_impossible(self, v: torch.Tensor) -> torch.Tensor:
+        """Final values (S, B): where p's log-weight (channel 0) is −inf, statistics are 0.
+
+        A sequence with no structure has the value 0̄ = (−inf, ..., 0): its
+        entropy / cross-entropy / KL channels are 0, as the dense DP gives.
+        The streaming engines keep statistics relative to running
+        normalisers, which are meaningless there; this puts 0̄'s value back
+        (differentiably: those entries get zero gradients). Log-weight
+        channels are left as they are.
+        """
+        stat = torch.isfinite(self.zero((1,))).view(-1).tolist()  # on the host: no device sync
+        if not any(stat):
+            return v
+        dead = v[0] == NEG_INF
+        return torch.stack([torch.where(dead, 0.0, v[i]) if stat[i] else v[i] for i in range(self.size)], 0)
+
     # -- normalisation ------------------------------------------------------
     def shift(self, x: torch.Tensor) -> torch.Tensor:
         """Per-channel constants (S, B) to subtract from a state x (S, B, ...).

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 
 from .ops.autograd import check_backend, edge_value, factored_inputs, factored_value
 from .potentials import SegmentPotentials
 from .segmentation import FactoredMarginals, Segmentation
 from .semirings import LogSemiring, Semiring, logsumexp
-from .validation import check_lengths, check_no_nan, check_tensor
+from .validation import check_lengths, check_no_nan, check_tensor, compute_dtype
 
 __all__ = ["SemiMarkov", "check_edges", "score_segmentation"]
 
@@ -16,7 +18,9 @@ __all__ = ["SemiMarkov", "check_edges", "score_segmentation"]
 def check_edges(edges, lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate torch-struct edges (B, N-1, K+1, C, C) and position lengths.
 
-    Returns lengths in *tokens* (positions - 1), int64. torch-struct counts
+    Returns the edges in the compute dtype (float16/bfloat16 become float32, a
+    differentiable cast: half precision overflows log Z at a few thousand
+    tokens) and lengths in *tokens* (positions - 1), int64. torch-struct counts
     positions: lengths[b] = L_b + 1 with 1 ≤ L_b ≤ N-1 (it further insists on
     max(lengths) == N; we accept any batch in range).
     """
@@ -32,7 +36,7 @@ def check_edges(edges, lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
     if torch.isposinf(edges.detach()).any():
         raise ValueError("log_potentials contains +inf; scores must be finite or -inf")
     positions = check_lengths("lengths", lengths, B, 2, N1 + 1, edges.device)
-    return edges, positions - 1
+    return edges.to(compute_dtype(edges.dtype)), positions - 1
 
 
 def score_segmentation(pots: SegmentPotentials, seg: Segmentation) -> torch.Tensor:
@@ -92,12 +96,20 @@ def _masked_dot(parts: torch.Tensor, potentials: torch.Tensor, dims: int) -> tor
 
 
 def _drop_empty_channels(grads: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Zero the indicators of channels whose value is −inf (k beyond the number of structures).
+    """Zero the indicators of channels whose value is −inf (k beyond the number of
+    structures, or a sequence without any structure).
 
-    Their gradient would otherwise point at an arbitrary (repeated) structure.
+    Their gradient would otherwise point at an arbitrary (repeated) structure:
+    the max of all-−inf candidates still routes its gradient to one of them.
     """
-    alive = (value > float("-inf")).to(grads.dtype)
-    return grads * alive.reshape(alive.shape + (1,) * (grads.dim() - alive.dim()))
+    alive = value > float("-inf")
+    alive = alive.reshape(alive.shape + (1,) * (grads.dim() - alive.dim()))
+    return torch.where(alive, grads, torch.zeros((), dtype=grads.dtype, device=grads.device))
+
+
+def _drop_empty_marginals(marg: FactoredMarginals, value: torch.Tensor) -> FactoredMarginals:
+    """``_drop_empty_channels`` for each (B, ...) field of compact marginals; value (B,)."""
+    return FactoredMarginals(**{f.name: _drop_empty_channels(getattr(marg, f.name), value) for f in fields(marg)})
 
 
 class SemiMarkov:
@@ -146,7 +158,7 @@ class SemiMarkov:
             grads = [torch.autograd.grad(o, leaf, retain_graph=True)[0] for o in objs]
         if _raw:
             return _drop_empty_channels(torch.stack(grads, 0), v)
-        return grads[0]
+        return _drop_empty_channels(grads[0], v[0])
 
     def _factored_marginals(self, pots: SegmentPotentials, raw: bool):
         sr = self.semiring
@@ -169,6 +181,7 @@ class SemiMarkov:
                     duration=torch.zeros_like(inp.duration) if g_dur is None else g_dur,
                     transition=torch.zeros_like(inp.transition) if g_tr is None else g_tr,
                 ))
+        outs = [_drop_empty_marginals(m, v[k] if raw else v[0]) for k, m in enumerate(outs)]
         return outs if raw else outs[0]
 
     def start_indicators(self, pots: SegmentPotentials, channels: int | None = None, batch_repeat: int = 1):

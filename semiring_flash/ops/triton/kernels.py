@@ -601,6 +601,7 @@ def backtrace_kernel(bpa_ptr, bpt_ptr, fin_ptr, len_ptr, labels_ptr, starts_ptr,
     """Walk the backpointers from (L, best final label) to 0, one segment per iteration.
 
     labels (B, T) int64 and starts (B, T) int8 must be pre-filled (-1 / 0) past L.
+    A final label of -1 marks a sequence without a segmentation: nothing is written.
     Each iteration: two dependent loads (duration of the segment ending at t
     with label c; the label before it), one vector store of the segment.
     """
@@ -608,7 +609,7 @@ def backtrace_kernel(bpa_ptr, bpt_ptr, fin_ptr, len_ptr, labels_ptr, starts_ptr,
     L = tl.load(len_ptr + b).to(tl.int32)
     c = tl.load(fin_ptr + b).to(tl.int32)
     o = tl.arange(0, KP)
-    t = L
+    t = tl.where(c >= 0, L, 0)
     while t > 0:
         bo = (b * (T + 1) + t) * C + c
         d = tl.load(bpa_ptr + bo).to(tl.int32) + 1
