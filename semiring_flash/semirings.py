@@ -195,7 +195,7 @@ class KMaxSemiring(Semiring):
     name = "kmax"
 
     def __init__(self, k: int):
-        if not isinstance(k, int) or k < 1:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"KMaxSemiring: k must be a positive int, got {k!r}")
         self.k = k
         self.size = k

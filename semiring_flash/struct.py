@@ -39,6 +39,64 @@ def check_edges(edges, lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
     return edges.to(compute_dtype(edges.dtype)), positions - 1
 
 
+def _first_bad(bad: torch.Tensor, lead: tuple, B: int) -> str:
+    """'sequence b' (with the leading index, if any) of the first row of bad (R·B, ...) holding a True."""
+    r, b = divmod(int(bad.reshape(bad.shape[0], -1).any(1).nonzero()[0, 0]), B)
+    return f"sequence {b}" + (f" at leading index {tuple(int(i) for i in torch.unravel_index(torch.tensor(r), lead))}" if lead else "")
+
+
+def check_edge_parts(parts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Check that ``parts`` (..., B, N-1, K, C, C) are one-hot edges of segmentations.
+
+    Each sequence b must hold 0/1 entries forming one chain of segments
+    (n, d, c, c') with 1 ≤ d that tiles [0, tokens[b]): a segment starts at
+    0 and wherever the previous one ended, and its c' is the previous
+    segment's label. An all-zero sequence is the *empty* structure (what
+    argmax/topk/sample give where there is none); ValueError otherwise.
+    Returns the (..., B) bool mask of empty sequences.
+    """
+    if not isinstance(parts, torch.Tensor) or parts.dim() < 5:
+        raise ValueError("value must be one-hot edges (..., B, N-1, K, C, C)")
+    lead = tuple(parts.shape[:-5])
+    B, N1, K1, C, _ = parts.shape[-5:]
+    v = parts.detach().reshape(-1, N1, K1 * C * C)
+    M = v.shape[0]
+    where = lambda bad: _first_bad(bad, lead, B)  # noqa: E731
+    if parts.is_complex() or ((v != 0) & (v != 1)).any():
+        raise ValueError(f"value must be one-hot edges with entries 0 or 1; {where((v != 0) & (v != 1))} has others")
+    on = v != 0
+    count = on.sum(-1)  # (M, N-1): segments starting at n
+    if (count > 1).any():
+        raise ValueError(f"value must be one-hot edges: {where(count > 1)} has several segments starting at one position")
+    idx = on.to(torch.uint8).argmax(-1)  # the segment at n, if any
+    d, c, cp = idx // (C * C), (idx // C) % C, idx % C
+    has = count == 1
+    if (has & (d == 0)).any():
+        raise ValueError(f"value must be one-hot edges: {where(has & (d == 0))} uses duration index 0 (durations are 1..K-1)")
+    L = tokens.to(parts.device).repeat(M // B).view(M, 1)
+    n = torch.arange(N1, device=parts.device).view(1, N1)
+    end = n + d
+    if (has & (end > L)).any():
+        raise ValueError(f"value must be one-hot edges: {where(has & (end > L))} has a segment past its length")
+    # reached[m, p]: position p is 0 or the end of a segment; label_at[m, p]: that segment's label
+    dump = N1 + K1  # scatter slot for positions without a segment
+    slot = torch.where(has, end, dump)
+    reached = torch.zeros(M, dump + 1, dtype=torch.bool, device=parts.device).scatter_(1, slot, True)
+    label_at = torch.full((M, dump + 1), -1, dtype=torch.long, device=parts.device).scatter_(1, slot, c)
+    empty = ~has.any(-1)
+    reached[:, 0] = True
+    inside = n < L
+    gap = ~empty.view(M, 1) & inside & (has != reached[:, :N1])
+    gap |= ~empty.view(M, 1) & (n == 0) & ~has
+    if gap.any() or (~empty & ~reached.gather(1, L).squeeze(1)).any():
+        bad = gap.any(-1) | (~empty & ~reached.gather(1, L).squeeze(1))
+        raise ValueError(f"value must be one-hot edges of a segmentation: in {where(bad)} the segments do not tile [0, length) end to end")
+    chain = has & (n > 0) & (cp != label_at[:, :N1])
+    if chain.any():
+        raise ValueError(f"value must be one-hot edges: in {where(chain)} a segment's previous label (dim 4) is not the label of the segment before it")
+    return empty.view(*lead, B)
+
+
 def score_segmentation(pots: SegmentPotentials, seg: Segmentation) -> torch.Tensor:
     """Score of segmentations (..., B, T) under ``pots``; −inf where impossible.
 
@@ -87,6 +145,7 @@ def score_segmentation(pots: SegmentPotentials, seg: Segmentation) -> torch.Tens
     total = total + entry.unsqueeze(0).expand(R, B, C).gather(-1, labels[..., :1]).squeeze(-1)
     last = labels.gather(-1, (L.expand(R, B, 1) - 1))
     total = total + pots.end_b().to(torch.float64).unsqueeze(0).expand(R, B, C).gather(-1, last).squeeze(-1)
+    total = torch.where(seg.empty().reshape(R, B), float("-inf"), total)  # the empty segmentation: weight 0̄
     return total.to(pots.dtype).reshape(*lead, B)
 
 
@@ -221,9 +280,19 @@ class SemiMarkov:
 
     @staticmethod
     def to_parts(sequence, extra, lengths=None):
-        """torch-struct's sequence form (B, N) in [-1, 0..C-1] → one-hot edges (B, N-1, K, C, C)."""
+        """torch-struct's sequence form (B, N) in [-1, 0..C-1] → one-hot edges (B, N-1, K, C, C).
+
+        sequence[b, n] is the label of the segment ending at position n (−1:
+        no segment ends there); sequence[b, 0] is the initial label. Two
+        labels must be at most K-1 positions apart (durations 1..K-1).
+        """
         C, K = extra
+        check_tensor("sequence", sequence, 2, floating=False)
+        if sequence.is_floating_point() or sequence.dtype == torch.bool or sequence.is_complex():
+            raise TypeError(f"sequence must be an integer tensor, got dtype {sequence.dtype}")
         B, N = sequence.shape
+        if ((sequence < -1) | (sequence >= C)).any():
+            raise ValueError(f"sequence entries must lie in [-1, {C}) (C = {C} labels, -1 for no segment end)")
         parts = torch.zeros(B, N - 1, K, C, C, dtype=torch.long, device=sequence.device)
         seq = sequence.tolist()
         for b in range(B):
@@ -234,6 +303,9 @@ class SemiMarkov:
                         raise ValueError("sequence[:, 0] must hold the initial label, not -1")
                     continue
                 if n != 0:
+                    if n - last >= K:
+                        raise ValueError(f"sequence {b}: a gap of {n - last} positions between labels at {last} and {n} "
+                                         f"is a segment longer than K - 1 = {K - 1}")
                     parts[b, last, n - last, seq[b][n], c] = 1
                 last, c = n, seq[b][n]
         return parts
