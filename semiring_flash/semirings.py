@@ -145,20 +145,26 @@ class Semiring:
         return self.sum(self.mul_potential(x.unsqueeze(-1), m), -2)
 
     def settle_impossible(self, v: torch.Tensor) -> torch.Tensor:
-        """Final values (S, B): where p's log-weight (channel 0) is −inf, statistics are 0.
+        """Final values (S, B) of a DP: −inf entries are constants; where p's log-weight
+        (channel 0) is −inf, statistic channels are 0.
 
         A sequence with no structure has the value 0̄ = (−inf, ..., 0): its
         entropy / cross-entropy / KL channels are 0, as the dense DP gives.
         The streaming engines keep statistics relative to running
-        normalisers, which are meaningless there; this puts 0̄'s value back
-        (differentiably: those entries get zero gradients). Log-weight
-        channels are left as they are.
+        normalisers, which are meaningless there; this puts 0̄'s value back.
+        A −inf value gets a zero gradient (a max over only −inf candidates
+        would otherwise route its gradient to an arbitrary, forbidden one).
         """
         stat = torch.isfinite(self.zero((1,))).view(-1).tolist()  # on the host: no device sync
-        if not any(stat):
-            return v
         dead = v[0] == NEG_INF
-        return torch.stack([torch.where(dead, 0.0, v[i]) if stat[i] else v[i] for i in range(self.size)], 0)
+        out = []
+        for i in range(self.size):
+            x = v[i]
+            if stat[i]:
+                out.append(torch.where(dead, 0.0, x))
+            else:
+                out.append(torch.where(x == NEG_INF, NEG_INF, x))
+        return torch.stack(out, 0)
 
     # -- normalisation ------------------------------------------------------
     def shift(self, x: torch.Tensor) -> torch.Tensor:
