@@ -381,3 +381,81 @@ def test_log_prob_of_the_empty_structure_is_minus_inf():
     bad = sf.Segmentation(torch.zeros(3, 5, dtype=torch.long), torch.zeros(3, 5, dtype=torch.bool), f.token_lengths)
     with pytest.raises(ValueError, match="starts"):
         f.log_prob(bad)
+
+
+# ------------------------------------------------------------------ Triton kernels (interpreter on CPU, or CUDA)
+def _kernel_device() -> str:
+    """'cuda', or 'cpu' when the kernels run in the Triton interpreter; else skip."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        return "cuda"
+    pytest.importorskip("semiring_flash.ops.triton")
+    from semiring_flash.ops.triton.kernels import scan_fwd_kernel
+
+    if type(scan_fwd_kernel).__name__ != "InterpretedFunction":
+        pytest.skip("Triton kernels compiled for a GPU but no CUDA device (TRITON_INTERPRET unset at import)")
+    return "cpu"
+
+
+def _to(kw, device):
+    return {k: v.to(device) for k, v in kw.items()}
+
+
+def _same(a, b):
+    """Equal values, −inf and 0 at the same places (tolerance for the finite ones)."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    _no_nan(a)
+    assert torch.equal(a == NEG, b == NEG)
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.triton_interpret
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::RuntimeWarning")
+@pytest.mark.parametrize("case,kind", [("odd_lengths", "factored"), ("end_forbids_all", "factored"),
+                                       ("label_durations", "edges")])
+def test_triton_kernels_follow_the_conventions(case, kind):
+    dev = _kernel_device()
+    kw = _to(CASES[case](), dev)
+    tri, ref = _dist(kw, kind, backend="triton"), _dist(kw, kind, backend="torch")
+    for name in ("partition", "max", "entropy"):
+        _same(getattr(tri, name), getattr(ref, name))
+    _same(tri.kmax(2), ref.kmax(2))
+    dead = ref.impossible
+    if kind == "factored":
+        am = tri.argmax  # the Viterbi kernel with its device backtrace
+        assert torch.equal(am.labels.cpu(), ref.argmax.labels.cpu()) and torch.equal(am.starts.cpu(), ref.argmax.starts.cpu())
+        assert am.empty().cpu().eq(dead.cpu()).all()
+        _same(tri.marginals.token, ref.marginals.token)
+    else:
+        assert torch.equal(tri.argmax.cpu(), ref.argmax.cpu())
+        _same(tri.marginals, ref.marginals)
+    assert (tri.log_prob(tri.argmax)[dead] == NEG).all()
+
+
+@pytest.mark.triton_interpret
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::RuntimeWarning")
+@pytest.mark.parametrize("exact", [False, True], ids=["random", "quarter_steps"])
+@pytest.mark.parametrize("seed", range(2))
+def test_triton_viterbi_never_uses_a_forbidden_duration(seed, exact):
+    """Per-label forbidden durations and transitions: every segment of the kernel's path
+    is allowed and it scores the max. With scores on a grid of 1/4 the arithmetic is
+    exact, so adjacent same-label segments tie exactly (d1, d2 vs d2, d1): the kernel
+    then breaks ties as the torch path (the max-semiring gradient) does."""
+    dev = _kernel_device()
+    B, T, K, C = 3, 7, 3, 3
+    grid = (lambda x: (x * 4).round() / 4) if exact else (lambda x: x)
+    dur = grid(_rand(K, C, seed=seed))
+    dur[torch.rand(K, C, generator=torch.Generator().manual_seed(seed)) < 0.4] = NEG
+    dur[0, 0] = 0.0  # one duration-1 label keeps most lengths possible
+    trans = grid(_rand(C, C, seed=seed + 10))
+    trans[1, 2] = NEG
+    kw = _to(dict(scores=grid(_rand(B, T, C, seed=seed + 20)), transition=trans, duration=dur,
+                  lengths=torch.tensor([7, 5, 2])), dev)
+    tri, ref = _dist(kw, "factored", backend="triton"), _dist(kw, "factored", backend="torch")
+    a, r = tri.argmax, ref.argmax
+    for segs in a.segments():
+        for s, e, c in segs:
+            assert e - s <= K and dur[e - s - 1, c] > NEG
+    _same(ref.log_prob(a), ref.log_prob(r))
+    if exact:
+        assert torch.equal(a.labels.cpu(), r.labels.cpu()) and torch.equal(a.starts.cpu(), r.starts.cpu())

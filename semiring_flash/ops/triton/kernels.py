@@ -141,6 +141,11 @@ def _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
     w = (cum_t - cum_p).to(x.dtype) + dur3
     cand = tl.where(okc, mul_pot(x + off, w, s3, SR), zero_value(s3, SR))
     alpha, ra, am, az = plus0(cand, SR, KK)  # (CP, SP)
+    if SR == 1:
+        # ties go to the longest duration, as in the torch engine (whose ring lists
+        # durations K..1 and whose max takes the first index): one argmax on every backend
+        tie = (cand == alpha[None, :, :]) & (alpha[None, :, :] > float("-inf"))
+        ra = tl.max(tl.where(tie, n3 + s3 * 0, 0), axis=0).to(tl.int32)
     tpre, rt, tm, tz = plus0(mul_pot(tl.expand_dims(alpha, 1), tr3, s3, SR), SR, KK)
     if HAS_SB:
         sbt = tl.load(sb_b + t * C + c2, mask=(c2 < C) & (t < T), other=0.0)
