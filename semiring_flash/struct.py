@@ -62,7 +62,7 @@ def check_edge_parts(parts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     v = parts.detach().reshape(-1, N1, K1 * C * C)
     M = v.shape[0]
     where = lambda bad: _first_bad(bad, lead, B)  # noqa: E731
-    if parts.is_complex() or ((v != 0) & (v != 1)).any():
+    if ((v != 0) & (v != 1)).any():
         raise ValueError(f"value must be one-hot edges with entries 0 or 1; {where((v != 0) & (v != 1))} has others")
     on = v != 0
     count = on.sum(-1)  # (M, N-1): segments starting at n
