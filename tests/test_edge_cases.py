@@ -429,6 +429,9 @@ def test_triton_kernels_follow_the_conventions(case, kind):
         assert torch.equal(tri.argmax.cpu(), ref.argmax.cpu())
         _same(tri.marginals, ref.marginals)
     assert (tri.log_prob(tri.argmax)[dead] == NEG).all()
+    tk = tri.topk(2)  # the k-max kernel's backward; ties (d1, d2 vs d2, d1) may swap equal-score channels
+    assert _is_empty(tk, kind)[:, dead.to(dev)].all()
+    _same(ref.log_prob(tk), ref.log_prob(ref.topk(2)))
 
 
 @pytest.mark.triton_interpret
