@@ -192,6 +192,12 @@ def _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, t
                 mask=okr & (c3 < C), other=0.0)
     cand = tl.where(okr & (c3 < C) & (s3 < S), mul_pot(x + off, e, s3, SR), zero_value(s3, SR))
     alpha, ra, am, az = plus0(cand, SR, KK)
+    if SR == 1:
+        # ties as in the torch engine (ring slots list durations K..1, then c' ascending; its
+        # max takes the first index): the longest duration, then the smallest c'
+        tie = (cand == alpha[None, :, :]) & (alpha[None, :, :] > float("-inf"))
+        key = tl.max(tl.where(tie, dd * CP + (CP - 1 - cp) + s3 * 0, -1), axis=0)
+        ra = tl.where(key >= 0, (key // CP) * CP + (CP - 1 - key % CP), 0).to(tl.int32)
     st = t & (R - 1)
     _store_row2(tv_b, st, R, alpha, CP, SP)
     _store_base2(tb_b, st, R, base0, base1)
