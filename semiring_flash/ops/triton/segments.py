@@ -3,7 +3,8 @@ backpointers, then a device-side backtrace (no per-position host round trip).
 
 Memory: the backpointers are two (B, T+1, C) int16 arrays, O(T·C) like the
 output itself; the scan state stays O(K·C). The path is the one the
-max-semiring gradient selects (same first-index tie-breaking).
+max-semiring gradient of the torch engine selects (exact ties go to the
+longest duration, then the first label).
 """
 
 from __future__ import annotations
