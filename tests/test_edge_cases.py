@@ -195,6 +195,9 @@ def test_marginals_and_gradients_of_impossible_sequences(case, kind):
         if kind == "factored":
             torch.testing.assert_close(m.token[b], naive.oracle_factored_marginals(
                 _paths(kw, b), d.potentials.T, 2, d.potentials.K, start="start" in kw)["token"], **TOL)
+        else:
+            ref = naive.oracle_edge_marginals(d.potentials[b].detach(), int(d.token_lengths[b]))
+            torch.testing.assert_close(m[b], ref, **TOL)
     for value in (d.partition, d.entropy, d.max):
         g = torch.autograd.grad(value.sum(), kw["scores"] if kind == "factored" else d.log_potentials, retain_graph=True)[0]
         _no_nan(g)
