@@ -155,15 +155,14 @@ class Semiring:
         A −inf value gets a zero gradient (a max over only −inf candidates
         would otherwise route its gradient to an arbitrary, forbidden one).
         """
-        stat = torch.isfinite(self.zero((1,))).view(-1).tolist()  # on the host: no device sync
+        stat = self.__dict__.get("_stat_channels")
+        if stat is None:  # channels whose 0̄ is finite; found once, on the host (no device sync)
+            stat = self.__dict__["_stat_channels"] = torch.isfinite(self.zero((1,))).view(-1).tolist()
+        if not any(stat):  # log, max, kmax: one op (small GPU calls are host-bound)
+            return torch.where(v == NEG_INF, NEG_INF, v)
         dead = v[0] == NEG_INF
-        out = []
-        for i in range(self.size):
-            x = v[i]
-            if stat[i]:
-                out.append(torch.where(dead, 0.0, x))
-            else:
-                out.append(torch.where(x == NEG_INF, NEG_INF, x))
+        out = [torch.where(dead, 0.0, v[i]) if stat[i] else torch.where(v[i] == NEG_INF, NEG_INF, v[i])
+               for i in range(self.size)]
         return torch.stack(out, 0)
 
     # -- normalisation ------------------------------------------------------
