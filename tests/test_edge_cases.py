@@ -204,14 +204,19 @@ def test_marginals_and_gradients_of_impossible_sequences(case, kind):
         assert (g[dead] == 0).all()
 
 
+def _subset(kw, keep):
+    """The model of the sequences selected by the (B,) bool ``keep``."""
+    per_sequence = lambda k, v: k in ("scores", "lengths") or (k in ("init", "start", "end") and v.dim() == 2)  # noqa: E731
+    return {k: v[keep] if per_sequence(k, v) else v for k, v in kw.items()}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_possible_sequences_are_bitwise_unaffected(case, kind):
     kw = CASES[case]()
     d = _dist(kw, kind)
     keep = ~d.impossible
-    per_sequence = lambda k, v: k in ("scores", "lengths") or (k in ("init", "start", "end") and v.dim() == 2)  # noqa: E731
-    alone = _dist({k: v[keep] if per_sequence(k, v) else v for k, v in kw.items()}, kind)
+    alone = _dist(_subset(kw, keep), kind)
     for name in ("partition", "max", "entropy"):
         assert torch.equal(getattr(d, name)[keep], getattr(alone, name)), name
     if kind == "factored":
@@ -432,6 +437,8 @@ def test_triton_kernels_follow_the_conventions(case, kind):
         assert torch.equal(tri.argmax.cpu(), ref.argmax.cpu())
         _same(tri.marginals, ref.marginals)
     assert (tri.log_prob(tri.argmax)[dead] == NEG).all()
+    alone = _dist(_subset(kw, ~dead), kind, backend="triton")
+    assert torch.equal(tri.partition[~dead], alone.partition)  # possible sequences: bitwise unaffected
     tk = tri.topk(2)  # the k-max kernel's backward; ties (d1, d2 vs d2, d1) may swap equal-score channels
     assert _is_empty(tk, kind)[:, dead.to(dev)].all()
     _same(ref.log_prob(tk), ref.log_prob(ref.topk(2)))
