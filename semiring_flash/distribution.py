@@ -17,7 +17,7 @@ from .semirings import (
     MaxSemiring,
     SampledSemiring,
 )
-from .struct import SemiMarkov, check_edges
+from .struct import SemiMarkov, check_edge_parts, check_edges
 
 __all__ = ["SemiMarkovCRF"]
 
@@ -38,6 +38,17 @@ class _cached:
         if self.name not in obj.__dict__:
             obj.__dict__[self.name] = self.fn(obj)
         return obj.__dict__[self.name]
+
+
+def _sample_shape(sample_shape) -> torch.Size:
+    """torch.Size of non-negative ints, or a clear error (an int alone is not a shape)."""
+    try:
+        shape = torch.Size(sample_shape)
+    except TypeError:
+        raise TypeError(f"sample_shape must be a tuple of ints such as (n,), got {sample_shape!r}") from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"sample_shape must hold non-negative sizes, got {tuple(shape)}")
+    return shape
 
 
 class SemiMarkovCRF(Distribution):
@@ -167,16 +178,33 @@ class SemiMarkovCRF(Distribution):
         return self._struct(KMaxSemiring(k)).marginals(self.potentials, self._edge_lengths(), _raw=True)
 
     def log_prob(self, value: torch.Tensor | Segmentation) -> torch.Tensor:
-        """log p(value): one-hot edges (..., B, N-1, K+1, C, C), or a Segmentation (..., B, T)."""
+        """log p(value): one-hot edges (..., B, N-1, K+1, C, C), or a Segmentation (..., B, T).
+
+        −inf (never NaN) for the empty structure and for every value of an
+        impossible sequence (log Z = −inf). Malformed values raise ValueError.
+        """
         if self.factored:
             if not isinstance(value, Segmentation):
                 raise TypeError("with SegmentPotentials, value must be a semiring_flash.Segmentation")
-            score = self._struct().score(self.potentials, value)
+            score = self._struct().score(self.potentials, value)  # −inf for the empty segmentation
         else:
             if not isinstance(value, torch.Tensor) or value.shape[-5:] != self.potentials.shape[-5:]:
                 raise ValueError(f"value must be one-hot edges of shape (..., {', '.join(map(str, self.potentials.shape))})")
+            empty = check_edge_parts(value, self.token_lengths)
             score = self._struct().score(self.potentials, value, batch_dims=range(value.dim() - 4))
-        return score - self.partition
+            score = torch.where(empty, float("-inf"), score)
+        return torch.where(self.impossible, float("-inf"), score - self.partition)
+
+    @property
+    def impossible(self) -> torch.Tensor:
+        """(B,) bool: the sequence has no segmentation (log Z = −inf).
+
+        Conventions there: partition, max and kmax are −inf; entropy,
+        cross-entropy and KL are 0; marginals are 0; argmax, topk and sample
+        give the empty structure (all-zero edges, or a Segmentation with
+        labels −1 and no starts); log_prob is −inf.
+        """
+        return self.partition.detach() == float("-inf")
 
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor | Segmentation:
         """Exact samples (ancestral sampling through the DP's backward).
@@ -184,8 +212,10 @@ class SemiMarkovCRF(Distribution):
         Edges: one-hot (*sample_shape, B, N-1, K+1, C, C). Factored: a Segmentation
         of shape (*sample_shape, B, T).
         """
-        shape = torch.Size(sample_shape)
-        n = int(torch.Size(shape).numel())
+        shape = _sample_shape(sample_shape)
+        n = int(shape.numel())
+        if n == 0:  # like torch.distributions: an empty batch of samples
+            return self._empty_sample(shape)
         struct = self._struct(SampledSemiring)
         if self.factored:
             ind, lengths = struct.start_indicators(self.potentials.detach(), batch_repeat=n)
@@ -199,6 +229,14 @@ class SemiMarkovCRF(Distribution):
         marg = struct.marginals(rep, lengths)
         B = edges.shape[0]
         return marg.view(B, n, *edges.shape[1:]).transpose(0, 1).reshape(*shape, *edges.shape)
+
+    def _empty_sample(self, shape: torch.Size):
+        if self.factored:
+            B, T = self.potentials.batch, self.potentials.T
+            dev = self.potentials.device
+            return Segmentation(torch.full((*shape, B, T), -1, dtype=torch.long, device=dev),
+                                torch.zeros(*shape, B, T, dtype=torch.bool, device=dev), self.token_lengths.expand(*shape, B))
+        return self.potentials.new_zeros(*shape, *self.potentials.shape)
 
     # -- torch-struct event helpers ------------------------------------------------
     @staticmethod

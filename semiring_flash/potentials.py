@@ -12,6 +12,7 @@ from .validation import (
     check_shape,
     check_tensor,
     check_values,
+    compute_dtype,
     lengths_in_range,
     lengths_tensor,
     no_nan_or_pos_inf,
@@ -19,11 +20,6 @@ from .validation import (
 )
 
 __all__ = ["SegmentPotentials"]
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # half-precision inputs are computed in float32; float64 stays float64
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class SegmentPotentials:
@@ -135,7 +131,7 @@ class SegmentPotentials:
         self.center = center
         self.batch, self.T, self.C, self.K = B, T, C, K
         self.device = device
-        self.dtype = _compute_dtype(base.dtype)
+        self.dtype = compute_dtype(base.dtype)
         self.lengths = lengths.to(device=device, dtype=torch.long)
 
     # -- shapes ---------------------------------------------------------------

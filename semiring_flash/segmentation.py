@@ -36,6 +36,10 @@ class Segmentation:
 
     labels[..., t]: label of the segment covering token t (-1 at t ≥ length);
     starts[..., t]: a segment starts at t (True at t = 0, False at t ≥ length).
+
+    The *empty* segmentation (labels all −1, no starts; see :meth:`empty`) is
+    what argmax/topk/sample give for a sequence without any segmentation (or
+    for channels past the number of structures); its log-probability is −inf.
     """
 
     labels: torch.Tensor
@@ -59,6 +63,10 @@ class Segmentation:
     def valid(self) -> torch.Tensor:
         t = torch.arange(self.T, device=self.labels.device)
         return t < self.lengths.expand(self.labels.shape[:-1]).unsqueeze(-1)
+
+    def empty(self) -> torch.Tensor:
+        """(...,) bool: the sequence holds the empty segmentation (no segment starts)."""
+        return ~(self.starts & self.valid()).any(-1)
 
     def to(self, device) -> "Segmentation":
         return Segmentation(self.labels.to(device), self.starts.to(device), self.lengths.to(device))
@@ -112,11 +120,15 @@ class Segmentation:
         return out
 
     def check(self, num_labels: int) -> None:
-        """Raise ValueError unless every sequence is a well-formed segmentation."""
+        """Raise ValueError unless every sequence is a well-formed segmentation (or the empty one)."""
         ok = self.valid()
-        if ((self.labels < 0) & ok).any() or ((self.labels >= num_labels) & ok).any():
+        empty = self.empty().unsqueeze(-1)
+        if ((self.labels != -1) & ok & empty).any():
+            raise ValueError("Segmentation.starts[..., 0] must be True (a segment starts at token 0); only the "
+                             "empty segmentation (labels -1, no starts) has no start")
+        if ((self.labels < 0) & ok & ~empty).any() or ((self.labels >= num_labels) & ok).any():
             raise ValueError(f"Segmentation.labels must lie in [0, {num_labels}) inside the lengths")
-        if not self.starts[..., 0].all():
+        if (~self.starts[..., 0] & ~empty[..., 0]).any():
             raise ValueError("Segmentation.starts[..., 0] must be True (a segment starts at token 0)")
         change = torch.zeros_like(self.starts)
         change[..., 1:] = self.labels[..., 1:] != self.labels[..., :-1]

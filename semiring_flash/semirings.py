@@ -157,6 +157,27 @@ class Semiring:
         """⊕_{c'} x[..., c'] ⊗ m[..., c', c]: value (S, ..., C') × potential (P, ..., C', C)."""
         return self.sum(self.mul_potential(x.unsqueeze(-1), m), -2)
 
+    def settle_impossible(self, v: torch.Tensor) -> torch.Tensor:
+        """Final values (S, B) of a DP: −inf entries are constants; where p's log-weight
+        (channel 0) is −inf, statistic channels are 0.
+
+        A sequence with no structure has the value 0̄ = (−inf, ..., 0): its
+        entropy / cross-entropy / KL channels are 0, as the dense DP gives.
+        The streaming engines keep statistics relative to running
+        normalisers, which are meaningless there; this puts 0̄'s value back.
+        A −inf value gets a zero gradient (a max over only −inf candidates
+        would otherwise route its gradient to an arbitrary, forbidden one).
+        """
+        stat = self.__dict__.get("_stat_channels")
+        if stat is None:  # channels whose 0̄ is finite; found once, on the host (no device sync)
+            stat = self.__dict__["_stat_channels"] = torch.isfinite(self.zero((1,))).view(-1).tolist()
+        if not any(stat):  # log, max, kmax: one op (small GPU calls are host-bound)
+            return torch.where(v == NEG_INF, NEG_INF, v)
+        dead = v[0] == NEG_INF
+        out = [torch.where(dead, 0.0, v[i]) if stat[i] else torch.where(v[i] == NEG_INF, NEG_INF, v[i])
+               for i in range(self.size)]
+        return torch.stack(out, 0)
+
     # -- normalisation ------------------------------------------------------
     def shift(self, x: torch.Tensor) -> torch.Tensor:
         """Per-channel constants (S, B) to subtract from a state x (S, B, ...).
@@ -192,7 +213,7 @@ class KMaxSemiring(Semiring):
     name = "kmax"
 
     def __init__(self, k: int):
-        if not isinstance(k, int) or k < 1:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"KMaxSemiring: k must be a positive int, got {k!r}")
         self.k = k
         self.size = k

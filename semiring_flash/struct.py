@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 
 from .ops.autograd import check_backend, edge_value, factored_inputs, factored_value
 from .potentials import SegmentPotentials
 from .segmentation import FactoredMarginals, Segmentation
 from .semirings import LogSemiring, Semiring, logsumexp
-from .validation import check_lengths, check_tensor, check_values, no_nan_or_pos_inf, signature
+from .validation import check_lengths, check_tensor, check_values, compute_dtype, no_nan_or_pos_inf, signature
 
 __all__ = ["SemiMarkov", "check_edges", "score_segmentation"]
 
@@ -16,7 +18,9 @@ __all__ = ["SemiMarkov", "check_edges", "score_segmentation"]
 def check_edges(edges, lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate torch-struct edges (B, N-1, K+1, C, C) and position lengths.
 
-    Returns lengths in *tokens* (positions - 1), int64. torch-struct counts
+    Returns the edges in the compute dtype (float16/bfloat16 become float32, a
+    differentiable cast: half precision overflows log Z at a few thousand
+    tokens) and lengths in *tokens* (positions - 1), int64. torch-struct counts
     positions: lengths[b] = L_b + 1 with 1 ≤ L_b ≤ N-1 (it further insists on
     max(lengths) == N; we accept any batch in range).
     """
@@ -30,7 +34,65 @@ def check_edges(edges, lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"log_potentials needs B, N-1, C >= 1, got shape {tuple(edges.shape)}")
     check_values(signature(log_potentials=edges), edges.device, lambda: [no_nan_or_pos_inf("log_potentials", edges)])
     positions = check_lengths("lengths", lengths, B, 2, N1 + 1, edges.device)
-    return edges, positions - 1
+    return edges.to(compute_dtype(edges.dtype)), positions - 1
+
+
+def _first_bad(bad: torch.Tensor, lead: tuple, B: int) -> str:
+    """'sequence b' (with the leading index, if any) of the first row of bad (R·B, ...) holding a True."""
+    r, b = divmod(int(bad.reshape(bad.shape[0], -1).any(1).nonzero()[0, 0]), B)
+    return f"sequence {b}" + (f" at leading index {tuple(int(i) for i in torch.unravel_index(torch.tensor(r), lead))}" if lead else "")
+
+
+def check_edge_parts(parts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Check that ``parts`` (..., B, N-1, K, C, C) are one-hot edges of segmentations.
+
+    Each sequence b must hold 0/1 entries forming one chain of segments
+    (n, d, c, c') with 1 ≤ d that tiles [0, tokens[b]): a segment starts at
+    0 and wherever the previous one ended, and its c' is the previous
+    segment's label. An all-zero sequence is the *empty* structure (what
+    argmax/topk/sample give where there is none); ValueError otherwise.
+    Returns the (..., B) bool mask of empty sequences.
+    """
+    if not isinstance(parts, torch.Tensor) or parts.dim() < 5:
+        raise ValueError("value must be one-hot edges (..., B, N-1, K, C, C)")
+    lead = tuple(parts.shape[:-5])
+    B, N1, K1, C, _ = parts.shape[-5:]
+    v = parts.detach().reshape(-1, N1, K1 * C * C)
+    M = v.shape[0]
+    where = lambda bad: _first_bad(bad, lead, B)  # noqa: E731
+    if ((v != 0) & (v != 1)).any():
+        raise ValueError(f"value must be one-hot edges with entries 0 or 1; {where((v != 0) & (v != 1))} has others")
+    on = v != 0
+    count = on.sum(-1)  # (M, N-1): segments starting at n
+    if (count > 1).any():
+        raise ValueError(f"value must be one-hot edges: {where(count > 1)} has several segments starting at one position")
+    idx = on.to(torch.uint8).argmax(-1)  # the segment at n, if any
+    d, c, cp = idx // (C * C), (idx // C) % C, idx % C
+    has = count == 1
+    if (has & (d == 0)).any():
+        raise ValueError(f"value must be one-hot edges: {where(has & (d == 0))} uses duration index 0 (durations are 1..K-1)")
+    L = tokens.to(parts.device).repeat(M // B).view(M, 1)
+    n = torch.arange(N1, device=parts.device).view(1, N1)
+    end = n + d
+    if (has & (end > L)).any():
+        raise ValueError(f"value must be one-hot edges: {where(has & (end > L))} has a segment past its length")
+    # reached[m, p]: position p is 0 or the end of a segment; label_at[m, p]: that segment's label
+    dump = N1 + K1  # scatter slot for positions without a segment
+    slot = torch.where(has, end, dump)
+    reached = torch.zeros(M, dump + 1, dtype=torch.bool, device=parts.device).scatter_(1, slot, True)
+    label_at = torch.full((M, dump + 1), -1, dtype=torch.long, device=parts.device).scatter_(1, slot, c)
+    empty = ~has.any(-1)
+    reached[:, 0] = True
+    inside = n < L
+    gap = ~empty.view(M, 1) & inside & (has != reached[:, :N1])
+    gap |= ~empty.view(M, 1) & (n == 0) & ~has
+    if gap.any() or (~empty & ~reached.gather(1, L).squeeze(1)).any():
+        bad = gap.any(-1) | (~empty & ~reached.gather(1, L).squeeze(1))
+        raise ValueError(f"value must be one-hot edges of a segmentation: in {where(bad)} the segments do not tile [0, length) end to end")
+    chain = has & (n > 0) & (cp != label_at[:, :N1])
+    if chain.any():
+        raise ValueError(f"value must be one-hot edges: in {where(chain)} a segment's previous label (dim 4) is not the label of the segment before it")
+    return empty.view(*lead, B)
 
 
 def score_segmentation(pots: SegmentPotentials, seg: Segmentation) -> torch.Tensor:
@@ -81,6 +143,7 @@ def score_segmentation(pots: SegmentPotentials, seg: Segmentation) -> torch.Tens
     total = total + entry.unsqueeze(0).expand(R, B, C).gather(-1, labels[..., :1]).squeeze(-1)
     last = labels.gather(-1, (L.expand(R, B, 1) - 1))
     total = total + pots.end_b().to(torch.float64).unsqueeze(0).expand(R, B, C).gather(-1, last).squeeze(-1)
+    total = torch.where(seg.empty().reshape(R, B), float("-inf"), total)  # the empty segmentation: weight 0̄
     return total.to(pots.dtype).reshape(*lead, B)
 
 
@@ -90,12 +153,20 @@ def _masked_dot(parts: torch.Tensor, potentials: torch.Tensor, dims: int) -> tor
 
 
 def _drop_empty_channels(grads: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Zero the indicators of channels whose value is −inf (k beyond the number of structures).
+    """Zero the indicators of channels whose value is −inf (k beyond the number of
+    structures, or a sequence without any structure).
 
-    Their gradient would otherwise point at an arbitrary (repeated) structure.
+    Their gradient would otherwise point at an arbitrary (repeated) structure:
+    the max of all-−inf candidates still routes its gradient to one of them.
     """
-    alive = (value > float("-inf")).to(grads.dtype)
-    return grads * alive.reshape(alive.shape + (1,) * (grads.dim() - alive.dim()))
+    alive = value > float("-inf")
+    alive = alive.reshape(alive.shape + (1,) * (grads.dim() - alive.dim()))
+    return torch.where(alive, grads, torch.zeros((), dtype=grads.dtype, device=grads.device))
+
+
+def _drop_empty_marginals(marg: FactoredMarginals, value: torch.Tensor) -> FactoredMarginals:
+    """``_drop_empty_channels`` for each (B, ...) field of compact marginals; value (B,)."""
+    return FactoredMarginals(**{f.name: _drop_empty_channels(getattr(marg, f.name), value) for f in fields(marg)})
 
 
 class SemiMarkov:
@@ -147,7 +218,7 @@ class SemiMarkov:
             grads = [torch.autograd.grad(o, leaf, retain_graph=True)[0] for o in objs]
         if _raw:
             return _drop_empty_channels(torch.stack(grads, 0), v)
-        return grads[0]
+        return _drop_empty_channels(grads[0], v[0])
 
     def _factored_marginals(self, pots: SegmentPotentials, raw: bool):
         sr = self.semiring
@@ -170,6 +241,7 @@ class SemiMarkov:
                     duration=torch.zeros_like(inp.duration) if g_dur is None else g_dur,
                     transition=torch.zeros_like(inp.transition) if g_tr is None else g_tr,
                 ))
+        outs = [_drop_empty_marginals(m, v[k] if raw else v[0]) for k, m in enumerate(outs)]
         return outs if raw else outs[0]
 
     def start_indicators(self, pots: SegmentPotentials, channels: int | None = None, batch_repeat: int = 1):
@@ -210,9 +282,19 @@ class SemiMarkov:
 
     @staticmethod
     def to_parts(sequence: torch.Tensor, extra: tuple[int, int], lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """torch-struct's sequence form (B, N) in [-1, 0..C-1], extra = (C, K+1) → one-hot edges (B, N-1, K+1, C, C)."""
+        """torch-struct's sequence form (B, N) in [-1, 0..C-1], extra = (C, K+1) → one-hot edges (B, N-1, K+1, C, C).
+
+        sequence[b, n] is the label of the segment ending at position n (−1:
+        no segment ends there); sequence[b, 0] is the initial label. Two
+        labels must be at most K positions apart (durations 1..K).
+        """
         C, K = extra
+        check_tensor("sequence", sequence, 2, floating=False)
+        if sequence.is_floating_point() or sequence.dtype == torch.bool or sequence.is_complex():
+            raise TypeError(f"sequence must be an integer tensor, got dtype {sequence.dtype}")
         B, N = sequence.shape
+        if ((sequence < -1) | (sequence >= C)).any():
+            raise ValueError(f"sequence entries must lie in [-1, {C}) (C = {C} labels, -1 for no segment end)")
         parts = torch.zeros(B, N - 1, K, C, C, dtype=torch.long, device=sequence.device)
         seq = sequence.tolist()
         for b in range(B):
@@ -223,6 +305,9 @@ class SemiMarkov:
                         raise ValueError("sequence[:, 0] must hold the initial label, not -1")
                     continue
                 if n != 0:
+                    if n - last >= K:
+                        raise ValueError(f"sequence {b}: a gap of {n - last} positions between labels at {last} and {n} "
+                                         f"is a segment longer than K - 1 = {K - 1}")
                     parts[b, last, n - last, seq[b][n], c] = 1
                 last, c = n, seq[b][n]
         return parts

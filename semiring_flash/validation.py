@@ -108,6 +108,11 @@ def check_values(sig: tuple, device: torch.device, checks: Callable[[], Iterable
         _checked_signatures.add(sig)
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half-precision inputs are computed (and results returned) in float32; float64 stays float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def check_tensor(name: str, x, ndims, *, floating: bool = True) -> torch.Tensor:
     """Type, dtype and ndim of one argument; ``ndims`` is an int or a tuple of ints."""
     if not isinstance(x, torch.Tensor):

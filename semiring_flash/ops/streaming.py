@@ -30,6 +30,7 @@ import math
 import torch
 
 from ..semirings import Semiring, softmax_weights
+from ..validation import compute_dtype
 
 __all__ = ["factored_scan", "edge_scan", "default_checkpoint_every"]
 
@@ -439,7 +440,7 @@ def factored_scan(
         [x.shape for x in inputs],
     )
     every = checkpoint_every or default_checkpoint_every(rec.t_max, K)
-    return _StreamingScan.apply(rec, every, *inputs)
+    return semiring.settle_impossible(_StreamingScan.apply(rec, every, *inputs))
 
 
 def edge_scan(
@@ -449,9 +450,9 @@ def edge_scan(
     checkpoint_every: int | None = None,
 ) -> torch.Tensor:
     """Semiring value (S, B) over torch-struct edges (B, T, K+1, C, C); lengths in tokens."""
-    edges = _with_p(semiring, edges)
+    edges = _with_p(semiring, edges).to(compute_dtype(edges.dtype))  # half precision: computed in float32
     P, B, T, K1, C, _ = edges.shape
     K = K1 - 1
     rec = _EdgeRecurrence(semiring, lengths, K, C, B, edges.dtype, [edges.shape])
     every = checkpoint_every or default_checkpoint_every(rec.t_max, K)
-    return _StreamingScan.apply(rec, every, edges)
+    return semiring.settle_impossible(_StreamingScan.apply(rec, every, edges))

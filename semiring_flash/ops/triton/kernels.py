@@ -141,6 +141,11 @@ def _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
     w = (cum_t - cum_p).to(x.dtype) + dur3
     cand = tl.where(okc, mul_pot(x + off, w, s3, SR), zero_value(s3, SR))
     alpha, ra, am, az = plus0(cand, SR, KK)  # (CP, SP)
+    if SR == 1:
+        # ties go to the longest duration, as in the torch engine (whose ring lists
+        # durations K..1 and whose max takes the first index): one argmax on every backend
+        tie = (cand == alpha[None, :, :]) & (alpha[None, :, :] > float("-inf"))
+        ra = tl.max(tl.where(tie, n3 + s3 * 0, 0), axis=0).to(tl.int32)
     tpre, rt, tm, tz = plus0(mul_pot(tl.expand_dims(alpha, 1), tr3, s3, SR), SR, KK)
     if HAS_SB:
         sbt = tl.load(sb_b + t * C + c2, mask=(c2 < C) & (t < T), other=0.0)
@@ -187,6 +192,12 @@ def _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, t
                 mask=okr & (c3 < C), other=0.0)
     cand = tl.where(okr & (c3 < C) & (s3 < S), mul_pot(x + off, e, s3, SR), zero_value(s3, SR))
     alpha, ra, am, az = plus0(cand, SR, KK)
+    if SR == 1:
+        # ties as in the torch engine (ring slots list durations K..1, then c' ascending; its
+        # max takes the first index): the longest duration, then the smallest c'
+        tie = (cand == alpha[None, :, :]) & (alpha[None, :, :] > float("-inf"))
+        key = tl.max(tl.where(tie, dd * CP + (CP - 1 - cp) + s3 * 0, -1), axis=0)
+        ra = tl.where(key >= 0, (key // CP) * CP + (CP - 1 - key % CP), 0).to(tl.int32)
     st = t & (R - 1)
     _store_row2(tv_b, st, R, alpha, CP, SP)
     _store_base2(tb_b, st, R, base0, base1)
@@ -603,6 +614,7 @@ def backtrace_kernel(bpa_ptr, bpt_ptr, fin_ptr, len_ptr, labels_ptr, starts_ptr,
     """Walk the backpointers from (L, best final label) to 0, one segment per iteration.
 
     labels (B, T) int64 and starts (B, T) int8 must be pre-filled (-1 / 0) past L.
+    A final label of -1 marks a sequence without a segmentation: nothing is written.
     Each iteration: two dependent loads (duration of the segment ending at t
     with label c; the label before it), one vector store of the segment.
     """
@@ -610,7 +622,7 @@ def backtrace_kernel(bpa_ptr, bpt_ptr, fin_ptr, len_ptr, labels_ptr, starts_ptr,
     L = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
     c = tl.load(fin_ptr + b).to(tl.int32)
     o = tl.arange(0, KP)
-    t = L
+    t = tl.where(c >= 0, L, 0)
     while t > 0:
         bo = (b * (T + 1) + t) * C + c
         d = tl.load(bpa_ptr + bo).to(tl.int32) + 1

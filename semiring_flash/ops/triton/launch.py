@@ -8,6 +8,7 @@ import torch
 
 from ..streaming import default_checkpoint_every
 from .kernels import scan_bwd_kernel, scan_fwd_kernel
+from ...validation import compute_dtype
 from .semiring import SEMIRING_IDS
 
 __all__ = ["factored_scan_triton", "edge_scan_triton", "checkpoint_every"]
@@ -283,13 +284,12 @@ def factored_scan_triton(semiring, cum, transition, duration, tau0, end, lengths
     K = duration.shape[-2]
     _check_lengths(lengths, B)
     m = _meta(semiring, B, T1 - 1, K, C, tau0.dtype, cum.device, False, start_bias is not None, checkpoint_every)
-    return _factored_apply(m, cum, transition, duration, tau0, end, lengths, start_bias)
+    return semiring.settle_impossible(_factored_apply(m, cum, transition, duration, tau0, end, lengths, start_bias))
 
 
 def edge_scan_triton(semiring, edges, lengths, checkpoint_every=None):
     """Semiring value (S, B) over torch-struct edges (B, T, K+1, C, C); lengths (B,) in tokens."""
     B, T, K1, C, _ = edges.shape
     _check_lengths(lengths, B)
-    dtype = edges.dtype if edges.dtype in (torch.float32, torch.float64) else torch.float32
-    m = _meta(semiring, B, T, K1 - 1, C, dtype, edges.device, True, False, checkpoint_every)
-    return _edge_apply(m, edges, lengths)
+    m = _meta(semiring, B, T, K1 - 1, C, compute_dtype(edges.dtype), edges.device, True, False, checkpoint_every)
+    return semiring.settle_impossible(_edge_apply(m, edges, lengths))

@@ -3,7 +3,8 @@ backpointers, then a device-side backtrace (no per-position host round trip).
 
 Memory: the backpointers are two (B, T+1, C) int16 arrays, O(T·C) like the
 output itself; the scan state stays O(K·C). The path is the one the
-max-semiring gradient selects (same first-index tie-breaking).
+max-semiring gradient of the torch engine selects (exact ties go to the
+longest duration, then the first label).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def viterbi_triton(cum, transition, duration, tau0, end, lengths, start_bias=Non
 
     Same inputs as ``factored_scan_triton`` (tau0 (1, B, C) in the max semiring).
     Returns ``(score (B,), labels (B, T) int64 with -1 past L, starts (B, T) bool)``.
+    A sequence with no segmentation (score −inf) gets the empty one: labels −1,
+    no starts (its backpointers route through 0̄ states and mean nothing).
     Not differentiable (use the max-semiring gradient for that).
     """
     B, T1, C = cum.shape
@@ -37,6 +40,7 @@ def viterbi_triton(cum, transition, duration, tau0, end, lengths, start_bias=Non
         bpt = torch.empty(B, T1, C, dtype=torch.int16, device=dev)
         fin = torch.empty(B, dtype=torch.int32, device=dev)
         value, _ = _fwd(m, cum_c, tr_c, dur_c, tau0_c, end_c, sb_c, cum_c, len_c, False, (bpa, bpt, fin))
+        fin = torch.where(value[0] == float("-inf"), -1, fin)  # the backtrace skips these sequences
         labels = torch.full((B, T), -1, dtype=torch.int64, device=dev)
         starts = torch.zeros(B, T, dtype=torch.int8, device=dev)
         backtrace_kernel[(B,)](bpa, bpt, fin, len_c, labels, starts, T, C, KP=max(2, _pow2(K)), num_warps=1)
