@@ -27,6 +27,7 @@ The same unique-decomposition argument keeps the likelihood exact.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -234,21 +235,63 @@ class StateLayout:
         return T_int, D_int, start_i, end_i
 
 
-def to_segmentation(gold, lengths: torch.Tensor, T: int, device=None) -> Segmentation:
-    """Gold in any accepted form -> :class:`Segmentation` (B, T).
+def _segment_lists(gold) -> list:
+    """Per-sequence lists of (start, end, label) with int fields (a float label like 1.5 is refused, not truncated)."""
+    out = []
+    for b, segs in enumerate(gold):
+        if not isinstance(segs, (list, tuple)):
+            raise TypeError(f"gold[{b}] must be a list of (start, end, label) tuples, got {type(segs).__name__}")
+        rows = []
+        for seg in segs:
+            if not isinstance(seg, (list, tuple)) or len(seg) != 3:
+                raise TypeError(f"gold[{b}] holds {seg!r}; each segment is a (start, end_exclusive, label) tuple")
+            try:
+                rows.append(tuple(operator.index(v) for v in seg))
+            except TypeError:
+                raise TypeError(f"gold[{b}] segment {tuple(seg)!r}: start, end and label must be ints") from None
+        out.append(rows)
+    return out
+
+
+def _integer_tensor(name: str, x: torch.Tensor) -> torch.Tensor:
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
+    return x.long()
+
+
+def to_segmentation(gold, lengths: torch.Tensor, T: int, device=None, num_labels: int | None = None,
+                    runs: bool = True) -> Segmentation:
+    """Gold in any accepted form -> :class:`Segmentation` (..., B, T), labels −1 past the lengths.
 
     Accepts a Segmentation, per-sequence lists of (start, end_exclusive, label),
-    or a pair (labels (B, T) long, starts (B, T) bool).
+    a pair (labels (B, T) integer, starts (B, T) bool), or per-token labels
+    (B, T) integer (maximal runs are segments with ``runs``, else single tokens;
+    padding past the lengths may hold anything, e.g. −100). With ``num_labels``,
+    labels outside [0, num_labels) inside the lengths raise a ValueError that
+    names the sequence.
     """
     lengths = torch.as_tensor(lengths, device=device).long()
     if isinstance(gold, Segmentation):
         seg = gold
+    elif isinstance(gold, torch.Tensor):
+        labels = _integer_tensor("gold (per-token labels)", gold)
+        if labels.dim() != 2 or labels.shape[0] != lengths.shape[0]:
+            raise ValueError(f"per-token gold labels must be (B, T) = ({lengths.shape[0]}, {T}), got {tuple(gold.shape)}")
+        valid = torch.arange(labels.shape[1], device=labels.device) < lengths.to(labels.device).unsqueeze(1)
+        starts = valid.clone()
+        if runs:
+            starts[:, 1:] &= labels[:, 1:] != labels[:, :-1]
+        seg = Segmentation(labels, starts, lengths.to(labels.device))
     elif isinstance(gold, (tuple, list)) and len(gold) == 2 and all(isinstance(g, torch.Tensor) for g in gold):
-        seg = Segmentation(gold[0].long(), gold[1].bool(), lengths)
+        labels = _integer_tensor("gold labels", gold[0])
+        if gold[1].is_floating_point():
+            raise TypeError(f"gold starts must be a bool tensor, got {gold[1].dtype}")
+        seg = Segmentation(labels, gold[1].bool(), lengths.to(labels.device))
     elif isinstance(gold, (list, tuple)):
-        seg = Segmentation.from_segments([list(s) for s in gold], T=T, device=device)
+        seg = Segmentation.from_segments(_segment_lists(gold), T=T, device=device)
     else:
-        raise TypeError("gold must be a Segmentation, a list of (start, end, label) lists, or (labels, starts) tensors")
+        raise TypeError("gold must be a Segmentation, a list of (start, end, label) lists, (labels, starts) tensors "
+                        f"or per-token labels (B, T); got {type(gold).__name__}")
     if seg.T != T:  # pad or cut to the feature length
         if seg.T > T:
             raise ValueError(f"gold covers {seg.T} tokens but the features have T={T}")
@@ -257,4 +300,13 @@ def to_segmentation(gold, lengths: torch.Tensor, T: int, device=None) -> Segment
     shape = seg.labels.shape[:-1]
     if lengths.shape != shape[-1:] or not torch.equal(seg.lengths.to(lengths.device).expand(shape), lengths.expand(shape)):
         raise ValueError(f"gold lengths {seg.lengths.tolist()} differ from the given lengths {lengths.tolist()}")
+    valid = seg.valid()
+    labels = seg.labels.long()
+    if num_labels is not None:
+        bad = valid & ((labels < 0) | (labels >= num_labels))
+        if bad.any():
+            where = torch.nonzero(bad)[0].tolist()
+            raise ValueError(f"gold labels must lie in [0, {num_labels}); sequence {where[:-1] if len(where) > 2 else where[0]} "
+                             f"has {int(labels[tuple(where)])} at token {where[-1]}")
+    seg = Segmentation(torch.where(valid, labels, -1), seg.starts & valid, seg.lengths)
     return seg.to(device) if device is not None else seg

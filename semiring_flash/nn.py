@@ -18,15 +18,27 @@ described in :mod:`semiring_flash.layout`.
 
 from __future__ import annotations
 
+import operator
+from typing import Literal, Union
+
 import torch
 from torch import nn
 
+from .collate import mask_to_lengths
 from .distribution import SemiMarkovCRF
 from .layout import StateLayout, to_segmentation
 from .potentials import SegmentPotentials
 from .segmentation import FactoredMarginals, Segmentation
 
-__all__ = ["SemiCRFHead", "DurationModel", "SegmentCRF", "StateLayout", "to_segmentation"]
+__all__ = ["SemiCRFHead", "DurationModel", "SegmentCRF", "StateLayout", "to_segmentation", "Gold", "Segments"]
+
+#: one sequence's segments: (start, end_exclusive, label)
+Segments = list[tuple[int, int, int]]
+#: gold segmentations: a Segmentation, per-sequence segment lists, (labels, starts) tensors,
+#: or per-token labels (B, T) (see :meth:`SemiCRFHead.loss`)
+Gold = Union[Segmentation, list[Segments], tuple[torch.Tensor, torch.Tensor], torch.Tensor]
+#: grammar buffers saved in the state_dict and checked on load
+_GRAMMAR = ("allowed_transitions", "allowed_start", "allowed_end")
 
 NEG_INF = float("-inf")
 DURATION_FAMILIES = ("table", "geometric", "poisson", "negbin")
@@ -121,12 +133,22 @@ def _inv_softplus(x):
     return x + torch.log(-torch.expm1(-x))
 
 
+def _int(value, name: str) -> int:
+    """An int argument; floats (even 3.0) and bools are refused rather than truncated."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})") from None
+
+
 def _per_label(value, C: int, default: int, name: str) -> list:
     if value is None:
         return [default] * C
-    if isinstance(value, int):
-        return [value] * C
-    value = [default if v is None else int(v) for v in value]
+    if not isinstance(value, (list, tuple, torch.Tensor)):
+        return [_int(value, name)] * C
+    value = [default if v is None else _int(v, f"{name} entries") for v in value]
     if len(value) != C:
         raise ValueError(f"{name} needs one entry per label ({C}), got {len(value)}")
     return value
@@ -161,7 +183,8 @@ class SegmentCRF(SemiMarkovCRF):
         return SemiMarkovCRF(self.potentials, backend=self.backend)
 
     def log_prob(self, value) -> torch.Tensor:
-        seg = to_segmentation(value, self.token_lengths, self.potentials.T, self.token_lengths.device)
+        seg = to_segmentation(value, self.token_lengths, self.potentials.T, self.token_lengths.device,
+                              num_labels=self.layout.C, runs=self.layout.K > 1)
         return super().log_prob(self.layout.to_internal(seg))
 
     @property
@@ -232,13 +255,14 @@ class SemiCRFHead(nn.Module):
                  allowed_start=None, allowed_end=None, duration_normalize: bool = True, duration_init_mean=None,
                  learn_start_end: bool = True, center: str | None = None, backend: str = "auto", bias: bool = True):
         super().__init__()
-        C = int(num_labels)
-        if isinstance(max_duration, int):
-            K, max_d = int(max_duration), [int(max_duration)] * C
-        else:
-            max_d = _per_label(max_duration, C, None, "max_duration")
-            K = max(max_d)
-        if K < 1:
+        C = _int(num_labels, "num_labels")
+        if C < 1:
+            raise ValueError(f"num_labels must be >= 1, got {C}")
+        if in_features is not None and _int(in_features, "in_features") < 1:
+            raise ValueError(f"in_features must be >= 1 (or None for label scores as features), got {in_features}")
+        max_d = _per_label(max_duration, C, None, "max_duration")
+        K = max(max_d)
+        if min(max_d) < 1:
             raise ValueError(f"max_duration must be >= 1, got {max_duration}")
         self.in_features, self.num_labels, self.K = in_features, C, K
         self.center, self.backend, self.first_token = center, backend, bool(first_token)
@@ -249,9 +273,10 @@ class SemiCRFHead(nn.Module):
         if len(long_mask) != C:
             raise ValueError(f"long_segments needs one entry per label ({C})")
         self.layout = StateLayout(C, long_mask, self.durations.min_duration, self.durations.max_durations, first_token)
-        self.register_buffer("allowed_transitions", _mask(allowed_transitions, (C, C), "allowed_transitions"), persistent=False)
-        self.register_buffer("allowed_start", _mask(allowed_start, (C,), "allowed_start"), persistent=False)
-        self.register_buffer("allowed_end", _mask(allowed_end, (C,), "allowed_end"), persistent=False)
+        # persistent: a checkpoint carries its grammar, and loading it into a head built with another one fails
+        self.register_buffer("allowed_transitions", _mask(allowed_transitions, (C, C), "allowed_transitions"))
+        self.register_buffer("allowed_start", _mask(allowed_start, (C,), "allowed_start"))
+        self.register_buffer("allowed_end", _mask(allowed_end, (C,), "allowed_end"))
         if not self.allowed_start.any() or not self.allowed_end.any():
             raise ValueError("allowed_start and allowed_end must allow at least one label")
         self.transition = nn.Parameter(torch.zeros(C, C))
@@ -273,7 +298,37 @@ class SemiCRFHead(nn.Module):
         if features.dim() != 3 or features.shape[-1] != width:
             what = "label scores" if self.proj is None else "encoder features"
             raise ValueError(f"features must be (B, T, {width}) {what}, got shape {tuple(features.shape)}")
-        return features if self.proj is None else self.proj(features)
+        scores = features if self.proj is None else self.proj(features)
+        # fp16/bf16 (autocast) features: the CRF itself runs in fp32 (prefix sums in float64 regardless)
+        return scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+
+    # -- checkpoints: the structure travels with the weights -------------------------------------
+    def _config(self) -> dict:
+        lay = self.layout
+        return dict(num_labels=self.num_labels, in_features=self.in_features, max_duration=lay.max_d,
+                    min_duration=lay.min_d, long_segments=lay.long, first_token=self.first_token,
+                    duration=self.durations.family, center=self.center)
+
+    def get_extra_state(self) -> dict:
+        return {"config": self._config()}
+
+    def set_extra_state(self, state) -> None:
+        pass  # compared in _load_from_state_dict, where a mismatch can be reported like a shape mismatch
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        extra = state_dict.get(prefix + "_extra_state")
+        if isinstance(extra, dict) and extra.get("config") != self._config():
+            saved, mine = extra.get("config", {}), self._config()
+            diff = {k: (saved.get(k), mine.get(k)) for k in mine if saved.get(k) != mine.get(k)}
+            error_msgs.append(f"SemiCRFHead structure differs from the checkpoint's (saved, this head): {diff}; "
+                              "build the head with the checkpoint's arguments")
+        for name in _GRAMMAR:
+            saved = state_dict.get(prefix + name)
+            mine = getattr(self, name)
+            if saved is not None and (saved.shape != mine.shape or not torch.equal(saved.to(mine.device).bool(), mine)):
+                error_msgs.append(f"{prefix}{name} of the checkpoint differs from this head's: the checkpoint was "
+                                  f"trained with another grammar; build the head with the same {name}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def _masked(self, x, mask):
         return torch.where(mask, x, NEG_INF)
@@ -314,16 +369,52 @@ class SemiCRFHead(nn.Module):
         start = self._masked(self.start, self.allowed_start).expand(B, C)
         end = self._masked(self.end, self.allowed_end).expand(B, C)
         if prev_labels is not None:
-            prev = torch.as_tensor(prev_labels, device=dev).long()
+            prev = self._outside_labels("prev_labels", prev_labels, B)
             start = torch.where((prev >= 0).view(B, 1), trans[prev.clamp(min=0)], start)
         if next_labels is not None:
-            nxt = torch.as_tensor(next_labels, device=dev).long()
+            nxt = self._outside_labels("next_labels", next_labels, B)
             end = torch.where((nxt >= 0).view(B, 1), trans[:, nxt.clamp(min=0)].T, end)
         return start, end
 
+    def _outside_labels(self, name: str, value, B: int) -> torch.Tensor:
+        """(B,) integer labels in [-1, C) (−1: the window touches the sequence's own start/end)."""
+        x = torch.as_tensor(value, device=self.transition.device)
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor (B,), got {x.dtype}")
+        if x.shape != (B,):
+            raise ValueError(f"{name} must have shape (B,) = ({B},), got {tuple(x.shape)}")
+        x = x.long()
+        bad = (x < -1) | (x >= self.num_labels)
+        if bad.any():
+            b = int(torch.nonzero(bad)[0])
+            raise ValueError(f"{name} must lie in [-1, {self.num_labels}) (−1: none); sequence {b} has {int(x[b])}")
+        return x
+
+    def _lengths(self, features: torch.Tensor, lengths, mask) -> torch.Tensor | None:
+        """(B,) long lengths from ``lengths`` or a (B, T) bool prefix ``mask`` (pytorch-crf style)."""
+        B, T = features.shape[:2]
+        if mask is not None:
+            if lengths is not None:
+                raise ValueError("give lengths or mask, not both")
+            if isinstance(mask, torch.Tensor):
+                mask = mask.to(features.device)
+            return mask_to_lengths(mask, B, T)
+        if lengths is None:
+            return None
+        lengths = torch.as_tensor(lengths, device=features.device)
+        if lengths.dtype == torch.bool and lengths.dim() == 2:
+            raise TypeError("lengths must be an integer tensor (B,); pass a (B, T) bool mask as mask=")
+        if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.is_complex():
+            raise TypeError(f"lengths must be an integer tensor (B,), got {lengths.dtype}")
+        return lengths.long()
+
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None,
-                prev_labels: torch.Tensor | None = None, next_labels: torch.Tensor | None = None) -> SegmentCRF:
+                prev_labels: torch.Tensor | None = None, next_labels: torch.Tensor | None = None, *,
+                mask: torch.Tensor | None = None) -> SegmentCRF:
         """A :class:`SegmentCRF` (a SemiMarkovCRF speaking user labels) over features (B, T, H).
+
+        ``lengths`` (B,) tokens per sequence, or ``mask`` (B, T) bool, a
+        left-aligned prefix per row as in pytorch-crf; neither: all T tokens.
 
         For training on windows of long sequences, cut windows at gold segment
         boundaries and pass the labels of the segments just outside
@@ -332,33 +423,47 @@ class SemiCRFHead(nn.Module):
         conditional log p(window's segments | the segments around it), because a
         semi-Markov chain is Markov at segment boundaries.
         """
-        if lengths is not None:
-            lengths = torch.as_tensor(lengths, device=features.device)
-            if lengths.is_floating_point() or lengths.dtype == torch.bool:
-                raise TypeError(f"lengths must be an integer tensor (B,), got {lengths.dtype}")
-            lengths = lengths.long()
+        lengths = self._lengths(features, lengths, mask)
         pots = self.potentials(features, lengths, prev_labels, next_labels)
         return SegmentCRF(pots, self.layout, backend=self.backend)
 
-    def loss(self, features: torch.Tensor, lengths: torch.Tensor | None, gold, reduction: str = "mean",
-             check_gold: bool = True, prev_labels=None, next_labels=None) -> torch.Tensor:
-        """Negative log-likelihood of ``gold``.
+    def loss(self, features: torch.Tensor, lengths: torch.Tensor | None = None, gold: Gold | None = None,
+             reduction: Literal["mean", "sum", "token", "none"] = "mean", check_gold: bool = True,
+             prev_labels: torch.Tensor | None = None, next_labels: torch.Tensor | None = None, *,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Negative log-likelihood of ``gold`` (float32, also under fp16/bf16 autocast).
 
-        gold: Segmentation, per-sequence lists of (start, end_exclusive, label),
-        or (labels, starts). reduction: "mean" (over sequences), "sum", "token"
-        (sum divided by the number of tokens) or "none" (B,).
+        gold: a Segmentation, per-sequence lists of (start, end_exclusive, label),
+        a pair (labels (B, T), starts (B, T)), or per-token labels (B, T) integer
+        (pytorch-crf's ``tags``; values past each length are ignored, e.g. −100):
+        maximal runs of one label are segments, and at max_duration 1 every
+        token is one (see docs/head.md; for BIO/BIOES/BMES tag ids use
+        :func:`semiring_flash.tags.tag_ids_to_segmentation`).
+        lengths (B,) or mask (B, T) bool: see :meth:`forward`.
+        reduction: "mean" (over sequences), "sum", "token" (sum divided by the
+        number of tokens) or "none" (B,).
         check_gold: raise ValueError (saying why) when a gold segmentation is
         impossible under the constraints, instead of returning an infinite loss.
+        A sequence whose length no segmentation fits (log Z = −inf) always raises.
         prev_labels / next_labels: windows of longer sequences (see :meth:`forward`).
         """
+        if gold is None:
+            raise TypeError("loss() needs gold (segments, a Segmentation or per-token labels)")
         B, T = features.shape[:2]
+        lengths = self._lengths(features, lengths, mask)
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=features.device)
         dist = self(features, lengths, prev_labels, next_labels)
-        nll = -dist.log_prob(gold)
+        seg = to_segmentation(gold, dist.token_lengths, T, features.device, num_labels=self.num_labels,
+                              runs=self.layout.K > 1)
+        log_z = dist.partition
+        if torch.isneginf(log_z).any():
+            b = int(torch.nonzero(torch.isneginf(log_z))[0])
+            raise ValueError(f"sequence {b} (length {int(dist.token_lengths[b])}) has no segmentation the head allows "
+                             "(min/max durations, allowed transitions, start/end labels, prev/next labels): log Z = -inf")
+        nll = -dist.log_prob(seg)
         if check_gold and torch.isinf(nll).any():
             bad = torch.nonzero(torch.isinf(nll)).flatten().tolist()
-            seg = to_segmentation(gold, dist.token_lengths, features.shape[1])
             raise ValueError(f"gold of sequences {bad[:10]} is impossible under the head's constraints: "
                              + (self.explain(seg[bad[0]].segments()[0])
                                 or "its entry/exit is not allowed after prev_labels / before next_labels"))
@@ -393,9 +498,16 @@ class SemiCRFHead(nn.Module):
         return ""
 
     @torch.no_grad()
-    def decode(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> list:
-        """Viterbi: per sequence, a list of (start, end_exclusive, label)."""
-        return self(features, lengths).argmax.segments()
+    def decode(self, features: torch.Tensor, lengths: torch.Tensor | None = None, *, mask: torch.Tensor | None = None,
+               output: Literal["segments", "labels"] = "segments") -> list[Segments] | list[list[int]]:
+        """Viterbi: per sequence, a list of (start, end_exclusive, label) segments, or with
+        ``output="labels"`` the per-token labels (a list of ints per sequence, as pytorch-crf's decode)."""
+        if output not in ("segments", "labels"):
+            raise ValueError(f"output must be 'segments' or 'labels', got {output!r}")
+        best = self(features, lengths, mask=mask).argmax
+        if output == "segments":
+            return best.segments()
+        return [row[:n] for row, n in zip(best.labels.tolist(), best.lengths.tolist())]
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, num_labels={self.num_labels}, K={self.K}, "
