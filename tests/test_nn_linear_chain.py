@@ -126,3 +126,27 @@ def test_rejects_other_semirings_and_durations():
         linear_chain.linear_chain_scan(sf.LogSemiring, *args)
     assert not linear_chain.supports(sf.EntropySemiring, torch.zeros(1, 1, 2))
     assert linear_chain.supports(sf.MaxSemiring, torch.zeros(1, 1, 2))
+
+
+@pytest.mark.parametrize("case", ["finite", "grammar", "wide"])
+def test_each_log_path_matches_streaming_engine(case):
+    """The scaled (probability-space) forward runs when every potential is finite and transition columns
+    span ≤ MAX_SPREAD; −inf entries or wider spreads take the −inf-safe log-space loop. Both are exact."""
+    g = torch.Generator().manual_seed(3)
+    B, T, C = 3, 11, 4
+    scores = torch.randn(B, T, C, generator=g, dtype=torch.float64)
+    trans = torch.randn(C, C, generator=g, dtype=torch.float64)
+    if case == "grammar":
+        trans[0, 1] = trans[2, 3] = -math.inf
+    if case == "wide":
+        trans[0] += linear_chain.MAX_SPREAD + 10
+    assert linear_chain._scaled_ok(trans, None) == (case == "finite")
+    pots = sf.SegmentPotentials(scores, transition=trans, duration=torch.randn(1, C, generator=g, dtype=torch.float64),
+                                start=torch.randn(C, generator=g, dtype=torch.float64), lengths=torch.tensor([11, 6, 1]))
+    inp, args = _engine_args(pots, sf.LogSemiring, leaves=True)
+    fast = linear_chain.linear_chain_scan(sf.LogSemiring, *args)
+    ref = streaming.factored_scan(sf.LogSemiring, *args)
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+    leaves = [inp.cum, inp.transition, inp.duration]
+    for a, b in zip(torch.autograd.grad(fast.sum(), leaves, retain_graph=True), torch.autograd.grad(ref.sum(), leaves)):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)

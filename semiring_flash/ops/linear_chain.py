@@ -28,6 +28,8 @@ __all__ = ["supports", "linear_chain_scan", "viterbi"]
 # fp32 states are re-centred this often (the offsets accumulate in float64), so
 # they stay O(RENORM_EVERY · |score|) at any T; shift-equivariance keeps it exact.
 RENORM_EVERY = 16
+# exp-space steps need each transition column to span at most this (fp32 exp underflows near −87)
+MAX_SPREAD = 50.0
 
 
 def supports(semiring: Semiring, duration: torch.Tensor) -> bool:
@@ -39,6 +41,13 @@ def _emissions(cum, duration, start_bias, dtype):
     """(B, T, C) per-token weights w(t, c): the float64 prefix-sum difference, then rounded."""
     w = cum.diff(dim=1).to(dtype) + duration[:, :1]
     return w if start_bias is None else w + start_bias
+
+
+def _active(lengths: torch.Tensor, t_max: int):
+    """Per step t, a (B, 1) mask of the sequences still running (None when all have length t_max)."""
+    if int(lengths.min()) == t_max:
+        return None
+    return (torch.arange(t_max, device=lengths.device).unsqueeze(1) < lengths).unsqueeze(-1).unbind(0)
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
@@ -64,17 +73,81 @@ def linear_chain_scan(
         raise ValueError(f"the linear-chain path needs K = 1 and the Log or Max semiring, got K={duration.shape[-2]}, {semiring!r}")
     w = _emissions(cum, duration, start_bias, tau0.dtype)
     t_max = int(lengths.max())
-    alpha = tau0[0] + w[:, 0]  # (B, C)
+    active = _active(lengths, t_max)
+    if semiring.name == "log" and _scaled_ok(transition, duration, tau0, end, start_bias):
+        return _log_scan_scaled(tau0[0], w[:, :t_max], transition, end, lengths, active).unsqueeze(0)
+    alpha, offset = _scan(semiring, tau0[0] + w[:, 0], w[:, :t_max], transition, active)
+    value = semiring.sum(alpha + end, -1)
+    return (value + offset.to(value.dtype)).unsqueeze(0)
+
+
+def _scan(semiring, alpha, w, transition, active):
+    """α over the tokens with the semiring's own (−inf-safe) ⊕ over the (B, C, C) broadcast.
+
+    fp32 states are re-centred every RENORM_EVERY steps; (α, float64 offset) is returned.
+    """
+    ws = w.unbind(1)  # one backward for all slices (indexing w[:, t] costs a (B, T, C) zero-fill each)
     offset = torch.zeros(alpha.shape[0], dtype=torch.float64, device=alpha.device)
-    for t in range(1, t_max):
+    for t in range(1, len(ws)):
         if t % RENORM_EVERY == 0:
             m = _finite(alpha.detach().amax(-1))
             alpha = alpha - m.unsqueeze(-1)
             offset = offset + m.to(torch.float64)
-        step = semiring.sum(alpha.unsqueeze(-1) + transition, -2) + w[:, t]
-        alpha = torch.where((t < lengths).unsqueeze(-1), step, alpha)
-    value = semiring.sum(alpha + end, -1)
-    return (value + offset.to(value.dtype)).unsqueeze(0)
+        step = semiring.sum(alpha.unsqueeze(-1) + transition, -2) + ws[t]
+        alpha = step if active is None else torch.where(active[t], step, alpha)
+    return alpha, offset
+
+
+def _scaled_ok(transition, *others) -> bool:
+    """Every potential finite (so every state is) and each transition column spanning ≤ MAX_SPREAD."""
+    if not all(bool(torch.isfinite(p).all()) for p in (transition, *others) if p is not None):
+        return False
+    tr = transition.detach()
+    return float((tr.amax(-2) - tr.amin(-2)).max()) <= MAX_SPREAD
+
+
+def _log_scan_scaled(entry, w, transition, end, lengths, active):
+    """log Z (B,) by the scaled forward algorithm: states are probability vectors p(t) (B, 1, C), one
+    (B, 1, C) × (B, C, C) matmul per token, renormalised every step; log Z = Σ log(normalisers) + shifts.
+
+        q(t) = p(t−1) @ exp(transition − top) · exp(w(t) + top − r(t)),   s(t) = Σ_c q(t),  p(t) = q(t) / s(t)
+
+    top[c] = max_{c'} transition[c', c] and r(t) = max_c (w(t, c) + top[c]) are constants to autograd
+    (shift-equivariance keeps values and gradients exact). With every column of the transition spanning
+    ≤ MAX_SPREAD, the label with the best shifted emission gets q ≥ exp(−MAX_SPREAD) / C, so s never
+    underflows; a label whose weight underflows to 0 carries a posterior below fp32 resolution. Four
+    autograd nodes and O(C) saved memory per token, instead of the (B, C, C) log-sum-exp; the
+    normalisers and shifts add up in float64.
+    """
+    B, T, C = w.shape
+    top = transition.detach().amax(-2, keepdim=True)  # (B, 1, C)
+    weights = torch.exp(transition - top)
+    first = entry + w[:, 0]
+    m0 = first.detach().amax(-1, keepdim=True)
+    p = torch.exp(first - m0)
+    s0 = p.sum(-1, keepdim=True)
+    p = (p / s0).unsqueeze(1)
+    shifted = w[:, 1:] + top  # (B, T-1, C)
+    r = shifted.detach().amax(-1, keepdim=True)
+    emit = torch.exp(shifted - r).unsqueeze(2).unbind(1)  # per token (B, 1, C)
+    norms = []
+    for t in range(1, T):
+        q = torch.bmm(p, weights) * emit[t - 1]
+        s = q.sum(-1, keepdim=True)
+        if active is None:
+            p = q / s
+        else:  # finished rows keep p and add log 1
+            p = torch.where(active[t].unsqueeze(1), q / s, p)
+            s = torch.where(active[t].unsqueeze(1), s, 1.0)
+        norms.append(s)
+    top_end = end.detach().amax(-1, keepdim=True)
+    last = (p.squeeze(1) * torch.exp(end - top_end)).sum(-1)
+    total = torch.log(last).double() + (torch.log(s0) + m0 + top_end).squeeze(-1).double()
+    if norms:
+        total = total + torch.log(torch.cat(norms, 1)).double().sum((1, 2))
+        valid = torch.arange(1, T, device=w.device) < lengths.unsqueeze(1)  # tokens 1..L-1 add their shift
+        total = total + torch.where(valid, r.squeeze(-1), 0.0).double().sum(1)
+    return total.to(w.dtype)
 
 
 @torch.no_grad()
@@ -95,22 +168,28 @@ def viterbi(
     w = _emissions(cum, duration, None, tau0.dtype)
     B, T, C = w.shape
     t_max = int(lengths.max())
-    alpha = tau0[0] + w[:, 0]
-    back = torch.zeros(B, T, C, dtype=torch.long, device=w.device)  # back[b, t, c]: best c' before (t, c)
+    ws, active = w.unbind(1), _active(lengths, t_max)
+    alpha = tau0[0] + ws[0]
+    stay = torch.arange(C, device=w.device).expand(B, C)
+    back = []  # back[t - 1][b, c]: the best label before (t, c); finished rows point c -> c
     for t in range(1, t_max):
         best, arg = (alpha.unsqueeze(-1) + transition).max(-2)
-        active = (t < lengths).unsqueeze(-1)
-        alpha = torch.where(active, best + w[:, t], alpha)
-        back[:, t] = arg
-    score, last = (alpha + end).max(-1)
-    labels = torch.full((B, T), -1, dtype=torch.long, device=w.device)
-    cur = last
-    for t in range(t_max - 1, -1, -1):
-        here = t < lengths  # sequences whose token t exists; each walks back from its own last token
-        at_end = t == lengths - 1
-        cur = torch.where(at_end, last, cur)
-        labels[:, t] = torch.where(here, cur, labels[:, t])
-        if t > 0:
-            cur = torch.where(here, back[:, t].gather(1, cur.unsqueeze(1)).squeeze(1), cur)
-    labels = torch.where(torch.isfinite(score).unsqueeze(-1), labels, torch.full_like(labels, -1))
+        if active is None:
+            alpha = best + ws[t]
+        else:
+            alpha = torch.where(active[t], best + ws[t], alpha)
+            arg = torch.where(active[t], arg, stay)
+        back.append(arg)
+    score, cur = (alpha + end).max(-1, keepdim=True)
+    # one gather per token; the identity pointers carry each row's last label back to its own end
+    path = [cur]
+    for arg in reversed(back):
+        cur = arg.gather(1, cur)
+        path.append(cur)
+    labels = torch.cat(path[::-1], 1)
+    if t_max < T:
+        labels = torch.cat([labels, labels.new_full((B, T - t_max), -1)], 1)
+    valid = torch.arange(T, device=w.device) < lengths.unsqueeze(1)
+    score = score.squeeze(-1)
+    labels = torch.where(valid & torch.isfinite(score).unsqueeze(1), labels, -1)  # no finite path: empty
     return score, labels, labels >= 0
