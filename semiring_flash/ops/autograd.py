@@ -139,13 +139,16 @@ def factored_viterbi(pots: SegmentPotentials, backend: str = "auto"):
     Viterbi at K = 1 on the torch engine, or None otherwise (callers then take
     the max-semiring gradient)."""
     triton = resolve_backend(backend, pots.device, MaxSemiring) == "triton"
-    if not triton and pots.K != 1:
-        return None
-    inputs = factored_inputs([pots.detach()])
-    tau0 = entry_value(MaxSemiring, inputs.entry, inputs.transition.dtype)
     if not triton:
-        _, labels, starts = linear_chain.viterbi(inputs.cum, inputs.transition, inputs.duration, tau0, inputs.end, inputs.lengths)
+        if pots.K != 1:
+            return None
+        with torch.no_grad():  # no detached copy of the potentials (that would validate them again)
+            inputs = factored_inputs([pots])
+            tau0 = entry_value(MaxSemiring, inputs.entry, inputs.transition.dtype)
+            _, labels, starts = linear_chain.viterbi(inputs.cum, inputs.transition, inputs.duration, tau0, inputs.end, inputs.lengths)
         return labels, starts, inputs.lengths
     kernels, _ = _triton_module()
+    inputs = factored_inputs([pots.detach()])
+    tau0 = entry_value(MaxSemiring, inputs.entry, inputs.transition.dtype)
     _, labels, starts = kernels.viterbi_triton(inputs.cum, inputs.transition, inputs.duration, tau0, inputs.end, inputs.lengths)
     return labels, starts, inputs.lengths

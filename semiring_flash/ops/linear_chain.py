@@ -113,7 +113,8 @@ def _log_scan_scaled(entry, w, transition, end, lengths, active):
         q(t) = p(t−1) @ exp(transition − top) · exp(w(t) + top − r(t)),   s(t) = Σ_c q(t),  p(t) = q(t) / s(t)
 
     top[c] = max_{c'} transition[c', c] and r(t) = max_c (w(t, c) + top[c]) are constants to autograd
-    (shift-equivariance keeps values and gradients exact). With every column of the transition spanning
+    (shift-equivariance keeps values and gradients exact). Shorter rows run on over the padding (finite
+    scores) and are read out at their own last token. With every column of the transition spanning
     ≤ MAX_SPREAD, the label with the best shifted emission gets q ≥ exp(−MAX_SPREAD) / C, so s never
     underflows; a label whose weight underflows to 0 carries a posterior below fp32 resolution. Four
     autograd nodes and O(C) saved memory per token, instead of the (B, C, C) log-sum-exp; the
@@ -130,23 +131,22 @@ def _log_scan_scaled(entry, w, transition, end, lengths, active):
     shifted = w[:, 1:] + top  # (B, T-1, C)
     r = shifted.detach().amax(-1, keepdim=True)
     emit = torch.exp(shifted - r).unsqueeze(2).unbind(1)  # per token (B, 1, C)
-    norms = []
-    for t in range(1, T):
+    states, norms = [p], []
+    for t in range(1, T):  # every row runs to T; shorter rows are read out at their own end below
         q = torch.bmm(p, weights) * emit[t - 1]
         s = q.sum(-1, keepdim=True)
-        if active is None:
-            p = q / s
-        else:  # finished rows keep p and add log 1
-            p = torch.where(active[t].unsqueeze(1), q / s, p)
-            s = torch.where(active[t].unsqueeze(1), s, 1.0)
+        p = q / s
+        states.append(p)
         norms.append(s)
+    if active is not None:
+        p = torch.stack(states, 0)[lengths - 1, torch.arange(B, device=w.device)]
     top_end = end.detach().amax(-1, keepdim=True)
     last = (p.squeeze(1) * torch.exp(end - top_end)).sum(-1)
     total = torch.log(last).double() + (torch.log(s0) + m0 + top_end).squeeze(-1).double()
     if norms:
-        total = total + torch.log(torch.cat(norms, 1)).double().sum((1, 2))
-        valid = torch.arange(1, T, device=w.device) < lengths.unsqueeze(1)  # tokens 1..L-1 add their shift
-        total = total + torch.where(valid, r.squeeze(-1), 0.0).double().sum(1)
+        valid = torch.arange(1, T, device=w.device) < lengths.unsqueeze(1)  # tokens 1..L-1 count
+        log_norms = torch.log(torch.cat(norms, 1)).squeeze(-1) + r.squeeze(-1)
+        total = total + torch.where(valid, log_norms, 0.0).double().sum(1)
     return total.to(w.dtype)
 
 
@@ -168,24 +168,27 @@ def viterbi(
     w = _emissions(cum, duration, None, tau0.dtype)
     B, T, C = w.shape
     t_max = int(lengths.max())
-    ws, active = w.unbind(1), _active(lengths, t_max)
+    ws = w.unbind(1)
     alpha = tau0[0] + ws[0]
-    stay = torch.arange(C, device=w.device).expand(B, C)
-    back = []  # back[t - 1][b, c]: the best label before (t, c); finished rows point c -> c
-    for t in range(1, t_max):
+    alphas, back = [alpha], []  # back[t - 1][b, c]: the best label before (t, c)
+    for t in range(1, t_max):  # every row runs to t_max; shorter rows are read out at their own end
         best, arg = (alpha.unsqueeze(-1) + transition).max(-2)
-        if active is None:
-            alpha = best + ws[t]
-        else:
-            alpha = torch.where(active[t], best + ws[t], alpha)
-            arg = torch.where(active[t], arg, stay)
+        alpha = best + ws[t]
+        alphas.append(alpha)
         back.append(arg)
+    rows = torch.arange(B, device=w.device)
+    if int(lengths.min()) < t_max:
+        alpha = torch.stack(alphas, 0)[lengths - 1, rows]
     score, cur = (alpha + end).max(-1, keepdim=True)
-    # one gather per token; the identity pointers carry each row's last label back to its own end
     path = [cur]
-    for arg in reversed(back):
-        cur = arg.gather(1, cur)
-        path.append(cur)
+    if back:
+        pointers = torch.stack(back, 1)  # (B, t_max - 1, C)
+        # past its end a row points at its own best last label, so one backtrace from t_max serves all
+        beyond = torch.arange(1, t_max, device=w.device) >= lengths.unsqueeze(1)
+        pointers = torch.where(beyond.unsqueeze(-1), cur.unsqueeze(-1), pointers)
+        for arg in reversed(pointers.unbind(1)):
+            cur = arg.gather(1, cur)
+            path.append(cur)
     labels = torch.cat(path[::-1], 1)
     if t_max < T:
         labels = torch.cat([labels, labels.new_full((B, T - t_max), -1)], 1)
