@@ -82,6 +82,8 @@ class StateLayout:
                 self.first_of[c] = add(c, "first", C + c, 1, 1)
         self.S = len(self.base)
         self.K = max(self.hi)
+        # every user segment is one token (a linear chain): per-token gold labels are then single tokens
+        self.single_token = max(self.max_d) == 1 and not any(self.long)
         self.identity = self.S == C and not first_token
         # entry states (begin a user segment), ending states (may end one), continuations (p -> s inside one)
         self.entry = [[self.first_of[c]] if first_token else [s for s in (self.tail_of[c], self.chunk_of[c]) if s >= 0]

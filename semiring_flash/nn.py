@@ -184,7 +184,7 @@ class SegmentCRF(SemiMarkovCRF):
 
     def log_prob(self, value) -> torch.Tensor:
         seg = to_segmentation(value, self.token_lengths, self.potentials.T, self.token_lengths.device,
-                              num_labels=self.layout.C, runs=self.layout.K > 1)
+                              num_labels=self.layout.C, runs=not self.layout.single_token)
         return super().log_prob(self.layout.to_internal(seg))
 
     @property
@@ -291,6 +291,12 @@ class SemiCRFHead(nn.Module):
     # ---------------------------------------------------------------------------------------
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """(B, T, C) per-token label scores; with ``first_token`` (B, T, 2C): [inside, first-token] scores."""
+        self._check_features(features)
+        scores = features if self.proj is None else self.proj(features)
+        # fp16/bf16 (autocast) features: the CRF itself runs in fp32 (prefix sums in float64 regardless)
+        return scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+
+    def _check_features(self, features) -> None:
         width = self.num_channels if self.proj is None else self.in_features
         if not isinstance(features, torch.Tensor) or not features.is_floating_point():
             raise TypeError(f"features must be a floating-point tensor (B, T, {width}), got "
@@ -298,9 +304,6 @@ class SemiCRFHead(nn.Module):
         if features.dim() != 3 or features.shape[-1] != width:
             what = "label scores" if self.proj is None else "encoder features"
             raise ValueError(f"features must be (B, T, {width}) {what}, got shape {tuple(features.shape)}")
-        scores = features if self.proj is None else self.proj(features)
-        # fp16/bf16 (autocast) features: the CRF itself runs in fp32 (prefix sums in float64 regardless)
-        return scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
 
     # -- checkpoints: the structure travels with the weights -------------------------------------
     def _config(self) -> dict:
@@ -392,6 +395,7 @@ class SemiCRFHead(nn.Module):
 
     def _lengths(self, features: torch.Tensor, lengths, mask) -> torch.Tensor | None:
         """(B,) long lengths from ``lengths`` or a (B, T) bool prefix ``mask`` (pytorch-crf style)."""
+        self._check_features(features)
         B, T = features.shape[:2]
         if mask is not None:
             if lengths is not None:
@@ -449,13 +453,14 @@ class SemiCRFHead(nn.Module):
         """
         if gold is None:
             raise TypeError("loss() needs gold (segments, a Segmentation or per-token labels)")
+        self._check_features(features)
         B, T = features.shape[:2]
         lengths = self._lengths(features, lengths, mask)
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=features.device)
         dist = self(features, lengths, prev_labels, next_labels)
         seg = to_segmentation(gold, dist.token_lengths, T, features.device, num_labels=self.num_labels,
-                              runs=self.layout.K > 1)
+                              runs=not self.layout.single_token)
         log_z = dist.partition
         if torch.isneginf(log_z).any():
             b = int(torch.nonzero(torch.isneginf(log_z))[0])

@@ -99,6 +99,16 @@ def test_per_token_tags_as_gold():
     runs = [labels_to_segments(tags[b], int(lengths[b])) for b in range(4)]
     torch.testing.assert_close(head3.loss(scores, lengths, tags, reduction="none"),
                                head3.loss(scores, lengths, runs, reduction="none"))
+    # the reading follows the user's durations, not the internal states (first_token pieces are 1 token)
+    first = _random_head(3, 2, first_token=True)  # internally every state is 1 token long
+    short = torch.tensor([[0, 0, 1, 1, 2, 0, 0], [1, -100, -100, -100, -100, -100, -100],
+                          [2, 2, 0, 1, 1, -100, -100], [0, 1, 1, -100, -100, -100, -100]])
+    short_runs = [labels_to_segments(short[b], int(lengths[b])) for b in range(4)]
+    both = torch.cat([scores, scores.flip(-1)], -1)
+    torch.testing.assert_close(first.loss(both, lengths, short, reduction="none"),
+                               first.loss(both, lengths, short_runs, reduction="none"))
+    with pytest.raises(TypeError, match="features must be a floating-point tensor"):
+        head3.loss(scores.tolist(), lengths, tags)
 
 
 def test_decode_labels_are_the_segments_per_token():
