@@ -128,25 +128,34 @@ def test_rejects_other_semirings_and_durations():
     assert linear_chain.supports(sf.MaxSemiring, torch.zeros(1, 1, 2))
 
 
-@pytest.mark.parametrize("case", ["finite", "grammar", "wide"])
+@pytest.mark.parametrize("case", ["finite", "grammar", "wide", "underflow"])
 def test_each_log_path_matches_streaming_engine(case):
-    """The scaled (probability-space) forward runs when every potential is finite and transition columns
-    span ≤ MAX_SPREAD; −inf entries or wider spreads take the −inf-safe log-space loop. Both are exact."""
+    """The scaled (probability-space) forward runs when transition columns span ≤ MAX_SPREAD (−inf
+    entries are exact zeros); wider spreads, or a normaliser underflowing to 0 (a grammar forcing the
+    path through labels of far worse emission), take the −inf-safe log-space loop. Both are exact."""
     g = torch.Generator().manual_seed(3)
     B, T, C = 3, 11, 4
     scores = torch.randn(B, T, C, generator=g, dtype=torch.float64)
     trans = torch.randn(C, C, generator=g, dtype=torch.float64)
-    if case == "grammar":
+    if case in ("grammar", "underflow"):
         trans[0, 1] = trans[2, 3] = -math.inf
+    if case == "underflow":  # label 0 may not follow itself, and label 0 has by far the best emissions
+        trans[0, 0] = -math.inf
+        scores[..., 0] += 1000.0  # exp(-1000) underflows even in float64
     if case == "wide":
         trans[0] += linear_chain.MAX_SPREAD + 10
-    assert linear_chain._scaled_ok(trans, None) == (case == "finite")
+    assert linear_chain._scaled_ok(trans) == (case != "wide")
     pots = sf.SegmentPotentials(scores, transition=trans, duration=torch.randn(1, C, generator=g, dtype=torch.float64),
                                 start=torch.randn(C, generator=g, dtype=torch.float64), lengths=torch.tensor([11, 6, 1]))
     inp, args = _engine_args(pots, sf.LogSemiring, leaves=True)
+    w = inp.cum.diff(dim=1) + inp.duration[:, :1]
+    scaled = linear_chain._log_scan_scaled(args[3][0], w, inp.transition, inp.end, inp.lengths, ragged=True)
+    assert (scaled is None) == (case == "underflow")
     fast = linear_chain.linear_chain_scan(sf.LogSemiring, *args)
     ref = streaming.factored_scan(sf.LogSemiring, *args)
+    assert torch.isfinite(ref).all()
     torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
     leaves = [inp.cum, inp.transition, inp.duration]
     for a, b in zip(torch.autograd.grad(fast.sum(), leaves, retain_graph=True), torch.autograd.grad(ref.sum(), leaves)):
+        assert not torch.isnan(a).any()
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)

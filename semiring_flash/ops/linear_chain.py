@@ -73,10 +73,11 @@ def linear_chain_scan(
         raise ValueError(f"the linear-chain path needs K = 1 and the Log or Max semiring, got K={duration.shape[-2]}, {semiring!r}")
     w = _emissions(cum, duration, start_bias, tau0.dtype)
     t_max = int(lengths.max())
-    active = _active(lengths, t_max)
-    if semiring.name == "log" and _scaled_ok(transition, duration, tau0, end, start_bias):
-        return _log_scan_scaled(tau0[0], w[:, :t_max], transition, end, lengths, active).unsqueeze(0)
-    alpha, offset = _scan(semiring, tau0[0] + w[:, 0], w[:, :t_max], transition, active)
+    if semiring.name == "log" and _scaled_ok(transition):
+        value = _log_scan_scaled(tau0[0], w[:, :t_max], transition, end, lengths, ragged=int(lengths.min()) < t_max)
+        if value is not None:
+            return value.unsqueeze(0)
+    alpha, offset = _scan(semiring, tau0[0] + w[:, 0], w[:, :t_max], transition, _active(lengths, t_max))
     value = semiring.sum(alpha + end, -1)
     return (value + offset.to(value.dtype)).unsqueeze(0)
 
@@ -98,56 +99,63 @@ def _scan(semiring, alpha, w, transition, active):
     return alpha, offset
 
 
-def _scaled_ok(transition, *others) -> bool:
-    """Every potential finite (so every state is) and each transition column spanning ≤ MAX_SPREAD."""
-    if not all(bool(torch.isfinite(p).all()) for p in (transition, *others) if p is not None):
-        return False
+def _scaled_ok(transition: torch.Tensor) -> bool:
+    """Whether the finite entries of every transition column span ≤ MAX_SPREAD (−inf entries are exact
+    zeros in probability space)."""
     tr = transition.detach()
-    return float((tr.amax(-2) - tr.amin(-2)).max()) <= MAX_SPREAD
+    finite = torch.isfinite(tr)
+    hi = torch.where(finite, tr, float("-inf")).amax(-2)
+    lo = torch.where(finite, tr, float("inf")).amin(-2)
+    return float(torch.where(finite.any(-2), hi - lo, 0.0).max()) <= MAX_SPREAD
 
 
-def _log_scan_scaled(entry, w, transition, end, lengths, active):
-    """log Z (B,) by the scaled forward algorithm: states are probability vectors p(t) (B, 1, C), one
-    (B, 1, C) × (B, C, C) matmul per token, renormalised every step; log Z = Σ log(normalisers) + shifts.
+def _log_scan_scaled(entry, w, transition, end, lengths, ragged: bool):
+    """log Z (B,) by the scaled forward algorithm, or None when a normaliser underflowed to 0.
+
+    States are probability vectors p(t) (B, 1, C), one (B, 1, C) × (B, C, C) matmul per token,
+    renormalised every step; log Z = Σ log(normalisers) + shifts:
 
         q(t) = p(t−1) @ exp(transition − top) · exp(w(t) + top − r(t)),   s(t) = Σ_c q(t),  p(t) = q(t) / s(t)
 
     top[c] = max_{c'} transition[c', c] and r(t) = max_c (w(t, c) + top[c]) are constants to autograd
-    (shift-equivariance keeps values and gradients exact). Shorter rows run on over the padding (finite
-    scores) and are read out at their own last token. With every column of the transition spanning
-    ≤ MAX_SPREAD, the label with the best shifted emission gets q ≥ exp(−MAX_SPREAD) / C, so s never
-    underflows; a label whose weight underflows to 0 carries a posterior below fp32 resolution. Four
-    autograd nodes and O(C) saved memory per token, instead of the (B, C, C) log-sum-exp; the
-    normalisers and shifts add up in float64.
+    (shift-equivariance keeps values and gradients exact); −inf potentials are exact zeros. Shorter
+    rows run on over the padding and are read out at their own last token. With all potentials finite
+    and every transition column spanning ≤ MAX_SPREAD, the label with the best shifted emission gets
+    q ≥ exp(−MAX_SPREAD) / C, so s cannot underflow; with −inf entries it can (a grammar forcing a
+    path through labels of far worse emission, or no path at all), which is detected, and the caller
+    falls back to the log-space loop. A label whose weight underflows to 0 carries a posterior below
+    fp32 resolution. Four autograd nodes and O(C) saved memory per token, instead of the (B, C, C)
+    log-sum-exp; the normalisers and shifts add up in float64.
     """
     B, T, C = w.shape
-    top = transition.detach().amax(-2, keepdim=True)  # (B, 1, C)
+    top = _finite(transition.detach().amax(-2, keepdim=True))  # (B, 1, C)
     weights = torch.exp(transition - top)
     first = entry + w[:, 0]
-    m0 = first.detach().amax(-1, keepdim=True)
+    m0 = _finite(first.detach().amax(-1, keepdim=True))
     p = torch.exp(first - m0)
     s0 = p.sum(-1, keepdim=True)
     p = (p / s0).unsqueeze(1)
     shifted = w[:, 1:] + top  # (B, T-1, C)
-    r = shifted.detach().amax(-1, keepdim=True)
+    r = _finite(shifted.detach().amax(-1, keepdim=True))
     emit = torch.exp(shifted - r).unsqueeze(2).unbind(1)  # per token (B, 1, C)
-    states, norms = [p], []
+    states, norms = [p], [s0.unsqueeze(1)]
     for t in range(1, T):  # every row runs to T; shorter rows are read out at their own end below
         q = torch.bmm(p, weights) * emit[t - 1]
         s = q.sum(-1, keepdim=True)
         p = q / s
         states.append(p)
         norms.append(s)
-    if active is not None:
+    if ragged:
         p = torch.stack(states, 0)[lengths - 1, torch.arange(B, device=w.device)]
-    top_end = end.detach().amax(-1, keepdim=True)
+    top_end = _finite(end.detach().amax(-1, keepdim=True))
     last = (p.squeeze(1) * torch.exp(end - top_end)).sum(-1)
-    total = torch.log(last).double() + (torch.log(s0) + m0 + top_end).squeeze(-1).double()
-    if norms:
-        valid = torch.arange(1, T, device=w.device) < lengths.unsqueeze(1)  # tokens 1..L-1 count
-        log_norms = torch.log(torch.cat(norms, 1)).squeeze(-1) + r.squeeze(-1)
-        total = total + torch.where(valid, log_norms, 0.0).double().sum(1)
-    return total.to(w.dtype)
+    norms = torch.cat(norms, 1).flatten(1)  # (B, T): s0, s(1), ..., s(T-1)
+    if bool((norms == 0).any() | (last == 0).any()):
+        return None
+    total = torch.log(last).double() + (m0 + top_end).squeeze(-1).double()
+    valid = torch.arange(T, device=w.device) < lengths.unsqueeze(1)  # tokens 0..L-1 count
+    log_norms = torch.log(norms) + torch.cat([r.new_zeros(B, 1, 1), r], 1).squeeze(-1)
+    return (total + torch.where(valid, log_norms, 0.0).double().sum(1)).to(w.dtype)
 
 
 @torch.no_grad()
