@@ -19,6 +19,7 @@ described in :mod:`semiring_flash.layout`.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from typing import Literal, Union
 
 import torch
@@ -182,7 +183,7 @@ class SegmentCRF(SemiMarkovCRF):
     def internal(self) -> SemiMarkovCRF:
         return SemiMarkovCRF(self.potentials, backend=self.backend)
 
-    def log_prob(self, value) -> torch.Tensor:
+    def log_prob(self, value: Gold) -> torch.Tensor:
         seg = to_segmentation(value, self.token_lengths, self.potentials.T, self.token_lengths.device,
                               num_labels=self.layout.C, runs=not self.layout.single_token)
         return super().log_prob(self.layout.to_internal(seg))
@@ -194,7 +195,7 @@ class SegmentCRF(SemiMarkovCRF):
         return self.__dict__["_user_argmax"]
 
     @property
-    def mode(self):
+    def mode(self) -> Segmentation:
         return self.argmax
 
     def topk(self, k: int) -> Segmentation:
@@ -250,10 +251,14 @@ class SemiCRFHead(nn.Module):
     partition share this convention, so the NLL is a proper one.
     """
 
-    def __init__(self, in_features: int | None, num_labels: int, max_duration, *, duration: str = "table",
-                 min_duration=None, long_segments=False, first_token: bool = False, allowed_transitions=None,
-                 allowed_start=None, allowed_end=None, duration_normalize: bool = True, duration_init_mean=None,
-                 learn_start_end: bool = True, center: str | None = None, backend: str = "auto", bias: bool = True):
+    def __init__(self, in_features: int | None, num_labels: int, max_duration: int | Sequence[int], *,
+                 duration: Literal["table", "geometric", "poisson", "negbin"] = "table",
+                 min_duration: int | Sequence[int] | None = None, long_segments: bool | Sequence[bool] = False,
+                 first_token: bool = False, allowed_transitions: torch.Tensor | None = None,
+                 allowed_start: torch.Tensor | None = None, allowed_end: torch.Tensor | None = None,
+                 duration_normalize: bool = True, duration_init_mean: float | Sequence[float] | None = None,
+                 learn_start_end: bool = True, center: Literal["mean"] | None = None,
+                 backend: Literal["auto", "torch", "triton"] = "auto", bias: bool = True):
         super().__init__()
         C = _int(num_labels, "num_labels")
         if C < 1:
@@ -336,7 +341,7 @@ class SemiCRFHead(nn.Module):
     def _masked(self, x, mask):
         return torch.where(mask, x, NEG_INF)
 
-    def structure(self, start=None, end=None) -> dict:
+    def structure(self, start: torch.Tensor | None = None, end: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Internal transition (S, S), duration (K_int, S), start (.., S), end (.., S) (S = internal states)."""
         trans = self._masked(self.transition, self.allowed_transitions)
         start = self._masked(self.start, self.allowed_start) if start is None else start
@@ -482,7 +487,7 @@ class SemiCRFHead(nn.Module):
             return nll.mean()
         raise ValueError(f"reduction must be 'mean', 'sum', 'token' or 'none', got {reduction!r}")
 
-    def explain(self, segments) -> str:
+    def explain(self, segments: Segments) -> str:
         """Why a user segmentation (list of (start, end, label)) is impossible, or "" if it is allowed."""
         lay = self.layout
         for i, (s, e, c) in enumerate(segments):
