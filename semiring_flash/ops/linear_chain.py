@@ -6,11 +6,13 @@ At max duration 1 the factored recurrence (DESIGN.md) collapses to
     α(t, c) = [⊕_{c'} α(t-1, c') ⊗ transition[c', c]] ⊗ w(t-1, c)
     Z       = ⊕_c α(L_b, c) ⊗ end[c]
 
-with w(t, c) = S[t+1, c] − S[t, c] + duration[0, c] (+ start_bias[t, c]). One
-(B, C, C) ⊕-reduction per token and no ring, checkpoints or duration loop:
-plain autograd through it keeps O(T·C) memory, which is what the linear chain
-costs anyway, and gives exact gradients. ``viterbi`` adds backpointers for a
-decode without the max-semiring gradient.
+with w(t, c) = S[t+1, c] − S[t, c] + duration[0, c] (+ start_bias[t, c]): one
+⊕ over c' per token and no ring, checkpoints or duration loop, with exact
+gradients by plain autograd. The Log semiring runs the scaled forward algorithm
+in probability space (one small matmul per token, O(T·C) saved memory) and
+falls back to a −inf-safe log-space loop where that could underflow; the Max
+semiring runs the log-space loop. ``viterbi`` adds backpointers for a decode
+without the max-semiring gradient.
 
 These functions take the streaming engine's arguments (``factored_scan``),
 so ``ops/autograd.py`` can route K = 1 calls here for the Log and Max
@@ -25,10 +27,11 @@ from ..semirings import Semiring
 
 __all__ = ["supports", "linear_chain_scan", "viterbi"]
 
-# fp32 states are re-centred this often (the offsets accumulate in float64), so
-# they stay O(RENORM_EVERY · |score|) at any T; shift-equivariance keeps it exact.
+# log-space loop: fp32 states are re-centred this often (the offsets accumulate in float64),
+# so they stay O(RENORM_EVERY · |score|) at any T; shift-equivariance keeps it exact.
 RENORM_EVERY = 16
-# exp-space steps need each transition column to span at most this (fp32 exp underflows near −87)
+# the scaled forward needs the finite entries of each transition column to span at most
+# this (fp32 exp underflows near −87)
 MAX_SPREAD = 50.0
 
 
