@@ -8,7 +8,6 @@ import io
 import pytest
 import torch
 
-import semiring_flash as sf
 from semiring_flash.collate import collate, lengths_to_mask, mask_to_lengths, pad_batch, pad_tags
 from semiring_flash.nn import SemiCRFHead
 from semiring_flash.tags import explode_segments, labels_to_segments
