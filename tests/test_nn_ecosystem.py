@@ -12,7 +12,6 @@ from semiring_flash.collate import collate, lengths_to_mask, mask_to_lengths, pa
 from semiring_flash.nn import SemiCRFHead
 from semiring_flash.tags import explode_segments, labels_to_segments
 
-torchcrf = pytest.importorskip("torchcrf")
 
 
 def _random_head(C, K, seed=0, in_features=None, **kw):
@@ -37,6 +36,7 @@ def _batch(B=4, T=7, C=3, seed=1):
 
 def _as_pytorch_crf(head):
     """pytorch-crf with the head's K = 1 model: emissions get duration[0] (every token is a segment)."""
+    torchcrf = pytest.importorskip("torchcrf")  # the test extra installs it; only this oracle needs it
     crf = torchcrf.CRF(head.num_labels, batch_first=True)
     with torch.no_grad():
         crf.transitions.copy_(head.transition)
