@@ -308,7 +308,9 @@ def to_segmentation(gold, lengths: torch.Tensor, T: int, device=None, num_labels
         bad = valid & ((labels < 0) | (labels >= num_labels))
         if bad.any():
             where = torch.nonzero(bad)[0].tolist()
+            value = int(labels[tuple(where)])
+            hint = " (padding? pass lengths or a mask)" if value < 0 else ""
             raise ValueError(f"gold labels must lie in [0, {num_labels}); sequence {where[:-1] if len(where) > 2 else where[0]} "
-                             f"has {int(labels[tuple(where)])} at token {where[-1]}")
+                             f"has {value} at token {where[-1]}{hint}")
     seg = Segmentation(torch.where(valid, labels, -1), seg.starts & valid, seg.lengths)
     return seg.to(device) if device is not None else seg

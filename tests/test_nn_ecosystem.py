@@ -195,6 +195,8 @@ def test_bad_gold_labels_and_window_labels():
     bad[2, 1] = 3
     with pytest.raises(ValueError, match=r"\[0, 3\); sequence 2 has 3 at token 1"):
         head.loss(scores, lengths, bad)
+    with pytest.raises(ValueError, match=r"sequence 1 has -100 at token 1 \(padding\? pass lengths or a mask\)"):
+        head.loss(scores, None, tags)
     with pytest.raises(ValueError, match="sequence 0 has 7"):
         head.loss(scores, lengths, [[(0, 7, 7)], [(0, 1, 0)], [(0, 5, 0)], [(0, 3, 0)]])
     gold = head.decode(scores, lengths)
