@@ -11,43 +11,35 @@ The head owns a projection of the features to per-token label scores, the
 transition (C×C), duration (K×C), start and end scores, and structural
 constraints (−inf entries; never NaN). See docs/head.md.
 
-Segments longer than ``max_duration`` (``long_segments``)
---------------------------------------------------------
-A semi-CRF only knows segments of 1..K tokens. With ``long_segments`` a label
-may also have longer segments: internally it gets a second state, the
-*chunk*, of fixed duration L_c = K_c − m_c + 1 (K_c, m_c its max/min
-duration). A segment of n tokens is the unique chain
-
-    m = max(0, (n − m_c) // L_c) chunks of L_c tokens, then one tail piece of n − m·L_c ∈ [m_c, K_c]
-
-so every labelled segmentation has exactly one internal path: ``log_prob`` is
-the exact log-probability of the segmentation (no sum over spurious splits),
-``partition``, ``entropy``, ``topk`` and ``sample`` are those of the
-segmentation distribution, and decoding merges the chain back. The duration
-score of a long segment is ``m · chunk[c] + duration[r − 1, c]`` (a geometric
-tail in blocks of L_c, with a learned per-label ``chunk`` score).
-
-First-token channel (``first_token``)
--------------------------------------
-With additive per-token scores, where a segment starts can only depend on the
-input through label changes. ``first_token=True`` gives the first token of
-each segment its own score channel (internally a 1-token *first* piece per
-label, followed by the tail/chunks), the role B/S tags play for a BIES tagger.
-The same unique-decomposition argument keeps the likelihood exact.
+The internal states behind ``long_segments`` and ``first_token`` (a unique
+chain of pieces per user segment, so the likelihood stays exact) are
+described in :mod:`semiring_flash.layout`.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
+from typing import Literal, Union
 
 import torch
 from torch import nn
 
+from .collate import mask_to_lengths
 from .distribution import SemiMarkovCRF
+from .layout import StateLayout, to_segmentation
 from .potentials import SegmentPotentials
 from .segmentation import FactoredMarginals, Segmentation
 
-__all__ = ["SemiCRFHead", "DurationModel", "SegmentCRF", "StateLayout", "to_segmentation"]
+__all__ = ["SemiCRFHead", "DurationModel", "SegmentCRF", "StateLayout", "to_segmentation", "Gold", "Segments"]
+
+#: one sequence's segments: (start, end_exclusive, label)
+Segments = list[tuple[int, int, int]]
+#: gold segmentations: a Segmentation, per-sequence segment lists, (labels, starts) tensors,
+#: or per-token labels (B, T) (see :meth:`SemiCRFHead.loss`)
+Gold = Union[Segmentation, list[Segments], tuple[torch.Tensor, torch.Tensor], torch.Tensor]
+#: grammar buffers saved in the state_dict and checked on load
+_GRAMMAR = ("allowed_transitions", "allowed_start", "allowed_end")
 
 NEG_INF = float("-inf")
 DURATION_FAMILIES = ("table", "geometric", "poisson", "negbin")
@@ -142,12 +134,22 @@ def _inv_softplus(x):
     return x + torch.log(-torch.expm1(-x))
 
 
+def _int(value, name: str) -> int:
+    """An int argument; floats (even 3.0) and bools are refused rather than truncated."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})") from None
+
+
 def _per_label(value, C: int, default: int, name: str) -> list:
     if value is None:
         return [default] * C
-    if isinstance(value, int):
-        return [value] * C
-    value = [default if v is None else int(v) for v in value]
+    if not isinstance(value, (list, tuple, torch.Tensor)):
+        return [_int(value, name)] * C
+    value = [default if v is None else _int(v, f"{name} entries") for v in value]
     if len(value) != C:
         raise ValueError(f"{name} needs one entry per label ({C}), got {len(value)}")
     return value
@@ -160,231 +162,6 @@ def _mask(value, shape, name: str) -> torch.Tensor:
     if m.shape != shape:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(m.shape)}")
     return m.clone()
-
-
-# ---------------------------------------------------------------------------------------------
-# user labels <-> internal states
-class StateLayout:
-    """User labels <-> internal states. Each user segment is a fixed chain of *pieces*:
-
-    ``[first]`` (1 token; only with ``first_token``) + ``chunk``* (fixed length
-    L_c; only for ``long`` labels) + ``tail`` (the rest). Pieces are internal
-    states of the semi-CRF; the decomposition of a labelled segment is unique,
-    so internal paths and user segmentations are in bijection.
-
-    Per internal state s: ``base[s]`` (user label), ``kind[s]`` in
-    {"tail", "chunk", "first"}, ``channel[s]`` (which per-token score it emits:
-    c, or C + c for first tokens), and its duration range [lo[s], hi[s]].
-    """
-
-    def __init__(self, num_labels: int, long_mask: Sequence, min_d: Sequence, max_d: Sequence, first_token: bool = False):
-        C = self.C = num_labels
-        self.long = [bool(x) for x in long_mask]
-        self.min_d, self.max_d = list(min_d), list(max_d)
-        self.first_token = bool(first_token)
-        self.base, self.kind, self.channel, self.lo, self.hi = [], [], [], [], []
-        self.first_of, self.tail_of, self.chunk_of = [-1] * C, [-1] * C, [-1] * C
-        self.chunk_len, self.body_lo, self.body_hi = [0] * C, [0] * C, [0] * C
-
-        def add(c, kind, channel, lo, hi):
-            for lst, v in ((self.base, c), (self.kind, kind), (self.channel, channel), (self.lo, lo), (self.hi, hi)):
-                lst.append(v)
-            return len(self.base) - 1
-
-        for c in range(C):  # tails first: without first_token and long labels, state c is label c
-            m, M = self.min_d[c], self.max_d[c]
-            lo, hi = (max(1, m - 1), M - 1) if first_token else (m, M)
-            self.body_lo[c], self.body_hi[c] = lo, hi
-            if hi >= 1:
-                self.tail_of[c] = add(c, "tail", c, lo, hi)
-            elif self.long[c]:
-                raise ValueError(f"label {c}: first_token with max_duration 1 leaves no tail to chain; use max_duration >= 2")
-        for c in range(C):
-            if self.long[c]:
-                L = self.chunk_len[c] = self.body_hi[c] - self.body_lo[c] + 1
-                self.chunk_of[c] = add(c, "chunk", c, L, L)
-        if first_token:
-            for c in range(C):
-                self.first_of[c] = add(c, "first", C + c, 1, 1)
-        self.S = len(self.base)
-        self.K = max(self.hi)
-        self.identity = self.S == C and not first_token
-        # entry states (begin a user segment), ending states (may end one), continuations (p -> s inside one)
-        self.entry = [[self.first_of[c]] if first_token else [s for s in (self.tail_of[c], self.chunk_of[c]) if s >= 0]
-                      for c in range(C)]
-        self.ending = [[s for s in (self.tail_of[c], self.first_of[c] if first_token and self.min_d[c] <= 1 else -1) if s >= 0]
-                       for c in range(C)]
-        cont = torch.zeros(self.S, self.S, dtype=torch.bool)
-        for c in range(C):
-            f, t, k = self.first_of[c], self.tail_of[c], self.chunk_of[c]
-            for p, s in ((f, t), (f, k), (k, k), (k, t)):
-                if p >= 0 and s >= 0:
-                    cont[p, s] = True
-        self.cont = cont
-        bnd = torch.zeros(self.S, self.S, dtype=torch.bool)
-        for c in range(C):
-            for c2 in range(C):
-                for e in self.ending[c]:
-                    for i in self.entry[c2]:
-                        bnd[e, i] = True
-        self.boundary = bnd
-
-    # segments ---------------------------------------------------------------------------
-    def split(self, segments: list) -> list:
-        """User segments (start, end, label) -> internal pieces. Impossible segments map to pieces that score −inf."""
-        out = []
-        for s, e, c in segments:
-            if self.first_token:
-                out.append((s, s + 1, self.first_of[c]))
-                s += 1
-                if s >= e:
-                    continue
-            n = e - s
-            if self.chunk_of[c] >= 0 and n > self.body_hi[c]:
-                L = self.chunk_len[c]
-                m = max(0, (n - self.body_lo[c]) // L)
-                out += [(s + i * L, s + (i + 1) * L, self.chunk_of[c]) for i in range(m)]
-                s += m * L
-            out.append((s, e, self.tail_of[c] if self.tail_of[c] >= 0 else self.first_of[c]))
-        return out
-
-    def merge(self, pieces: list) -> list:
-        """Internal pieces -> user segments."""
-        out, prev = [], None
-        for s, e, st in pieces:
-            if prev is not None and bool(self.cont[prev, st]):
-                out[-1] = (out[-1][0], e, out[-1][2])
-            else:
-                out.append((s, e, self.base[st]))
-            prev = st
-        return out
-
-    def to_internal(self, seg: Segmentation) -> Segmentation:
-        if self.identity:
-            return seg
-        T, lead = seg.T, seg.labels.shape[:-1]
-        pieces = [self.split(s) for s in seg.segments()]
-        out = Segmentation.from_segments(pieces, T=T, device=seg.labels.device)
-        return Segmentation(out.labels.view(*lead, T), out.starts.view(*lead, T), seg.lengths)
-
-    def to_user(self, seg: Segmentation) -> Segmentation:
-        if self.identity:
-            return seg
-        dev = seg.labels.device
-        base = torch.tensor(self.base, device=dev)
-        state = seg.labels.clamp(min=0)
-        labels = torch.where(seg.labels >= 0, base[state], seg.labels)
-        prev = torch.cat([state[..., :1], state[..., :-1]], -1)
-        is_cont = self.cont.to(dev)[prev, state]
-        is_cont[..., 0] = False
-        return Segmentation(labels, seg.starts & ~is_cont, seg.lengths)
-
-    def fold(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-        """Sum internal states into their user labels along ``dim``."""
-        if self.identity:
-            return x
-        index = torch.tensor(self.base, device=x.device)
-        shape = list(x.shape)
-        shape[dim] = self.C
-        return x.new_zeros(shape).index_add_(dim % x.dim(), index, x)
-
-    def user_marginals(self, m: FactoredMarginals) -> FactoredMarginals:
-        """Internal compact marginals -> user-label ones (see :attr:`SegmentCRF.marginals`)."""
-        if self.identity:
-            return m
-        C = self.C
-        sl = m.start_label
-        start_label = torch.stack([sum(sl[..., i] for i in self.entry[c]) for c in range(C)], -1)
-        for c in range(C):
-            k = self.chunk_of[c]
-            if k >= 0 and not self.first_token:  # a piece right after a chunk continues the segment
-                L = self.chunk_len[c]
-                if L < sl.shape[-2]:
-                    start_label[..., L:, c] = start_label[..., L:, c] - sl[..., :-L, k]
-        start_label = start_label.clamp(min=0)
-        trans = m.transition * self.boundary.to(m.transition.device)
-        trans = self.fold(self.fold(trans, -1), -2)
-        tails = [self.tail_of[c] for c in range(C)]
-        dur = torch.stack([m.duration[..., t] if t >= 0 else torch.zeros_like(m.duration[..., 0]) for t in tails], -1)
-        return FactoredMarginals(token=self.fold(m.token, -1), start=start_label.sum(-1), start_label=start_label,
-                                 duration=dur, transition=trans)
-
-    # parameters -> internal potentials ------------------------------------------------------------------
-    def assemble(self, trans, dur, chunk, start, end):
-        """User-level (masked) transition (C, C), duration (K_user, C), chunk (C,), start (.., C), end (.., C)
-        -> internal transition (S, S), duration (K, S), start (.., S), end (.., S)."""
-        C, S, K = self.C, self.S, self.K
-        ninf = float("-inf")
-        dev, dt = trans.device, trans.dtype
-        one = dur[0]  # (C,) duration score of a 1-token segment: paid when a first piece ends the segment
-        # transitions: boundaries and continuations
-        src, dst, cs, c2s, first_src = [], [], [], [], []
-        for c in range(C):
-            for c2 in range(C):
-                for e in self.ending[c]:
-                    for i in self.entry[c2]:
-                        src.append(e), dst.append(i), cs.append(c), c2s.append(c2), first_src.append(self.kind[e] == "first")
-        cs_t, c2_t = torch.tensor(cs, device=dev), torch.tensor(c2s, device=dev)
-        first_t = torch.tensor(first_src, device=dev)
-        vals = trans[cs_t, c2_t] + torch.where(first_t, one[cs_t], torch.zeros((), device=dev, dtype=dt))
-        T_int = torch.full((S, S), ninf, device=dev, dtype=dt)
-        T_int = T_int.index_put((torch.tensor(src, device=dev), torch.tensor(dst, device=dev)), vals)
-        T_int = torch.where(self.cont.to(dev), torch.zeros((), device=dev, dtype=dt), T_int)
-        # durations
-        pad = torch.full((K + 1, C), ninf, device=dev, dtype=dt)
-        shifted = torch.cat([dur, pad], 0)
-        off = 1 if self.first_token else 0  # a tail of d tokens after a first token is a segment of d + 1
-        rows = torch.arange(K, device=dev)
-        cols = []
-        for s in range(S):
-            c, kind = self.base[s], self.kind[s]
-            if kind == "tail":
-                cols.append(shifted[off:off + K, c])
-            elif kind == "chunk":
-                cols.append(torch.where(rows == self.chunk_len[c] - 1, chunk[c], torch.full_like(chunk[c], ninf)))
-            else:
-                cols.append(torch.where(rows == 0, torch.zeros((), device=dev, dtype=dt), torch.full((), ninf, device=dev, dtype=dt)))
-        D_int = torch.stack(cols, 1)
-        base = torch.tensor(self.base, device=dev)
-        is_entry = torch.zeros(S, dtype=torch.bool, device=dev)
-        is_end = torch.zeros(S, dtype=torch.bool, device=dev)
-        end_extra = torch.zeros(S, device=dev, dtype=dt)
-        for c in range(C):
-            is_entry[self.entry[c]] = True
-            for e in self.ending[c]:
-                is_end[e] = True
-                if self.kind[e] == "first":
-                    end_extra[e] = 1.0
-        start_i = torch.where(is_entry, start[..., base], torch.full((), ninf, device=dev, dtype=dt))
-        end_i = end[..., base] + torch.where(end_extra > 0, one[base], torch.zeros((), device=dev, dtype=dt))
-        end_i = torch.where(is_end, end_i, torch.full((), ninf, device=dev, dtype=dt))
-        return T_int, D_int, start_i, end_i
-
-
-def to_segmentation(gold, lengths: torch.Tensor, T: int, device=None) -> Segmentation:
-    """Gold in any accepted form -> :class:`Segmentation` (B, T).
-
-    Accepts a Segmentation, per-sequence lists of (start, end_exclusive, label),
-    or a pair (labels (B, T) long, starts (B, T) bool).
-    """
-    lengths = torch.as_tensor(lengths, device=device).long()
-    if isinstance(gold, Segmentation):
-        seg = gold
-    elif isinstance(gold, (tuple, list)) and len(gold) == 2 and all(isinstance(g, torch.Tensor) for g in gold):
-        seg = Segmentation(gold[0].long(), gold[1].bool(), lengths)
-    elif isinstance(gold, (list, tuple)):
-        seg = Segmentation.from_segments([list(s) for s in gold], T=T, device=device)
-    else:
-        raise TypeError("gold must be a Segmentation, a list of (start, end, label) lists, or (labels, starts) tensors")
-    if seg.T != T:  # pad or cut to the feature length
-        if seg.T > T:
-            raise ValueError(f"gold covers {seg.T} tokens but the features have T={T}")
-        pad = T - seg.T
-        seg = Segmentation(nn.functional.pad(seg.labels, (0, pad), value=-1), nn.functional.pad(seg.starts, (0, pad)), seg.lengths)
-    shape = seg.labels.shape[:-1]
-    if lengths.shape != shape[-1:] or not torch.equal(seg.lengths.to(lengths.device).expand(shape), lengths.expand(shape)):
-        raise ValueError(f"gold lengths {seg.lengths.tolist()} differ from the given lengths {lengths.tolist()}")
-    return seg.to(device) if device is not None else seg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,8 +183,9 @@ class SegmentCRF(SemiMarkovCRF):
     def internal(self) -> SemiMarkovCRF:
         return SemiMarkovCRF(self.potentials, backend=self.backend)
 
-    def log_prob(self, value) -> torch.Tensor:
-        seg = to_segmentation(value, self.token_lengths, self.potentials.T, self.token_lengths.device)
+    def log_prob(self, value: Gold) -> torch.Tensor:
+        seg = to_segmentation(value, self.token_lengths, self.potentials.T, self.token_lengths.device,
+                              num_labels=self.layout.C, runs=not self.layout.single_token)
         return super().log_prob(self.layout.to_internal(seg))
 
     @property
@@ -417,7 +195,7 @@ class SegmentCRF(SemiMarkovCRF):
         return self.__dict__["_user_argmax"]
 
     @property
-    def mode(self):
+    def mode(self) -> Segmentation:
         return self.argmax
 
     def topk(self, k: int) -> Segmentation:
@@ -473,18 +251,23 @@ class SemiCRFHead(nn.Module):
     partition share this convention, so the NLL is a proper one.
     """
 
-    def __init__(self, in_features: int | None, num_labels: int, max_duration, *, duration: str = "table",
-                 min_duration=None, long_segments=False, first_token: bool = False, allowed_transitions=None,
-                 allowed_start=None, allowed_end=None, duration_normalize: bool = True, duration_init_mean=None,
-                 learn_start_end: bool = True, center: str | None = None, backend: str = "auto", bias: bool = True):
+    def __init__(self, in_features: int | None, num_labels: int, max_duration: int | Sequence[int], *,
+                 duration: Literal["table", "geometric", "poisson", "negbin"] = "table",
+                 min_duration: int | Sequence[int] | None = None, long_segments: bool | Sequence[bool] = False,
+                 first_token: bool = False, allowed_transitions: torch.Tensor | None = None,
+                 allowed_start: torch.Tensor | None = None, allowed_end: torch.Tensor | None = None,
+                 duration_normalize: bool = True, duration_init_mean: float | Sequence[float] | None = None,
+                 learn_start_end: bool = True, center: Literal["mean"] | None = None,
+                 backend: Literal["auto", "torch", "triton"] = "auto", bias: bool = True):
         super().__init__()
-        C = int(num_labels)
-        if isinstance(max_duration, int):
-            K, max_d = int(max_duration), [int(max_duration)] * C
-        else:
-            max_d = _per_label(max_duration, C, None, "max_duration")
-            K = max(max_d)
-        if K < 1:
+        C = _int(num_labels, "num_labels")
+        if C < 1:
+            raise ValueError(f"num_labels must be >= 1, got {C}")
+        if in_features is not None and _int(in_features, "in_features") < 1:
+            raise ValueError(f"in_features must be >= 1 (or None for label scores as features), got {in_features}")
+        max_d = _per_label(max_duration, C, None, "max_duration")
+        K = max(max_d)
+        if min(max_d) < 1:
             raise ValueError(f"max_duration must be >= 1, got {max_duration}")
         self.in_features, self.num_labels, self.K = in_features, C, K
         self.center, self.backend, self.first_token = center, backend, bool(first_token)
@@ -495,9 +278,10 @@ class SemiCRFHead(nn.Module):
         if len(long_mask) != C:
             raise ValueError(f"long_segments needs one entry per label ({C})")
         self.layout = StateLayout(C, long_mask, self.durations.min_duration, self.durations.max_durations, first_token)
-        self.register_buffer("allowed_transitions", _mask(allowed_transitions, (C, C), "allowed_transitions"), persistent=False)
-        self.register_buffer("allowed_start", _mask(allowed_start, (C,), "allowed_start"), persistent=False)
-        self.register_buffer("allowed_end", _mask(allowed_end, (C,), "allowed_end"), persistent=False)
+        # persistent: a checkpoint carries its grammar, and loading it into a head built with another one fails
+        self.register_buffer("allowed_transitions", _mask(allowed_transitions, (C, C), "allowed_transitions"))
+        self.register_buffer("allowed_start", _mask(allowed_start, (C,), "allowed_start"))
+        self.register_buffer("allowed_end", _mask(allowed_end, (C,), "allowed_end"))
         if not self.allowed_start.any() or not self.allowed_end.any():
             raise ValueError("allowed_start and allowed_end must allow at least one label")
         self.transition = nn.Parameter(torch.zeros(C, C))
@@ -512,6 +296,12 @@ class SemiCRFHead(nn.Module):
     # ---------------------------------------------------------------------------------------
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """(B, T, C) per-token label scores; with ``first_token`` (B, T, 2C): [inside, first-token] scores."""
+        self._check_features(features)
+        scores = features if self.proj is None else self.proj(features)
+        # fp16/bf16 (autocast) features: the CRF itself runs in fp32 (prefix sums in float64 regardless)
+        return scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+
+    def _check_features(self, features) -> None:
         width = self.num_channels if self.proj is None else self.in_features
         if not isinstance(features, torch.Tensor) or not features.is_floating_point():
             raise TypeError(f"features must be a floating-point tensor (B, T, {width}), got "
@@ -519,12 +309,39 @@ class SemiCRFHead(nn.Module):
         if features.dim() != 3 or features.shape[-1] != width:
             what = "label scores" if self.proj is None else "encoder features"
             raise ValueError(f"features must be (B, T, {width}) {what}, got shape {tuple(features.shape)}")
-        return features if self.proj is None else self.proj(features)
+
+    # -- checkpoints: the structure travels with the weights -------------------------------------
+    def _config(self) -> dict:
+        lay = self.layout
+        return dict(num_labels=self.num_labels, in_features=self.in_features, max_duration=lay.max_d,
+                    min_duration=lay.min_d, long_segments=lay.long, first_token=self.first_token,
+                    duration=self.durations.family, center=self.center)
+
+    def get_extra_state(self) -> dict:
+        return {"config": self._config()}
+
+    def set_extra_state(self, state) -> None:
+        pass  # compared in _load_from_state_dict, where a mismatch can be reported like a shape mismatch
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        extra = state_dict.get(prefix + "_extra_state")
+        if isinstance(extra, dict) and extra.get("config") != self._config():
+            saved, mine = extra.get("config", {}), self._config()
+            diff = {k: (saved.get(k), mine.get(k)) for k in mine if saved.get(k) != mine.get(k)}
+            error_msgs.append(f"SemiCRFHead structure differs from the checkpoint's (saved, this head): {diff}; "
+                              "build the head with the checkpoint's arguments")
+        for name in _GRAMMAR:
+            saved = state_dict.get(prefix + name)
+            mine = getattr(self, name)
+            if saved is not None and (saved.shape != mine.shape or not torch.equal(saved.to(mine.device).bool(), mine)):
+                error_msgs.append(f"{prefix}{name} of the checkpoint differs from this head's: the checkpoint was "
+                                  f"trained with another grammar; build the head with the same {name}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def _masked(self, x, mask):
         return torch.where(mask, x, NEG_INF)
 
-    def structure(self, start=None, end=None) -> dict:
+    def structure(self, start: torch.Tensor | None = None, end: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Internal transition (S, S), duration (K_int, S), start (.., S), end (.., S) (S = internal states)."""
         trans = self._masked(self.transition, self.allowed_transitions)
         start = self._masked(self.start, self.allowed_start) if start is None else start
@@ -560,16 +377,53 @@ class SemiCRFHead(nn.Module):
         start = self._masked(self.start, self.allowed_start).expand(B, C)
         end = self._masked(self.end, self.allowed_end).expand(B, C)
         if prev_labels is not None:
-            prev = torch.as_tensor(prev_labels, device=dev).long()
+            prev = self._outside_labels("prev_labels", prev_labels, B)
             start = torch.where((prev >= 0).view(B, 1), trans[prev.clamp(min=0)], start)
         if next_labels is not None:
-            nxt = torch.as_tensor(next_labels, device=dev).long()
+            nxt = self._outside_labels("next_labels", next_labels, B)
             end = torch.where((nxt >= 0).view(B, 1), trans[:, nxt.clamp(min=0)].T, end)
         return start, end
 
+    def _outside_labels(self, name: str, value, B: int) -> torch.Tensor:
+        """(B,) integer labels in [-1, C) (−1: the window touches the sequence's own start/end)."""
+        x = torch.as_tensor(value, device=self.transition.device)
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor (B,), got {x.dtype}")
+        if x.shape != (B,):
+            raise ValueError(f"{name} must have shape (B,) = ({B},), got {tuple(x.shape)}")
+        x = x.long()
+        bad = (x < -1) | (x >= self.num_labels)
+        if bad.any():
+            b = int(torch.nonzero(bad)[0])
+            raise ValueError(f"{name} must lie in [-1, {self.num_labels}) (−1: none); sequence {b} has {int(x[b])}")
+        return x
+
+    def _lengths(self, features: torch.Tensor, lengths, mask) -> torch.Tensor | None:
+        """(B,) long lengths from ``lengths`` or a (B, T) bool prefix ``mask`` (pytorch-crf style)."""
+        self._check_features(features)
+        B, T = features.shape[:2]
+        if mask is not None:
+            if lengths is not None:
+                raise ValueError("give lengths or mask, not both")
+            if isinstance(mask, torch.Tensor):
+                mask = mask.to(features.device)
+            return mask_to_lengths(mask, B, T)
+        if lengths is None:
+            return None
+        lengths = torch.as_tensor(lengths, device=features.device)
+        if lengths.dtype == torch.bool and lengths.dim() == 2:
+            raise TypeError("lengths must be an integer tensor (B,); pass a (B, T) bool mask as mask=")
+        if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.is_complex():
+            raise TypeError(f"lengths must be an integer tensor (B,), got {lengths.dtype}")
+        return lengths.long()
+
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None,
-                prev_labels: torch.Tensor | None = None, next_labels: torch.Tensor | None = None) -> SegmentCRF:
+                prev_labels: torch.Tensor | None = None, next_labels: torch.Tensor | None = None, *,
+                mask: torch.Tensor | None = None) -> SegmentCRF:
         """A :class:`SegmentCRF` (a SemiMarkovCRF speaking user labels) over features (B, T, H).
+
+        ``lengths`` (B,) tokens per sequence, or ``mask`` (B, T) bool, a
+        left-aligned prefix per row as in pytorch-crf; neither: all T tokens.
 
         For training on windows of long sequences, cut windows at gold segment
         boundaries and pass the labels of the segments just outside
@@ -578,33 +432,48 @@ class SemiCRFHead(nn.Module):
         conditional log p(window's segments | the segments around it), because a
         semi-Markov chain is Markov at segment boundaries.
         """
-        if lengths is not None:
-            lengths = torch.as_tensor(lengths, device=features.device)
-            if lengths.is_floating_point() or lengths.dtype == torch.bool:
-                raise TypeError(f"lengths must be an integer tensor (B,), got {lengths.dtype}")
-            lengths = lengths.long()
+        lengths = self._lengths(features, lengths, mask)
         pots = self.potentials(features, lengths, prev_labels, next_labels)
         return SegmentCRF(pots, self.layout, backend=self.backend)
 
-    def loss(self, features: torch.Tensor, lengths: torch.Tensor | None, gold, reduction: str = "mean",
-             check_gold: bool = True, prev_labels=None, next_labels=None) -> torch.Tensor:
-        """Negative log-likelihood of ``gold``.
+    def loss(self, features: torch.Tensor, lengths: torch.Tensor | None = None, gold: Gold | None = None,
+             reduction: Literal["mean", "sum", "token", "none"] = "mean", check_gold: bool = True,
+             prev_labels: torch.Tensor | None = None, next_labels: torch.Tensor | None = None, *,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Negative log-likelihood of ``gold`` (float32, also under fp16/bf16 autocast).
 
-        gold: Segmentation, per-sequence lists of (start, end_exclusive, label),
-        or (labels, starts). reduction: "mean" (over sequences), "sum", "token"
-        (sum divided by the number of tokens) or "none" (B,).
+        gold: a Segmentation, per-sequence lists of (start, end_exclusive, label),
+        a pair (labels (B, T), starts (B, T)), or per-token labels (B, T) integer
+        (pytorch-crf's ``tags``; values past each length are ignored, e.g. −100):
+        maximal runs of one label are segments, and at max_duration 1 every
+        token is one (see docs/head.md; for BIO/BIOES/BMES tag ids use
+        :func:`semiring_flash.tags.tag_ids_to_segmentation`).
+        lengths (B,) or mask (B, T) bool: see :meth:`forward`.
+        reduction: "mean" (over sequences), "sum", "token" (sum divided by the
+        number of tokens) or "none" (B,).
         check_gold: raise ValueError (saying why) when a gold segmentation is
         impossible under the constraints, instead of returning an infinite loss.
+        A sequence whose length no segmentation fits (log Z = −inf) always raises.
         prev_labels / next_labels: windows of longer sequences (see :meth:`forward`).
         """
+        if gold is None:
+            raise TypeError("loss() needs gold (segments, a Segmentation or per-token labels)")
+        self._check_features(features)
         B, T = features.shape[:2]
+        lengths = self._lengths(features, lengths, mask)
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=features.device)
         dist = self(features, lengths, prev_labels, next_labels)
-        nll = -dist.log_prob(gold)
+        seg = to_segmentation(gold, dist.token_lengths, T, features.device, num_labels=self.num_labels,
+                              runs=not self.layout.single_token)
+        log_z = dist.partition
+        if torch.isneginf(log_z).any():
+            b = int(torch.nonzero(torch.isneginf(log_z))[0])
+            raise ValueError(f"sequence {b} (length {int(dist.token_lengths[b])}) has no segmentation the head allows "
+                             "(min/max durations, allowed transitions, start/end labels, prev/next labels): log Z = -inf")
+        nll = -dist.log_prob(seg)
         if check_gold and torch.isinf(nll).any():
             bad = torch.nonzero(torch.isinf(nll)).flatten().tolist()
-            seg = to_segmentation(gold, dist.token_lengths, features.shape[1])
             raise ValueError(f"gold of sequences {bad[:10]} is impossible under the head's constraints: "
                              + (self.explain(seg[bad[0]].segments()[0])
                                 or "its entry/exit is not allowed after prev_labels / before next_labels"))
@@ -618,7 +487,7 @@ class SemiCRFHead(nn.Module):
             return nll.mean()
         raise ValueError(f"reduction must be 'mean', 'sum', 'token' or 'none', got {reduction!r}")
 
-    def explain(self, segments) -> str:
+    def explain(self, segments: Segments) -> str:
         """Why a user segmentation (list of (start, end, label)) is impossible, or "" if it is allowed."""
         lay = self.layout
         for i, (s, e, c) in enumerate(segments):
@@ -639,9 +508,16 @@ class SemiCRFHead(nn.Module):
         return ""
 
     @torch.no_grad()
-    def decode(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> list:
-        """Viterbi: per sequence, a list of (start, end_exclusive, label)."""
-        return self(features, lengths).argmax.segments()
+    def decode(self, features: torch.Tensor, lengths: torch.Tensor | None = None, *, mask: torch.Tensor | None = None,
+               output: Literal["segments", "labels"] = "segments") -> list[Segments] | list[list[int]]:
+        """Viterbi: per sequence, a list of (start, end_exclusive, label) segments, or with
+        ``output="labels"`` the per-token labels (a list of ints per sequence, as pytorch-crf's decode)."""
+        if output not in ("segments", "labels"):
+            raise ValueError(f"output must be 'segments' or 'labels', got {output!r}")
+        best = self(features, lengths, mask=mask).argmax
+        if output == "segments":
+            return best.segments()
+        return [row[:n] for row, n in zip(best.labels.tolist(), best.lengths.tolist())]
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, num_labels={self.num_labels}, K={self.K}, "

@@ -1,4 +1,4 @@
-"""Converters between segmentations and token tag sequences (BIO / BIOES), plus run helpers.
+"""Converters between segmentations and token tag sequences (BIO / BIOES / BMES), plus run helpers.
 
 Segments are (start, end_exclusive, label) tuples that tile [0, length).
 Labels are ints; ``names`` (a list) maps them to tag suffixes. A label listed
@@ -8,6 +8,15 @@ single tokens (``merge_outside=False``).
 
 Decoding of malformed tag sequences follows the usual conlleval-style repair:
 an ``I-X``/``E-X`` that does not continue an open ``X`` segment starts a new one.
+BMES is BIOES with ``M`` for ``I`` (and usually no ``O``); a tag without a
+type suffix (``"B"``, ``"M"``, ...) has label 0.
+
+Batched, vectorised forms work on integer tag ids over a tag vocabulary (a list
+of tag strings in any order, e.g. ``tag_vocab("BIO", ["PER", "LOC"], outside="O")``):
+``tag_ids_to_segmentation`` / ``segmentation_to_tag_ids``; per-token label
+tensors convert with ``token_labels_to_segmentation``. ``transition_mask``
+gives the grammar of a scheme over a tag vocabulary, ready for a K = 1
+``SemiCRFHead`` (a linear-chain CRF over tags).
 """
 
 from __future__ import annotations
@@ -19,20 +28,33 @@ from .segmentation import Segmentation
 __all__ = [
     "segments_to_tags", "tags_to_segments", "segmentation_to_tags", "tags_to_segmentation",
     "merge_runs", "explode_segments", "labels_to_segments",
+    "tag_vocab", "transition_mask", "tag_ids_to_segmentation", "segmentation_to_tag_ids",
+    "token_labels_to_segmentation",
 ]
 
-SCHEMES = ("BIO", "BIOES")
+SCHEMES = ("BIO", "BIOES", "BMES")
+_PREFIXES = {"BIO": "BI", "BIOES": "BIES", "BMES": "BMES"}
+
+
+def _scheme(scheme: str) -> str:
+    s = str(scheme).upper()
+    if s not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    return s
 
 
 def _name(label, names):
     return str(names[label]) if names is not None else str(label)
 
 
+def _tag(prefix: str, x: str) -> str:
+    return prefix if x == "" else f"{prefix}-{x}"  # an empty name: bare prefixes (BMES word segmentation)
+
+
 def segments_to_tags(segments, scheme: str = "BIO", names=None, outside=None) -> list:
     """(start, end, label) tiling -> list of tags ("B-x", "I-x", "E-x", "S-x", "O")."""
-    scheme = scheme.upper()
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}")
+    scheme = _scheme(scheme)
+    inside = "M" if scheme == "BMES" else "I"
     outside = set() if outside is None else ({outside} if isinstance(outside, int) else set(outside))
     tags = []
     for s, e, c in segments:
@@ -42,22 +64,22 @@ def segments_to_tags(segments, scheme: str = "BIO", names=None, outside=None) ->
             continue
         x = _name(c, names)
         if scheme == "BIO":
-            tags += [f"B-{x}"] + [f"I-{x}"] * (n - 1)
+            tags += [_tag("B", x)] + [_tag("I", x)] * (n - 1)
         elif n == 1:
-            tags.append(f"S-{x}")
+            tags.append(_tag("S", x))
         else:
-            tags += [f"B-{x}"] + [f"I-{x}"] * (n - 2) + [f"E-{x}"]
+            tags += [_tag("B", x)] + [_tag(inside, x)] * (n - 2) + [_tag("E", x)]
     return tags
 
 
 def tags_to_segments(tags, scheme: str = "BIO", names=None, outside=None, merge_outside: bool = True) -> list:
     """Tags -> (start, end, label) tiling; ``O`` tokens get label ``outside`` (required if any O)."""
-    scheme = scheme.upper()
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}")
+    scheme = _scheme(scheme)
     index = {str(n): i for i, n in enumerate(names)} if names is not None else None
 
     def label(x):
+        if x == "":  # a bare prefix ("B", "M", ...): single-type scheme
+            return 0
         if index is not None:
             if x not in index:
                 raise ValueError(f"unknown tag label {x!r}")
@@ -81,13 +103,14 @@ def tags_to_segments(tags, scheme: str = "BIO", names=None, outside=None, merge_
                 out.append((t, t + 1, outside))
             continue
         prefix, _, x = tag.partition("-")
+        prefix = "I" if prefix == "M" else prefix
         c = label(x)
         cont = prefix in ("I", "E") and cur is not None and cur[1] == c and cur[2] == "open"
         if not cont:
             if cur is not None:
                 out.append((cur[0], t, cur[1]))
             cur = [t, c, "open"]
-        if prefix in ("E", "S") and scheme == "BIOES":
+        if prefix in ("E", "S") and scheme != "BIO":
             out.append((cur[0], t + 1, cur[1]))
             cur = None
     if cur is not None:
@@ -129,3 +152,195 @@ def labels_to_segments(labels, length: int | None = None) -> list:
         labels = labels.tolist()
     labels = labels[:length] if length is not None else labels
     return merge_runs([(t, t + 1, int(c)) for t, c in enumerate(labels)])
+
+
+# ---------------------------------------------------------------------------------------------
+# vectorised forms over integer tag ids
+_B, _I, _E, _S, _O = range(5)
+_CODE = {"B": _B, "I": _I, "M": _I, "E": _E, "S": _S}
+
+
+def tag_vocab(scheme: str, names, outside: str | None = None) -> list[str]:
+    """A tag vocabulary: ``outside`` (if given) first, then every prefix of the scheme for each name.
+
+    ``tag_vocab("BIO", ["PER", "LOC"], "O") == ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]``;
+    an empty name gives bare prefixes (``tag_vocab("BMES", [""]) == ["B", "M", "E", "S"]``).
+    """
+    scheme = _scheme(scheme)
+    vocab = [] if outside is None else [str(outside)]
+    return vocab + [_tag(p, str(x)) for x in names for p in _PREFIXES[scheme]]
+
+
+def _parse_vocab(vocab, scheme: str):
+    """Per tag: (prefix code, type string); validates prefixes against the scheme."""
+    if isinstance(vocab, str) or not hasattr(vocab, "__len__") or len(vocab) == 0:
+        raise TypeError(f"vocab must be a non-empty list of tag strings, got {vocab!r}")
+    out = []
+    for tag in vocab:
+        if tag == "O":
+            out.append((_O, None))
+            continue
+        prefix, _, x = str(tag).partition("-")
+        if prefix not in _PREFIXES[scheme]:
+            raise ValueError(f"tag {tag!r} is not a {scheme} tag (prefixes {list(_PREFIXES[scheme])} or 'O')")
+        out.append((_CODE[prefix], x))
+    return out
+
+
+def transition_mask(scheme: str, vocab) -> dict:
+    """The grammar of ``scheme`` over a tag vocabulary, as head arguments.
+
+    Returns ``dict(allowed_transitions=(n, n) bool [prev, next], allowed_start=(n,), allowed_end=(n,))``
+    for ``SemiCRFHead(H, len(vocab), 1, **transition_mask(scheme, vocab))``:
+
+    - BIO: ``I-X`` only after ``B-X`` or ``I-X`` (never first); anything else anywhere.
+    - BIOES / BMES: after ``B-X`` or ``I-X``/``M-X`` only ``I-X``/``M-X`` or ``E-X``; after ``E``, ``S``
+      or ``O`` only ``B``, ``S`` or ``O``; a sequence starts with ``B``, ``S`` or ``O`` and ends with
+      ``E``, ``S`` or ``O``.
+    """
+    scheme = _scheme(scheme)
+    parsed = _parse_vocab(vocab, scheme)
+    n = len(parsed)
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    opens = (_B, _I)  # prefixes after which a segment is still open
+    for i, (pa, xa) in enumerate(parsed):
+        for j, (pb, xb) in enumerate(parsed):
+            continues = pb in (_I, _E)
+            if scheme == "BIO":
+                allowed[i, j] = not continues or (pa in opens and xa == xb)
+            elif pa in opens:  # inside an open segment: continue it with the same type
+                allowed[i, j] = continues and xa == xb
+            else:
+                allowed[i, j] = not continues
+    start = torch.tensor([p not in (_I, _E) for p, _ in parsed])
+    end = torch.tensor([scheme == "BIO" or p in (_E, _S, _O) for p, _ in parsed])
+    return dict(allowed_transitions=allowed, allowed_start=start, allowed_end=end)
+
+
+def _check_ids(name: str, ids, n: int, valid: torch.Tensor) -> torch.Tensor:
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool or ids.is_complex():
+        raise TypeError(f"{name} must be an integer tensor (B, T), got "
+                        f"{ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__}")
+    bad = valid & ((ids < 0) | (ids >= n))
+    if bad.any():
+        b, t = (int(v) for v in torch.nonzero(bad)[0])
+        raise ValueError(f"{name} must lie in [0, {n}) inside the lengths; sequence {b} has {int(ids[b, t])} at token {t}")
+    return ids.long()
+
+
+def _lengths_for(ids: torch.Tensor, lengths) -> torch.Tensor:
+    if ids.dim() != 2:
+        raise ValueError(f"expected a (B, T) tensor, got shape {tuple(ids.shape)}")
+    B, T = ids.shape
+    if lengths is None:
+        return torch.full((B,), T, dtype=torch.long, device=ids.device)
+    lengths = torch.as_tensor(lengths, device=ids.device)
+    if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.shape != (B,):
+        raise ValueError(f"lengths must be an integer tensor of shape ({B},), got {lengths.dtype} {tuple(lengths.shape)}")
+    if bool(((lengths < 1) | (lengths > T)).any()):
+        raise ValueError(f"lengths must lie in [1, {T}], got {lengths.tolist()}")
+    return lengths.long()
+
+
+def token_labels_to_segmentation(labels: torch.Tensor, lengths=None, num_labels: int | None = None,
+                                 runs: bool = True) -> Segmentation:
+    """Per-token labels (B, T) -> :class:`Segmentation`, vectorised.
+
+    ``runs=True``: maximal runs of one label are segments; ``runs=False``: every
+    token is its own segment (a K = 1, linear-chain reading). Positions at
+    t ≥ lengths[b] are padding and may hold anything (e.g. −100).
+    """
+    lengths = _lengths_for(labels, lengths)
+    valid = torch.arange(labels.shape[1], device=labels.device) < lengths.unsqueeze(1)
+    labels = _check_ids("labels", labels, num_labels if num_labels is not None else 2**62, valid)
+    starts = valid.clone()
+    if runs:
+        starts[:, 1:] &= labels[:, 1:] != labels[:, :-1]
+    return Segmentation(torch.where(valid, labels, -1), starts, lengths)
+
+
+def tag_ids_to_segmentation(tag_ids: torch.Tensor, vocab, scheme: str = "BIO", names=None, outside: int | None = None,
+                            lengths=None, merge_outside: bool = True) -> Segmentation:
+    """Tag ids (B, T) over ``vocab`` -> :class:`Segmentation`, vectorised (same rules as :func:`tags_to_segments`).
+
+    The segment label of ``X-name`` is ``names.index(name)`` (``int(name)`` without
+    names; 0 for a bare prefix); ``O`` tokens get label ``outside``, as maximal
+    runs (``merge_outside``) or single tokens. Padding (t ≥ lengths) may hold anything.
+    """
+    scheme = _scheme(scheme)
+    parsed = _parse_vocab(vocab, scheme)
+    if any(p == _O for p, _ in parsed) and outside is None:
+        raise ValueError("vocab has 'O' but no outside label was given")
+    index = {str(n): i for i, n in enumerate(names)} if names is not None else None
+
+    def label(x):
+        if x is None:
+            return int(outside)
+        if x == "":
+            return 0
+        if index is not None:
+            if x not in index:
+                raise ValueError(f"unknown tag label {x!r}")
+            return index[x]
+        return int(x)
+
+    lengths = _lengths_for(tag_ids, lengths)
+    B, T = tag_ids.shape
+    dev = tag_ids.device
+    valid = torch.arange(T, device=dev) < lengths.unsqueeze(1)
+    ids = _check_ids("tag_ids", tag_ids, len(parsed), valid).clamp(0, len(parsed) - 1)
+    prefix = torch.tensor([p for p, _ in parsed], device=dev)[ids]
+    lab = torch.tensor([label(x) for _, x in parsed], device=dev)[ids]
+    is_o = prefix == _O
+    prev_open = torch.zeros_like(valid)  # the previous token leaves a segment of its label open
+    prev_open[:, 1:] = (prefix[:, :-1] == _B) | (prefix[:, :-1] == _I)  # E and S close their segment
+    same = torch.zeros_like(valid)
+    same[:, 1:] = lab[:, 1:] == lab[:, :-1]
+    continues = ((prefix == _I) | (prefix == _E)) & prev_open & same
+    if merge_outside:
+        prev_o = torch.zeros_like(valid)
+        prev_o[:, 1:] = is_o[:, :-1]
+        continues = continues | (is_o & prev_o)
+    starts = valid & ~continues
+    starts[:, 0] = True
+    return Segmentation(torch.where(valid, lab, -1), starts, lengths)
+
+
+def segmentation_to_tag_ids(seg: Segmentation, vocab, scheme: str = "BIO", names=None, outside: int | None = None,
+                            pad: int = -100) -> torch.Tensor:
+    """:class:`Segmentation` (..., T) -> tag ids over ``vocab`` (..., T), ``pad`` past the lengths; vectorised."""
+    scheme = _scheme(scheme)
+    parsed = _parse_vocab(vocab, scheme)
+    index = {str(n): i for i, n in enumerate(names)} if names is not None else None
+    n_labels = int(max(int(seg.labels.max()) + 1, 1 if outside is None else int(outside) + 1,
+                       len(names) if names is not None else 0))
+    table = torch.full((5, n_labels), -1, dtype=torch.long)
+    for i, (p, x) in enumerate(parsed):
+        if p == _O:
+            if outside is not None:
+                table[_O, int(outside)] = i
+            continue
+        c = 0 if x == "" else (index[x] if index is not None and x in index else (None if index is not None else int(x)))
+        if c is not None and c < n_labels:
+            table[p, c] = i
+    table = table.to(seg.labels.device)
+    valid = seg.valid()
+    labels = seg.labels.clamp(min=0)
+    starts = seg.starts & valid
+    last = torch.zeros_like(starts)
+    last[..., :-1] = starts[..., 1:]
+    T = seg.T
+    last |= torch.arange(T, device=labels.device) == (seg.lengths.expand(labels.shape[:-1]).unsqueeze(-1) - 1)
+    if scheme == "BIO":
+        prefix = torch.where(starts, _B, _I)
+    else:
+        prefix = torch.where(starts & last, _S, torch.where(starts, _B, torch.where(last, _E, _I)))
+    if outside is not None:
+        prefix = torch.where(labels == int(outside), _O, prefix)
+    ids = table[prefix, labels]
+    missing = valid & (ids < 0)
+    if missing.any():
+        where = torch.nonzero(missing)[0].tolist()
+        raise ValueError(f"vocab has no {'BIESO'[int(prefix[tuple(where)])]} tag for label {int(labels[tuple(where)])} "
+                         f"(needed at {tuple(where)})")
+    return torch.where(valid, ids, torch.full_like(ids, pad))

@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "docs" / "examples"))
 
 import gene_structure as gs  # noqa: E402
 
+import semiring_flash as sf  # noqa: E402
 from semiring_flash.data import parse_genbank  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "augustus_genes_slice.gb"
@@ -100,3 +101,7 @@ def test_cws_bies_round_trip():
     allowed, start, end = cws.bies_grammar()
     tags = [c for _, _, c in gold]
     assert start[tags[0]] and end[tags[-1]] and all(allowed[a, b] for a, b in zip(tags, tags[1:]))
+    # the example's hand-written grammar is the library's BIOES grammar over its tag vocabulary
+    grammar = sf.tags.transition_mask("BIOES", cws.BIES)
+    assert torch.equal(allowed, grammar["allowed_transitions"])
+    assert torch.equal(start, grammar["allowed_start"]) and torch.equal(end, grammar["allowed_end"])

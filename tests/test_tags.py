@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -85,3 +86,99 @@ def test_run_helpers():
     assert len(ex) == 6 and all(e - s == 1 for s, e, _ in ex)
     assert merge_runs(ex) == [(0, 4, 1), (4, 6, 0)]
     assert labels_to_segments(torch.tensor([2, 2, 0, 1, 1, 9]), length=5) == [(0, 2, 2), (2, 3, 0), (3, 5, 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# vectorised tag-id conversions and grammars, checked against the string converters above
+from semiring_flash.tags import (  # noqa: E402
+    segmentation_to_tag_ids,
+    tag_ids_to_segmentation,
+    tag_vocab,
+    token_labels_to_segmentation,
+    transition_mask,
+)
+
+TYPES = ["PER", "LOC", "ORG"]  # labels 0..2; O is label 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2 * len(TYPES) + 2), min_size=1, max_size=9), min_size=1, max_size=4),
+       st.sampled_from(["BIO", "BIOES", "BMES"]), st.booleans())
+def test_tag_ids_to_segmentation_matches_string_converter(rows, scheme, merge):
+    """Arbitrary (also malformed) tag id sequences decode like tags_to_segments does on their strings."""
+    vocab = tag_vocab(scheme, TYPES, outside="O")
+    rows = [[i % len(vocab) for i in r] for r in rows]
+    T = max(map(len, rows))
+    ids = torch.tensor([r + [-100] * (T - len(r)) for r in rows])
+    lengths = torch.tensor([len(r) for r in rows])
+    seg = tag_ids_to_segmentation(ids, vocab, scheme, TYPES, outside=3, lengths=lengths, merge_outside=merge)
+    want = [tags_to_segments([vocab[i] for i in r], scheme, TYPES, outside=3, merge_outside=merge) for r in rows]
+    assert seg.segments() == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(segmentations(outside=3), min_size=1, max_size=3), st.sampled_from(["BIO", "BIOES", "BMES"]))
+def test_segmentation_to_tag_ids_matches_string_converter(segs, scheme):
+    vocab = tag_vocab(scheme, TYPES, outside="O")
+    seg = sf.Segmentation.from_segments(segs)
+    ids = segmentation_to_tag_ids(seg, vocab, scheme, TYPES, outside=3)
+    for b, s in enumerate(segs):
+        L = s[-1][1]
+        assert [vocab[i] for i in ids[b, :L].tolist()] == segments_to_tags(s, scheme, TYPES, outside=3)
+        assert (ids[b, L:] == -100).all()
+    back = tag_ids_to_segmentation(ids, vocab, scheme, TYPES, outside=3, lengths=seg.lengths)
+    assert back.segments() == segs
+
+
+def test_bmes_bare_prefixes_round_trip():
+    vocab = tag_vocab("BMES", [""])
+    assert vocab == ["B", "M", "E", "S"]
+    segs = [(0, 1, 0), (1, 4, 0), (4, 6, 0)]
+    assert segments_to_tags(segs, "BMES", [""]) == ["S", "B", "M", "E", "B", "E"]
+    ids = torch.tensor([[vocab.index(t) for t in ["S", "B", "M", "E", "B", "E"]]])
+    assert tag_ids_to_segmentation(ids, vocab, "BMES").segments() == [segs]
+
+
+@pytest.mark.parametrize("scheme", ["BIO", "BIOES", "BMES"])
+def test_transition_mask_allows_exactly_the_well_formed_sequences(scheme):
+    """Brute force over all tag sequences of length ≤ 4: the grammar allows a sequence iff it is what
+    segments_to_tags writes for some segmentation."""
+    import itertools
+
+    types = ["A", "B"]
+    outside = "O" if scheme != "BMES" else None
+    vocab = tag_vocab(scheme, types, outside)
+    g = transition_mask(scheme, vocab)
+    for n in range(1, 5):
+        for seq in itertools.product(range(len(vocab)), repeat=n):
+            ok = bool(g["allowed_start"][seq[0]]) and bool(g["allowed_end"][seq[-1]]) and all(
+                bool(g["allowed_transitions"][a, b]) for a, b in zip(seq[:-1], seq[1:]))
+            tags = [vocab[i] for i in seq]
+            segs = tags_to_segments(tags, scheme, types + ["O"], outside=2, merge_outside=False)
+            well_formed = segments_to_tags(segs, scheme, types + ["O"], outside=2) == tags
+            assert ok == well_formed, (tags, ok)
+
+
+def test_token_labels_to_segmentation_runs_and_tokens():
+    labels = torch.tensor([[2, 2, 0, 1, 1, -100], [1, 1, 1, 1, 1, 1]])
+    lengths = torch.tensor([5, 6])
+    runs = token_labels_to_segmentation(labels, lengths, num_labels=3)
+    assert runs.segments() == [labels_to_segments(labels[0], 5), [(0, 6, 1)]]
+    tokens = token_labels_to_segmentation(labels, lengths, num_labels=3, runs=False)
+    assert tokens.segments()[0] == explode_segments(runs.segments()[0])
+
+
+def test_tag_conversion_errors():
+    vocab = tag_vocab("BIO", TYPES, outside="O")
+    with pytest.raises(TypeError, match="integer"):
+        tag_ids_to_segmentation(torch.tensor([[0.5]]), vocab, "BIO", TYPES, outside=3)
+    with pytest.raises(ValueError, match=r"sequence 0 has 99 at token 1"):
+        tag_ids_to_segmentation(torch.tensor([[0, 99]]), vocab, "BIO", TYPES, outside=3)
+    with pytest.raises(ValueError, match="not a BIO tag"):
+        transition_mask("BIO", ["O", "E-PER"])
+    with pytest.raises(ValueError, match="scheme"):
+        transition_mask("IOB2", vocab)
+    with pytest.raises(ValueError, match="outside"):
+        tag_ids_to_segmentation(torch.tensor([[0]]), vocab, "BIO", TYPES)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        token_labels_to_segmentation(torch.tensor([[0, 5]]), num_labels=3)

@@ -10,7 +10,7 @@ import torch
 from ..potentials import SegmentPotentials
 from ..semirings import MaxSemiring, Semiring
 from ..validation import check_values, signature
-from . import streaming
+from . import linear_chain, streaming
 
 BACKENDS = ("auto", "torch", "triton")
 _TRITON_SEMIRINGS = {"log", "max", "entropy", "kmax"}
@@ -125,6 +125,8 @@ def factored_value(
     if which == "triton":
         kernels, _ = _triton_module()
         return kernels.factored_scan_triton(semiring, *args, start_bias=start_bias)
+    if seg_bias is None and checkpoint_every is None and linear_chain.supports(semiring, inputs.duration):
+        return linear_chain.linear_chain_scan(semiring, *args, start_bias=start_bias)  # K = 1: a linear chain
     return streaming.factored_scan(semiring, *args, start_bias=start_bias, seg_bias=seg_bias, checkpoint_every=checkpoint_every)
 
 
@@ -145,10 +147,18 @@ def edge_value(
 
 def factored_viterbi(pots: SegmentPotentials, backend: str = "auto"):
     """(labels, starts, lengths) of the best segmentation from the Triton Viterbi
-    kernel (forward with backpointers + device backtrace), or None when the torch
-    engine is chosen (callers then take the max-semiring gradient)."""
-    if resolve_backend(backend, pots.device, MaxSemiring) != "triton":
-        return None
+    kernel (forward with backpointers + device backtrace), from the linear-chain
+    Viterbi at K = 1 on the torch engine, or None otherwise (callers then take
+    the max-semiring gradient)."""
+    triton = resolve_backend(backend, pots.device, MaxSemiring) == "triton"
+    if not triton:
+        if pots.K != 1:
+            return None
+        with torch.no_grad():  # no detached copy of the potentials (that would validate them again)
+            inputs = factored_inputs([pots])
+            tau0 = entry_value(MaxSemiring, inputs.entry, inputs.transition.dtype)
+            _, labels, starts = linear_chain.viterbi(inputs.cum, inputs.transition, inputs.duration, tau0, inputs.end, inputs.lengths)
+        return labels, starts, inputs.lengths
     kernels, _ = _triton_module()
     inputs = factored_inputs([pots.detach()])
     tau0 = entry_value(MaxSemiring, inputs.entry, inputs.transition.dtype)
