@@ -188,7 +188,8 @@ class SemiMarkovCRF(Distribution):
 
         Edges: one-hot (*sample_shape, B, N-1, K, C, C). Factored: a Segmentation
         of shape (*sample_shape, B, T). ``generator``: a torch.Generator on the
-        potentials' device to draw from (default: the global RNG).
+        potentials' device to draw from (default: the global RNG). Runs on the
+        torch engine whatever the backend (the Triton kernels do not sample).
         """
         if generator is not None:
             if not isinstance(generator, torch.Generator):
@@ -198,7 +199,7 @@ class SemiMarkovCRF(Distribution):
                 raise ValueError(f"generator is on {generator.device} but the potentials are on {device}")
         shape = torch.Size(sample_shape)
         n = int(torch.Size(shape).numel())
-        struct = self._struct(SampledSemiring.with_generator(generator))
+        struct = SemiMarkov(SampledSemiring.with_generator(generator), "torch")
         if self.factored:
             ind, lengths = struct.start_indicators(self.potentials.detach(), batch_repeat=n)
             B, T, C = self.potentials.batch, self.potentials.T, self.potentials.C

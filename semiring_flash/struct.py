@@ -167,7 +167,8 @@ class SemiMarkov:
         O(T·K·C) memory for factored input (O(T·K·C²) for edges);
         backend="triton" raises. Otherwise the fast path builds no graph.
         """
-        create_graph = not _raw and _wants_graph(log_potentials)
+        # argmax indicators (max) are piecewise constant: no graph for them
+        create_graph = not _raw and self.semiring.name != "max" and _wants_graph(log_potentials)
         if create_graph and self.backend == "triton":
             raise NotImplementedError(
                 "differentiable marginals (potentials that require grad, grad mode on) need backend='torch' "
