@@ -8,6 +8,11 @@ ring carried over from the block after it. Gradients are therefore exactly
 autograd's through the dense DP, while memory is O((T/Δ)·K·C + Δ·K·C)
 instead of O(T·K·C).
 
+Second derivatives (differentiable marginals, ``backward(create_graph=True)``)
+take another route through the same step code: one block, no checkpoints,
+autograd recording every step (``create_graph`` / ``_recorded_value``), so
+the gradient is itself differentiable; memory O(T·K·C) (edges: O(T·K·C²)).
+
 Two input kinds share the machinery (``_Recurrence`` subclasses):
 
 * factored: ring = τ(t-K..t-1); α(t) = ⊕_d τ(t-d) ⊗ w(t, d) where
@@ -329,6 +334,12 @@ def _scan_forward(rec: _Recurrence, every: int, inputs) -> tuple:
     return value, blocks, checkpoints
 
 
+def _recorded_value(rec: _Recurrence, inputs) -> torch.Tensor:
+    """The value with autograd recording every step (one block, no checkpoints):
+    its gradient is itself differentiable, at O(T·K·C) memory for the graph."""
+    return _scan_forward(rec, rec.t_max, inputs)[0].to(rec.dtype)
+
+
 class _StreamingScan(torch.autograd.Function):
     """value (S, B) of a recurrence; backward by block-wise recomputation."""
 
@@ -343,17 +354,15 @@ class _StreamingScan(torch.autograd.Function):
     def backward(ctx, grad_value):
         rec, blocks, checkpoints = ctx.rec, ctx.blocks, ctx.checkpoints
         inputs = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True: a differentiable gradient, by autograd through the
-            # plain recurrence (as factored_scan(create_graph=True); O(T·K·C) memory)
-            value = _scan_forward(rec, rec.t_max, inputs)[0].to(rec.dtype)
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that is itself differentiable
+            value = _recorded_value(rec, inputs)
             wrt = [x for x, n in zip(inputs, ctx.needs_input_grad[2:]) if n]
             gs = iter(torch.autograd.grad(value, wrt, grad_value, create_graph=True, allow_unused=True))
             return (None, None, *(next(gs) if n else None for n in ctx.needs_input_grad[2:]))
-        return _StreamingScan._backward(ctx, grad_value, rec, blocks, checkpoints, inputs)
+        return _StreamingScan._blockwise_backward(ctx, grad_value, rec, blocks, checkpoints, inputs)
 
     @staticmethod
-    def _backward(ctx, grad_value, rec, blocks, checkpoints, inputs):
+    def _blockwise_backward(ctx, grad_value, rec, blocks, checkpoints, inputs):
         need = ctx.needs_input_grad[2:]
         grads = [torch.zeros_like(x) if n else None for x, n in zip(inputs, need)]
         adj_ring = None
@@ -417,11 +426,7 @@ class _StreamingScan(torch.autograd.Function):
 
 
 def _run(rec: _Recurrence, every: int, inputs: list, create_graph: bool) -> torch.Tensor:
-    if create_graph:
-        # plain autograd through one block: the value's gradient is itself
-        # differentiable (double backward), at O(T·K·C) memory for the graph
-        return _scan_forward(rec, rec.t_max, inputs)[0].to(rec.dtype)
-    return _StreamingScan.apply(rec, every, *inputs)
+    return _recorded_value(rec, inputs) if create_graph else _StreamingScan.apply(rec, every, *inputs)
 
 
 def _with_p(semiring: Semiring, x: torch.Tensor | None) -> torch.Tensor | None:
