@@ -40,7 +40,7 @@ def _second_order(marg: dict, wrt: list, seed: int = 0) -> list:
     """∂/∂wrt of Σ_field <R_field, marg[field]> for fixed random R (a vector-Hessian product)."""
     g = torch.Generator().manual_seed(seed)
     obj = sum((torch.randn(v.shape, generator=g, dtype=v.dtype) * v).sum() for v in marg.values())
-    return torch.autograd.grad(obj, wrt, allow_unused=True)
+    return torch.autograd.grad(obj, wrt, allow_unused=True, retain_graph=True)
 
 
 def _finite_close(a, b):
@@ -150,3 +150,20 @@ def test_triton_backend_refuses_differentiable_marginals_naming_torch():
     pots = sf.SegmentPotentials(torch.randn(1, 3, 2, requires_grad=True), transition=torch.randn(2, 2), duration=torch.randn(2, 2))
     with pytest.raises(NotImplementedError, match="backend='torch'"):
         sf.SemiMarkovCRF(pots, backend="triton").marginals
+
+
+def test_factored_marginals_double_backward_match_torch_struct_on_edges():
+    """Duration and transition counts are sums of torch-struct's edge marginals over to_edges()."""
+    ts = pytest.importorskip("torch_struct")
+    g = torch.Generator().manual_seed(4)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    scores, trans, dur = r(2, 5, 3), r(3, 3), r(2, 3)
+    pots = sf.SegmentPotentials(scores, transition=trans, duration=dur)  # full lengths (torch-struct 0.5)
+    ours = sf.SemiMarkovCRF(pots).marginals
+    edge_marg = ts.SemiMarkovCRF(pots.to_edges()).marginals  # (B, T, K+1, C, C'): [n, d, c, c']
+    theirs = dict(duration=edge_marg[:, :, 1:].sum((1, 4)), transition=edge_marg.sum((1, 2)).transpose(-1, -2))
+    wrt = [scores, trans, dur]
+    for f in theirs:
+        torch.testing.assert_close(getattr(ours, f), theirs[f])
+        for a, b in zip(_second_order({f: getattr(ours, f)}, wrt), _second_order({f: theirs[f]}, wrt)):
+            torch.testing.assert_close(a, b)
