@@ -231,6 +231,22 @@ class SegmentPotentials:
             setattr(out, name, None if v is None else v.detach())
         return out
 
+    def map_tensors(self, fn) -> "SegmentPotentials":
+        """The same model with ``fn`` applied to each of its tensors (lengths included)."""
+        def f(x):
+            return None if x is None else fn(x)
+
+        return SegmentPotentials(
+            f(self.scores), cum_scores=f(self.cum_scores), transition=f(self.transition),
+            duration=f(self.duration), init=f(self.init), start=f(self.start), end=f(self.end),
+            lengths=f(self.lengths), center=self.center,
+        )
+
+    def tensors(self) -> list:
+        """The tensors given (scores or cum_scores, transition, duration, init, start, end, lengths)."""
+        xs = (self.scores, self.cum_scores, self.transition, self.duration, self.init, self.start, self.end, self.lengths)
+        return [x for x in xs if x is not None]
+
     def __repr__(self):
         B, T, K, C = self.shape
         opts = [n for n in ("init", "start", "end") if getattr(self, n) is not None]

@@ -34,8 +34,8 @@ the ``count`` / ``gumbel_crf`` properties. Touching one of those names raises
 Known differences from torch-struct 0.5 (see docs/migrating.md): any lengths
 in [2, N] are accepted (torch-struct 0.5 needs max(lengths) == N and gets
 mixed-length batches wrong); −inf is a true structural zero (no NaN in
-entropy or log_prob); ``marginals``/``argmax``/``topk`` are not themselves
-differentiable (no double backward); ``cross_entropy``/``kl`` work; inputs
+entropy or log_prob); ``argmax``/``topk`` carry no graph (``marginals``
+are differentiable on the torch engine); ``cross_entropy``/``kl`` work; inputs
 are never modified (torch-struct calls ``requires_grad_`` on them); ``kmax``
 pads with −inf (torch-struct: about −1e5) when k exceeds the number of
 structures.

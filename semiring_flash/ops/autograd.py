@@ -76,11 +76,13 @@ class FactoredInputs:
     lengths: torch.Tensor
 
 
-def factored_inputs(pots: list[SegmentPotentials], leaves: bool = False) -> FactoredInputs:
+def factored_inputs(pots: list[SegmentPotentials], leaves: bool = False, keep_graph: bool = False) -> FactoredInputs:
     """Stack per-distribution inputs (leading P dim only when len(pots) == 2).
 
     With ``leaves`` the per-batch cum/transition/duration are detached leaves
-    that require grad: their gradients are the compact marginals.
+    that require grad: their gradients are the compact marginals. With
+    ``keep_graph`` those that already require grad stay attached to the
+    user's potentials instead (differentiable marginals).
     """
     first = pots[0]
     for p in pots[1:]:
@@ -90,7 +92,9 @@ def factored_inputs(pots: list[SegmentPotentials], leaves: bool = False) -> Fact
                      lambda: [((p.lengths != first.lengths).any(), "both distributions need the same lengths")])
 
     def prep(x):
-        return x.detach().requires_grad_() if leaves else x
+        if not leaves or (keep_graph and x.requires_grad):
+            return x
+        return x.detach().requires_grad_()
 
     parts = []
     for p in pots:
@@ -117,17 +121,21 @@ def factored_value(
     start_bias: torch.Tensor | None = None,
     seg_bias: torch.Tensor | None = None,
     checkpoint_every: int | None = None,
+    create_graph: bool = False,
 ) -> torch.Tensor:
-    """Semiring value (S, B) of factored potentials."""
+    """Semiring value (S, B) of factored potentials; ``create_graph``: twice differentiable (torch engine)."""
     tau0 = entry_value(semiring, inputs.entry, inputs.transition.dtype)
     args = (inputs.cum, inputs.transition, inputs.duration, tau0, inputs.end, inputs.lengths)
-    which = resolve_backend(backend, inputs.cum.device, semiring, extras=seg_bias is not None or checkpoint_every is not None)
+    extras = seg_bias is not None or checkpoint_every is not None or create_graph
+    which = resolve_backend(backend, inputs.cum.device, semiring, extras=extras)
     if which == "triton":
         kernels, _ = _triton_module()
         return kernels.factored_scan_triton(semiring, *args, start_bias=start_bias)
     if seg_bias is None and checkpoint_every is None and linear_chain.supports(semiring, inputs.duration):
-        return linear_chain.linear_chain_scan(semiring, *args, start_bias=start_bias)  # K = 1: a linear chain
-    return streaming.factored_scan(semiring, *args, start_bias=start_bias, seg_bias=seg_bias, checkpoint_every=checkpoint_every)
+        return linear_chain.linear_chain_scan(semiring, *args, start_bias=start_bias)  # K = 1: a linear chain (plain autograd)
+    return streaming.factored_scan(
+        semiring, *args, start_bias=start_bias, seg_bias=seg_bias, checkpoint_every=checkpoint_every, create_graph=create_graph
+    )
 
 
 def edge_value(
@@ -136,13 +144,14 @@ def edge_value(
     lengths: torch.Tensor,
     backend: str = "auto",
     checkpoint_every: int | None = None,
+    create_graph: bool = False,
 ) -> torch.Tensor:
-    """Semiring value (S, B) of torch-struct edges; ``lengths`` in tokens."""
-    which = resolve_backend(backend, edges.device, semiring, extras=checkpoint_every is not None)
+    """Semiring value (S, B) of torch-struct edges; ``lengths`` in tokens; ``create_graph`` as in factored_value."""
+    which = resolve_backend(backend, edges.device, semiring, extras=checkpoint_every is not None or create_graph)
     if which == "triton":
         kernels, _ = _triton_module()
         return kernels.edge_scan_triton(semiring, edges, lengths)
-    return streaming.edge_scan(semiring, edges, lengths, checkpoint_every=checkpoint_every)
+    return streaming.edge_scan(semiring, edges, lengths, checkpoint_every=checkpoint_every, create_graph=create_graph)
 
 
 def factored_viterbi(pots: SegmentPotentials, backend: str = "auto"):
