@@ -211,7 +211,11 @@ class Semiring:
         return out
 
     def prod(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-        """⊗ over ``dim`` (never the channel dim 0). ⊗ adds every channel here."""
+        """⊗ over ``dim`` of scores: plain potentials, or values built by ``convert``.
+
+        That is what torch-struct uses it for (scoring parts, its enumeration
+        tests); on those ⊗ adds scores in every semiring here, KMax included.
+        """
         return x.sum(dim)
 
     def sum(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:  # pragma: no cover
@@ -317,9 +321,6 @@ class KMaxSemiring(Semiring):
         c = a.unsqueeze(1) + b.unsqueeze(0)  # (k, k, ...)
         c = c.reshape(k * k, *c.shape[2:])
         return c.topk(k, dim=0).values
-
-    def prod(self, x, dim=-1):
-        return self.times(*x.unbind(dim))
 
     def __repr__(self):
         return f"KMaxSemiring({self.k})"
