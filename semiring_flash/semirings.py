@@ -562,10 +562,12 @@ def _project_simplex(x: torch.Tensor) -> torch.Tensor:
 
 
 class _SparseMaxSemiring(Semiring):
-    """⊕ = max_p <p, x> − ½‖p‖² over the simplex; its gradient is sparsemax(x).
+    """⊕ = max_p <p, x> + ½(1 − ‖p‖²) over the simplex; its gradient is sparsemax(x).
 
-    Written with differentiable torch ops, so marginals (its gradients) are
-    differentiable too. −inf entries get p = 0; an all −inf row gives −inf.
+    The constant ½ makes −inf the identity (x ⊕ 0̄ = x; one structure's value
+    is its score), so max ≤ ⊕ ≤ max + ½. Written with differentiable torch
+    ops, so marginals (its gradients) are differentiable too. −inf entries
+    get p = 0; an all −inf row gives −inf.
     """
 
     name = "sparsemax"
@@ -578,7 +580,7 @@ class _SparseMaxSemiring(Semiring):
         floor = torch.where(dead, torch.zeros((), dtype=x.dtype, device=x.device), top) - 2
         xs = torch.maximum(moved, floor)
         p = _project_simplex(xs)
-        value = (p * xs).sum(-1) - 0.5 * (p * p).sum(-1)
+        value = (p * xs).sum(-1) + 0.5 * (1 - (p * p).sum(-1))
         return torch.where(dead.squeeze(-1), torch.full((), NEG_INF, dtype=x.dtype, device=x.device), value)
 
 
