@@ -401,9 +401,12 @@ class _TwoDistributionSemiring(Semiring):
         part_p, log_p, p = _normalised(x[0], d)
         part_q = logsumexp(x[1], d)
         log_q = x[1] - _finite_or_zero(part_q).unsqueeze(d)
-        # where p = 0 the term vanishes whatever q is (no 0·inf)
-        log_q = torch.where(p > 0, log_q, torch.zeros((), dtype=x.dtype, device=x.device))
-        stat = self._stat(x[2], log_p, p, log_q).sum(d)
+        # where p = 0 the term vanishes whatever q is, and whatever the statistic so far (+inf
+        # where p put mass on q's zeros): no 0·inf, forward or backward
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        log_q = torch.where(p > 0, log_q, zero)
+        x2 = torch.where(p > 0, x[2], zero)
+        stat = self._stat(x2, log_p, p, log_q).sum(d)
         return torch.stack([part_p, part_q, stat], 0)
 
     def shift(self, x):
