@@ -67,6 +67,8 @@ __all__ = [
     "StdSemiring",
     "SparseMaxSemiring",
     "TempMax",
+    "GumbelMaxSemiring",
+    "GumbelCRFSemiring",
     "CheckpointSemiring",
     "CheckpointShardSemiring",
     "FastLogSemiring",
@@ -627,6 +629,58 @@ class TempMax(_MaxSemiring):
 
     def __repr__(self):
         return f"TempMax({self.alpha})"
+
+
+class _GumbelLSE(torch.autograd.Function):
+    """logsumexp forward; backward picks argmax((x + Gumbel noise) / temp): an exact sample.
+
+    With ``straight_through`` the one-hot pick carries the gradient of
+    softmax((x + noise) / temp) when the backward is itself differentiated
+    (``create_graph=True``): the Gumbel-CRF relaxation.
+    """
+
+    @staticmethod
+    def forward(ctx, x, dim, temp, straight_through):
+        ctx.save_for_backward(x)
+        ctx.dim, ctx.temp, ctx.straight_through = dim, temp, straight_through
+        return logsumexp(x, dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        u = torch.rand_like(x).clamp(min=torch.finfo(x.dtype).tiny, max=1 - torch.finfo(x.dtype).eps)
+        noisy = (x - (-u.log()).log()) / ctx.temp  # −inf stays −inf: never picked unless a row is all −inf
+        pick = noisy.detach().argmax(ctx.dim, keepdim=True)
+        hard = torch.zeros_like(x).scatter_(ctx.dim, pick, 1.0)
+        if ctx.straight_through:
+            soft = _softmax(noisy, ctx.dim)
+            hard = hard + (soft - soft.detach())  # exactly the one-hot forward; softmax gradient
+        return hard * g.unsqueeze(ctx.dim), None, None, None
+
+
+class GumbelMaxSemiring(_LogSemiring):
+    """``GumbelMaxSemiring(temp)``: log semiring whose gradient is a Gumbel-max sample (torch-struct's factory)."""
+
+    name = "gumbelmax"
+    _straight_through = False
+
+    def __init__(self, temp: float = 1.0):
+        if not float(temp) > 0:
+            raise ValueError(f"{type(self).__name__}: temp must be > 0, got {temp!r}")
+        self.temp = float(temp)
+
+    def sum(self, x, dim=-1):
+        return _GumbelLSE.apply(x, dim % x.dim(), self.temp, self._straight_through)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.temp})"
+
+
+class GumbelCRFSemiring(GumbelMaxSemiring):
+    """``GumbelCRFSemiring(temp)``: Gumbel-max samples with a straight-through softmax((x + g) / temp) gradient."""
+
+    name = "gumbelcrf"
+    _straight_through = True
 
 
 def _broadcast_rows(a: torch.Tensor, b: torch.Tensor):

@@ -14,6 +14,7 @@ Every public name of torch-struct 0.5 is here:
   ``Semiring, LogSemiring, MaxSemiring, EntropySemiring, KMaxSemiring(k),
   CrossEntropySemiring, KLDivergenceSemiring, SampledSemiring,
   MultiSampledSemiring, StdSemiring, SparseMaxSemiring, TempMax(alpha),
+  GumbelMaxSemiring(temp), GumbelCRFSemiring(temp),
   CheckpointSemiring(sr, min_size), CheckpointShardSemiring(sr, max_size,
   min_size), FastLogSemiring, FastMaxSemiring, FastSampleSemiring`` (the
   ``Fast*`` ones run :mod:`semiring_flash.genbmm`). They speak torch-struct's
@@ -23,7 +24,7 @@ Every public name of torch-struct 0.5 is here:
   (``LinearChain(CRF)``, ``HMM``, ``CKY``, ``TreeCRF``, ``SentCFG``,
   ``CKY_CRF``, ``DepTree``, ``DependencyCRF``, ``NonProjectiveDependencyCRF``,
   ``deptree_part``, ``deptree_nonproj``, ``Alignment(CRF)``,
-  ``Autoregressive(Model)``, ``GumbelMaxSemiring``, ``GumbelCRFSemiring``...),
+  ``Autoregressive(Model)``, ``Chart``...),
   so a file that imports ``LinearChainCRF`` beside ``SemiMarkovCRF`` keeps
   working. Without torch-struct, touching one of them raises
   :class:`NotProvidedError` (an ``AttributeError``) naming the extra.
@@ -70,6 +71,8 @@ StdSemiring = _sr.StdSemiring
 SparseMaxSemiring = _sr.SparseMaxSemiring
 KMaxSemiring = _sr.KMaxSemiring  # KMaxSemiring(k): a semiring, as torch-struct's factory returns
 TempMax = _sr.TempMax
+GumbelMaxSemiring = _sr.GumbelMaxSemiring
+GumbelCRFSemiring = _sr.GumbelCRFSemiring
 CheckpointSemiring = _sr.CheckpointSemiring
 CheckpointShardSemiring = _sr.CheckpointShardSemiring
 FastLogSemiring = _sr.FastLogSemiring
@@ -96,8 +99,6 @@ REEXPORTED = (
     "LinearChain", "LinearChainCRF", "HMM", "CKY", "CKY_CRF", "TreeCRF", "SentCFG", "DepTree",
     "DependencyCRF", "NonProjectiveDependencyCRF", "deptree_part", "deptree_nonproj", "convert", "unconvert",
     "Alignment", "AlignmentCRF", "Autoregressive", "AutoregressiveModel", "Chart", "Distribution",
-    # semirings that only make sense on torch-struct's side
-    "GumbelMaxSemiring", "GumbelCRFSemiring",
     # module-level helpers and submodules torch-struct happens to expose
     "A", "B", "C", "I", "L", "R", "Open", "Close", "Mid", "Up", "Down", "bits", "broadcast", "broadcast_size",
     "matmul", "matmul_size", "accumulate_", "unaccumulate_", "mind", "ones", "project_simplex",
@@ -198,6 +199,20 @@ class SemiMarkovCRF(_distribution.SemiMarkovCRF):
     def _struct(self, sr=None):
         return SemiMarkov(LogSemiring if sr is None else sr, self.backend)
 
+    @_distribution._cached
+    def count(self) -> _torch.Tensor:
+        """Number of segmentations of nonzero weight, (B,) (torch-struct's ``count``; float, like theirs)."""
+        if self.factored:
+            raise TypeError("count needs torch-struct edges; for SegmentPotentials use pots.to_edges()")
+        # log-space counting: 0 for every allowed edge, −inf for the structural zeros (exact in float64)
+        free = _torch.zeros((), dtype=_torch.float64, device=self.potentials.device)
+        log_ones = _torch.where(self.potentials == float("-inf"), float("-inf"), free)
+        return self._struct().sum(log_ones, self.lengths).exp().to(self.potentials.dtype)
+
+    def gumbel_crf(self, temperature: float = 1.0):
+        """One Gumbel-max sample per example, in the marginals' layout (torch-struct's ``gumbel_crf``)."""
+        return self._struct(GumbelCRFSemiring(temperature)).marginals(self.log_potentials, self.lengths)
+
 
 def _missing(name: str) -> str:
     return (
@@ -209,7 +224,8 @@ def _missing(name: str) -> str:
 _OURS = [
     "SemiMarkovCRF", "SemiMarkov", "StructDistribution", "Semiring", "LogSemiring", "MaxSemiring",
     "EntropySemiring", "KMaxSemiring", "CrossEntropySemiring", "KLDivergenceSemiring", "SampledSemiring",
-    "MultiSampledSemiring", "StdSemiring", "SparseMaxSemiring", "TempMax", "CheckpointSemiring",
+    "MultiSampledSemiring", "StdSemiring", "SparseMaxSemiring", "TempMax", "GumbelMaxSemiring",
+    "GumbelCRFSemiring", "CheckpointSemiring",
     "CheckpointShardSemiring", "FastLogSemiring", "FastMaxSemiring", "FastSampleSemiring", "SegmentPotentials",
     "NotProvidedError", "version",
 ]

@@ -27,6 +27,7 @@ import semiring_flash as sf  # noqa: E402
 import semiring_flash.semirings as srs  # noqa: E402
 import semiring_flash.torch_struct as sts  # noqa: E402
 from semiring_flash import genbmm  # noqa: E402
+from semiring_flash.ops.naive import count_edge_paths, enumerate_edge_paths, oracle_edge_marginals  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*does not define `arg_constraints`.*")
 F64 = torch.float64
@@ -85,7 +86,7 @@ def _shim_without_torch_struct(monkeypatch):
 
 def test_without_torch_struct_other_names_name_the_extra(monkeypatch):
     mod = _shim_without_torch_struct(monkeypatch)
-    for name in ("LinearChainCRF", "TreeCRF", "DepTree", "deptree_part", "GumbelCRFSemiring", "Alignment"):
+    for name in ("LinearChainCRF", "TreeCRF", "DepTree", "deptree_part", "HMM", "Alignment"):
         with pytest.raises(mod.NotProvidedError, match=r"pip install 'semiring_flash\[torch-struct\]'"):
             getattr(mod, name)
         assert not hasattr(mod, name)  # NotProvidedError is an AttributeError
@@ -151,6 +152,8 @@ OURS = {
     "multisampled": srs.MultiSampledSemiring,
     "sparsemax": srs.SparseMaxSemiring,
     "tempmax": srs.TempMax(3.0),
+    "gumbelmax": srs.GumbelMaxSemiring(0.5),
+    "gumbelcrf": srs.GumbelCRFSemiring(2.0),
     "std": srs.StdSemiring,
     "checkpoint_kmax2": srs.CheckpointSemiring(srs.KMaxSemiring(2)),
     "shard_entropy": srs.CheckpointShardSemiring(srs.EntropySemiring, 7),
@@ -477,3 +480,53 @@ def test_checkpoint_semirings_same_value_and_gradients(name):
         srs.CheckpointSemiring(torch_struct.LogSemiring)
     with pytest.raises(ValueError, match="max_size"):
         srs.CheckpointShardSemiring(srs.LogSemiring, 0)
+
+
+@pytest.mark.parametrize("cls", [srs.GumbelMaxSemiring, srs.GumbelCRFSemiring])
+def test_gumbel_semirings_sample_and_relax(cls):
+    sr = cls(0.7)
+    x = torch.randn(1, 4, 6, dtype=F64)
+    x[0, 0, :5] = float("-inf")
+    leaf = x.clone().requires_grad_()
+    v = sr.sum(leaf)
+    _close(v, torch.logsumexp(x, -1))
+    (g,) = torch.autograd.grad(v.sum(), leaf, create_graph=True)
+    assert torch.equal(g.detach().sum(-1), torch.ones(1, 4, dtype=F64)) and set(g.detach().unique().tolist()) <= {0.0, 1.0}
+    assert g[0, 0, 5] == 1  # the only finite entry
+    w = torch.randn_like(x)
+    if cls is srs.GumbelCRFSemiring:  # straight-through: d/dx of w·softmax((x + noise) / temp) — rows sum to 0
+        (h,) = torch.autograd.grad((g * w).sum(), leaf)
+        assert torch.isfinite(h).all() and h.abs().sum() > 0
+        _close(h.sum(-1), torch.zeros(1, 4, dtype=F64))
+    else:
+        assert not g.requires_grad  # a hard sample, nothing to relax
+    with pytest.raises(ValueError, match="temp must be > 0"):
+        cls(0.0)
+
+
+def test_gumbel_crf_draws_exact_samples():
+    """Empirical edge frequencies of gumbel_crf over a replicated batch match the marginals."""
+    g = torch.Generator().manual_seed(11)
+    one = torch.rand(1, 3, 3, 2, 2, generator=g, dtype=F64) * 2 - 1
+    n = 3000
+    torch.manual_seed(12)
+    samples = sts.SemiMarkovCRF(one.expand(n, -1, -1, -1, -1).clone()).gumbel_crf(1.0)
+    for s in samples[:20]:  # each a segmentation
+        seq, extra = sf.SemiMarkov.from_parts(s.unsqueeze(0))
+        assert torch.equal(sf.SemiMarkov.to_parts(seq, extra).to(s.dtype), s.unsqueeze(0))
+    freq, m = samples.mean(0), oracle_edge_marginals(one[0])
+    assert torch.all((freq - m).abs() <= 5 * (m * (1 - m) / n).sqrt() + 1e-12)
+
+
+def test_count_matches_torch_struct_and_enumeration():
+    g = torch.Generator().manual_seed(13)
+    e = torch.rand(3, 4, 3, 2, 2, generator=g, dtype=F64)
+    e[1:, :, 1:][torch.rand(2, 4, 2, 2, 2, generator=g) < 0.3] = float("-inf")
+    count = sts.SemiMarkovCRF(e).count
+    _close(count, torch_struct.SemiMarkovCRF(e.clone()).count)
+    _close(count[0], torch.tensor(float(count_edge_paths(4, 3, 2)), dtype=F64))
+    for b in range(3):
+        finite = int((enumerate_edge_paths(e[b]).scores > float("-inf")).sum())
+        _close(count[b], torch.tensor(float(finite), dtype=F64))
+    with pytest.raises(TypeError, match="count needs torch-struct edges"):
+        sts.SemiMarkovCRF(sf.SegmentPotentials(torch.randn(1, 3, 2), transition=torch.zeros(2, 2), duration=torch.zeros(2, 2))).count  # noqa: B018
