@@ -26,11 +26,10 @@ import os
 import torch
 
 from .ops import bmm_torch
+from .ops.autograd import check_backend
 from .validation import check_same_device, check_tensor
 
 __all__ = ["logbmm", "maxbmm", "samplebmm", "prodmaxbmm"]
-
-BACKENDS = ("auto", "torch", "triton")
 
 
 def _triton_bmm():
@@ -43,8 +42,7 @@ def _triton_bmm():
 
 def _implementation(backend: str, device: torch.device):
     """The module (bmm_torch or ops.triton.bmm) that runs this call; both have the same functions."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if backend == "torch" or (backend == "auto" and device.type != "cuda"):
         return bmm_torch
     kernels, err = _triton_bmm()

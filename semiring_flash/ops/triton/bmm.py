@@ -8,7 +8,8 @@ strides (transposed views cost nothing), one program per output tile, flattened 
 grid axis 0 (batch-major) so that any B fits:
 
 * ``_reduce_k_kernel``: out tile (BN, BM); loops over k in slices of BK, forms the
-  (BN, BK, BM) terms a + b (or a * b) in registers and merges them into running
+  (BN, BK, BM) (or, with ``FORWARD_K_AXIS = 2``, (BN, BM, BK)) terms a + b (or a * b)
+  in registers and merges them into running
   accumulators: max and rescaled sum for logsumexp (flash-attention style), max and
   first argmax for max / prodmax, and for sample both the logsumexp and the argmax of
   terms + Gumbel noise (Philox ``tl.rand``, counter = global (b, i, k, j) index).
@@ -49,12 +50,44 @@ def _tile_coords(N, M, BN: tl.constexpr, BM: tl.constexpr):
 
 
 @triton.jit
+def _along_k(x, KAX: tl.constexpr):
+    """(BK,) vector -> the k axis of the 3-D term tile."""
+    if KAX == 2:
+        y = x[None, None, :]
+    else:
+        y = x[None, :, None]
+    return y
+
+
+@triton.jit
+def _along_j(x, KAX: tl.constexpr):
+    """(BM,) vector -> the j axis of the 3-D term tile."""
+    if KAX == 2:
+        y = x[None, :, None]
+    else:
+        y = x[None, None, :]
+    return y
+
+
+@triton.jit
+def _per_ij(x, KAX: tl.constexpr):
+    """(BN, BM) tile -> broadcast along the k axis of the 3-D term tile."""
+    if KAX == 2:
+        y = x[:, :, None]
+    else:
+        y = x[:, None, :]
+    return y
+
+
+@triton.jit
 def _reduce_k_kernel(
     A, Bm, OUT, IDX, seed,
     N, K, M,
     sa_b, sa_n, sa_k, sb_b, sb_k, sb_m,
-    MODE: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BM: tl.constexpr,
+    MODE: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BM: tl.constexpr, KAX: tl.constexpr,
 ):
+    """Term tile (BN, BK, BM) (KAX = 1) or (BN, BM, BK) (KAX = 2): the layout only
+    changes speed (benchmarks/genbmm_bench.py --sweep), not the numbers."""
     bid, rn, rm = _tile_coords(N, M, BN, BM)
     dt = OUT.dtype.element_ty
     a_ptr = A + bid * sa_b
@@ -69,24 +102,29 @@ def _reduce_k_kernel(
         rk = k0 + tl.arange(0, BK)
         k_ok = rk < K
         a = tl.load(a_ptr + rn[:, None] * sa_n + rk[None, :] * sa_k, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(b_ptr + rk[:, None] * sb_k + rm[None, :] * sb_m, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        if KAX == 2:  # b as a (BM, BK) tile: terms a[:, None, :] ∘ b[None, :, :]
+            b = tl.load(b_ptr + rm[:, None] * sb_m + rk[None, :] * sb_k, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+            x, y = a[:, None, :], b[None, :, :]
+        else:  # b as a (BK, BM) tile: terms a[:, :, None] ∘ b[None, :, :]
+            b = tl.load(b_ptr + rk[:, None] * sb_k + rm[None, :] * sb_m, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            x, y = a[:, :, None], b[None, :, :]
         if MODE == 3:
-            v = a[:, :, None] * b[None, :, :]
+            v = x * y
         else:
-            v = a[:, :, None] + b[None, :, :]
-        v = tl.where(k_ok[None, :, None], v, float("-inf"))  # padding k's are 0̄
+            v = x + y
+        v = tl.where(_along_k(k_ok, KAX), v, float("-inf"))  # padding k's are 0̄
         if MODE == 0 or MODE == 2:
-            new_best = tl.maximum(best, tl.max(v, axis=1))
+            new_best = tl.maximum(best, tl.max(v, axis=KAX))
             ref = tl.where(new_best == float("-inf"), 0.0, new_best)
-            total = total * tl.exp(best - ref) + tl.sum(tl.exp(v - ref[:, None, :]), axis=1)
+            total = total * tl.exp(best - ref) + tl.sum(tl.exp(v - _per_ij(ref, KAX)), axis=KAX)
             best = new_best
         if MODE == 2:
-            flat = ((bid * N + rn[:, None, None]) * K + rk[None, :, None]) * M + rm[None, None, :]
+            flat = ((bid * N + rn[:, None, None]) * K + _along_k(rk, KAX)) * M + _along_j(rm, KAX)
             u = tl.rand(seed, flat).to(dt)
             v = v - tl.log(-tl.log(u))  # Gumbel noise; u = 0 gives −inf, never chosen
         if MODE != 0:
-            top = tl.max(v, axis=1)
-            first = tl.min(tl.where(v == top[:, None, :], rk[None, :, None].to(tl.int32), K), axis=1)
+            top = tl.max(v, axis=KAX)
+            first = tl.min(tl.where(v == _per_ij(top, KAX), _along_k(rk.to(tl.int32), KAX), K), axis=KAX)
             better = top > (noisy if MODE == 2 else best)  # strict: earlier k's keep ties
             index = tl.where(better, first, index)
             if MODE == 2:
@@ -158,9 +196,13 @@ def _index_scatter_kernel(
 # --------------------------------------------------------------------------------------
 # launchers
 # --------------------------------------------------------------------------------------
-#: tile sizes (rows, inner, cols); the (BN, BK, BM) term tile lives in registers
-TILE_N, TILE_K, TILE_M = 32, 8, 32
+#: tile sizes (rows, inner, cols); the (BN, BK, BM) term tile lives in registers. 16 x 16 x 16
+#: with 4 warps was the fastest logbmm forward + backward of benchmarks/genbmm_bench.py --sweep
+#: on an H200 (B = 8, n = k = m = 1024; docs/genbmm.md)
+TILE_N, TILE_K, TILE_M = 16, 16, 16
 NUM_WARPS = 4
+#: axis of k in the forward's term tile: 1 = (BN, BK, BM), 2 = (BN, BM, BK)
+FORWARD_K_AXIS = 1
 
 
 def _block(size: int, cap: int) -> int:
@@ -181,7 +223,7 @@ def _reduce_k(a, b, mode, seed=0):
     bn, bk, bm = _block(N, TILE_N), _block(K, TILE_K), _block(M, TILE_M)
     _reduce_k_kernel[_grid(B, N, M, bn, bm)](
         a, b, out, index, seed, N, K, M, *a.stride(), *b.stride(),
-        MODE=mode, BN=bn, BK=bk, BM=bm, num_warps=NUM_WARPS,
+        MODE=mode, BN=bn, BK=bk, BM=bm, KAX=FORWARD_K_AXIS, num_warps=NUM_WARPS,
     )
     return out, index
 
