@@ -193,7 +193,6 @@ def test_params_gradient_is_the_marginals(case):
     assert not plain.requires_grad  # inputs are never given requires_grad
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=True, reason="differentiable marginals are issue 8 item 3 (branch h-grad)")
 def test_gumbel_marginals_are_differentiable():
     edges, lengths = make(CASES[1])
     theta = edges.clone().requires_grad_()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
-from torch.distributions import Distribution
+from torch.distributions import Distribution, register_kl
 
 from .ops.autograd import check_backend, edge_value, factored_inputs, factored_value, factored_viterbi
 from .potentials import SegmentPotentials
@@ -22,22 +24,21 @@ from .struct import SemiMarkov, check_edges
 __all__ = ["SemiMarkovCRF"]
 
 
-class _cached:
-    """Compute once per instance (like torch-struct's lazy properties)."""
+def _lazy_property(fn):
+    """A read-only property computed once per instance (like torch-struct's lazy properties).
 
-    def __init__(self, fn):
-        self.fn = fn
-        self.__doc__ = fn.__doc__
+    A plain ``property`` underneath, so help() lists it with the properties
+    (pydoc files ``functools.cached_property`` under the methods).
+    """
+    name = fn.__name__
 
-    def __set_name__(self, owner, name):
-        self.name = name
+    @functools.wraps(fn)
+    def get(self):
+        if name not in self.__dict__:
+            self.__dict__[name] = fn(self)
+        return self.__dict__[name]
 
-    def __get__(self, obj, cls=None):
-        if obj is None:
-            return self
-        if self.name not in obj.__dict__:
-            obj.__dict__[self.name] = self.fn(obj)
-        return obj.__dict__[self.name]
+    return property(get)
 
 
 class SemiMarkovCRF(Distribution):
@@ -99,17 +100,17 @@ class SemiMarkovCRF(Distribution):
             raise ValueError("other must have the same edge shape and lengths")
 
     # -- values ------------------------------------------------------------------------
-    @_cached
+    @_lazy_property
     def partition(self) -> torch.Tensor:
         """log Z, (B,)."""
         return self._value(LogSemiring)[0]
 
-    @_cached
+    @_lazy_property
     def max(self) -> torch.Tensor:
         """Score of the best segmentation, (B,)."""
         return self._value(MaxSemiring)[0]
 
-    @_cached
+    @_lazy_property
     def entropy(self) -> torch.Tensor:
         """H[p], (B,); torch-struct's EntropySemiring value (differentiable)."""
         return self._value(EntropySemiring)[1]
@@ -129,9 +130,13 @@ class SemiMarkovCRF(Distribution):
         return self._value(KLDivergenceSemiring, other)[2]
 
     # -- structures ------------------------------------------------------------------
-    @_cached
+    @_lazy_property
     def marginals(self):
-        """Edges: (B, N-1, K, C, C) edge marginals. Factored: :class:`FactoredMarginals`."""
+        """Edges: (B, N-1, K, C, C) edge marginals. Factored: :class:`FactoredMarginals`.
+
+        Differentiable (double backward, torch engine) when grad mode is on and
+        the potentials require grad; see :meth:`SemiMarkov.marginals`.
+        """
         return self._struct(LogSemiring).marginals(self.potentials, self._edge_lengths())
 
     def segment_marginals(self) -> torch.Tensor:
@@ -139,7 +144,7 @@ class SemiMarkovCRF(Distribution):
         self._require_factored("segment_marginals")
         return self._struct(LogSemiring).segment_marginals(self.potentials)
 
-    @_cached
+    @_lazy_property
     def argmax(self):
         """The Viterbi structure: one-hot edges, or a :class:`Segmentation` (factored)."""
         if self.factored:
@@ -152,6 +157,7 @@ class SemiMarkovCRF(Distribution):
 
     @property
     def mode(self):
+        """Same as ``argmax``."""
         return self.argmax
 
     def topk(self, k: int):
@@ -177,15 +183,23 @@ class SemiMarkovCRF(Distribution):
             score = self._struct().score(self.potentials, value, batch_dims=range(value.dim() - 4))
         return score - self.partition
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None):
         """Exact samples (ancestral sampling through the DP's backward).
 
         Edges: one-hot (*sample_shape, B, N-1, K, C, C). Factored: a Segmentation
-        of shape (*sample_shape, B, T).
+        of shape (*sample_shape, B, T). ``generator``: a torch.Generator on the
+        potentials' device to draw from (default: the global RNG). Runs on the
+        torch engine whatever the backend (the Triton kernels do not sample).
         """
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+            device = self.potentials.device
+            if generator.device.type != device.type:
+                raise ValueError(f"generator is on {generator.device} but the potentials are on {device}")
         shape = torch.Size(sample_shape)
         n = int(torch.Size(shape).numel())
-        struct = self._struct(SampledSemiring)
+        struct = SemiMarkov(SampledSemiring.with_generator(generator), "torch")
         if self.factored:
             ind, lengths = struct.start_indicators(self.potentials.detach(), batch_repeat=n)
             B, T, C = self.potentials.batch, self.potentials.T, self.potentials.C
@@ -218,3 +232,9 @@ class SemiMarkovCRF(Distribution):
     def __repr__(self):
         kind = repr(self.potentials) if self.factored else f"edges{tuple(self.potentials.shape)}"
         return f"SemiMarkovCRF({kind}, backend={self.backend!r})"
+
+
+@register_kl(SemiMarkovCRF, SemiMarkovCRF)
+def _kl_semi_markov(p: SemiMarkovCRF, q: SemiMarkovCRF) -> torch.Tensor:
+    """torch.distributions.kl_divergence(p, q) = p.kl(q)."""
+    return p.kl(q)

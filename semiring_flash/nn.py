@@ -423,8 +423,8 @@ class SegmentCRF(SemiMarkovCRF):
     def topk(self, k: int) -> Segmentation:
         return self.layout.to_user(super().topk(k))
 
-    def sample(self, sample_shape=torch.Size()) -> Segmentation:
-        return self.layout.to_user(super().sample(sample_shape))
+    def sample(self, sample_shape=torch.Size(), generator=None) -> Segmentation:
+        return self.layout.to_user(super().sample(sample_shape, generator))
 
     @property
     def marginals(self) -> FactoredMarginals:

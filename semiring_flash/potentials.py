@@ -211,15 +211,24 @@ class SegmentPotentials:
         zero_k = torch.zeros(B, T, 1, C, C, dtype=self.dtype, device=self.device)
         return torch.cat([zero_k, edge], 2)
 
-    def detach(self) -> "SegmentPotentials":
-        def dt(x):
-            return None if x is None else x.detach()
+    def map_tensors(self, fn) -> "SegmentPotentials":
+        """The same model with ``fn`` applied to each of its tensors (lengths included)."""
+        def f(x):
+            return None if x is None else fn(x)
 
         return SegmentPotentials(
-            dt(self.scores), cum_scores=dt(self.cum_scores), transition=self.transition.detach(),
-            duration=self.duration.detach(), init=dt(self.init), start=dt(self.start), end=dt(self.end),
-            lengths=self.lengths, center=self.center,
+            f(self.scores), cum_scores=f(self.cum_scores), transition=f(self.transition),
+            duration=f(self.duration), init=f(self.init), start=f(self.start), end=f(self.end),
+            lengths=f(self.lengths), center=self.center,
         )
+
+    def tensors(self) -> list:
+        """The tensors given (scores or cum_scores, transition, duration, init, start, end, lengths)."""
+        xs = (self.scores, self.cum_scores, self.transition, self.duration, self.init, self.start, self.end, self.lengths)
+        return [x for x in xs if x is not None]
+
+    def detach(self) -> "SegmentPotentials":
+        return self.map_tensors(torch.Tensor.detach)
 
     def __repr__(self):
         B, T, K, C = self.shape

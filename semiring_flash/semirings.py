@@ -95,6 +95,8 @@ class _SafeLogSumExp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, out = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: recompute out from x so double backward sees ∂out/∂x
+            out = logsumexp(x, ctx.dim).unsqueeze(ctx.dim)
         return (x - _finite_or_zero(out)).exp() * g.unsqueeze(ctx.dim), None
 
     @staticmethod
@@ -444,10 +446,10 @@ class _SampleLSE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, dim):
+    def forward(ctx, x, dim, generator=None):
         out = logsumexp(x, dim)
         ctx.save_for_backward(x, out)
-        ctx.dim = dim
+        ctx.dim, ctx.generator = dim, generator
         return out
 
     @staticmethod
@@ -459,19 +461,28 @@ class _SampleLSE(torch.autograd.Function):
         probs = (flat - _finite_or_zero(out.reshape(-1, 1))).exp()
         dead = probs.sum(-1) <= 0
         probs = torch.where(dead.unsqueeze(-1), torch.ones_like(probs), probs)
-        pick = torch.multinomial(probs.float(), 1).squeeze(-1)
+        pick = torch.multinomial(probs.float(), 1, generator=ctx.generator).squeeze(-1)
         onehot = torch.zeros_like(flat).scatter_(1, pick.unsqueeze(1), 1.0)
         onehot = onehot.reshape(logits.shape).movedim(-1, dim)
-        return onehot * g.unsqueeze(dim), None
+        return onehot * g.unsqueeze(dim), None, None
 
 
 class _SampledSemiring(_LogSemiring):
-    """Log semiring whose gradient is an exact sample instead of marginals."""
+    """Log semiring whose gradient is an exact sample instead of marginals.
+
+    ``SampledSemiring.with_generator(generator)`` draws from that torch.Generator.
+    """
 
     name = "sample"
 
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
+
+    def with_generator(self, generator: torch.Generator | None) -> "_SampledSemiring":
+        return _SampledSemiring(generator)
+
     def sum(self, x, dim=-1):
-        return _SampleLSE.apply(x, dim % x.dim())
+        return _SampleLSE.apply(x, dim % x.dim(), self.generator)
 
 
 def _rows_last(x: torch.Tensor, dim: int):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from .ops.autograd import check_backend, edge_value, factored_inputs, factored_value
@@ -100,6 +102,30 @@ def _drop_empty_channels(grads: torch.Tensor, value: torch.Tensor) -> torch.Tens
     return grads * alive.reshape(alive.shape + (1,) * (grads.dim() - alive.dim()))
 
 
+@contextmanager
+def _autograd_on():
+    """Marginals, argmax, topk and samples are gradients of the DP's value:
+    autograd runs even under torch.no_grad() and torch.inference_mode()
+    (Lightning's validate/predict). Inputs made under inference mode go
+    through :func:`_recordable` first."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def _recordable(x):
+    """Inference tensors (made under torch.inference_mode) cannot enter an
+    autograd graph: clone them into normal tensors (inside ``_autograd_on``)."""
+    if isinstance(x, SegmentPotentials):
+        return x.map_tensors(torch.Tensor.clone) if any(t.is_inference() for t in x.tensors()) else x
+    return x.clone() if x is not None and x.is_inference() else x
+
+
+def _wants_graph(potentials) -> bool:
+    """Differentiable marginals: grad mode on and some potential requires grad."""
+    tensors = potentials.tensors() if isinstance(potentials, SegmentPotentials) else [potentials]
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 class SemiMarkov:
     """Semi-Markov struct over a semiring (torch-struct's ``SemiMarkov``).
 
@@ -135,32 +161,55 @@ class SemiMarkov:
 
         Edges: (B, N-1, K, C, C) like torch-struct (with ``_raw``, (S, ...) one
         per channel). Factored: a :class:`FactoredMarginals` (per channel a
-        list with ``_raw``). Not differentiable themselves.
+        list with ``_raw``). Works under torch.no_grad() and inference mode.
+
+        When grad mode is on and the potentials require grad, the marginals
+        are differentiable (they carry a graph to the potentials, like
+        torch-struct's): the torch engine then runs without checkpoints,
+        O(T·K·C) memory for factored input (O(T·K·C²) for edges);
+        backend="triton" raises. Otherwise the fast path builds no graph.
         """
+        # argmax indicators (max) are piecewise constant: no graph for them
+        create_graph = not _raw and self.semiring.name != "max" and _wants_graph(log_potentials)
+        if create_graph and self.backend == "triton":
+            raise NotImplementedError(
+                "differentiable marginals (potentials that require grad, grad mode on) need backend='torch' "
+                "(or 'auto'): the Triton backward has no double backward. Use backend='torch', or detach the "
+                "potentials / wrap in torch.no_grad() for marginals without a graph."
+            )
+        with _autograd_on():
+            if isinstance(log_potentials, SegmentPotentials):
+                return self._factored_marginals(_recordable(log_potentials), _raw, create_graph)
+            edges, tokens = check_edges(_recordable(log_potentials), lengths)
+            return self._edge_marginals(edges, tokens, _raw, create_graph)
+
+    def _edge_marginals(self, edges, tokens, raw: bool, create_graph: bool):
         sr = self.semiring
-        if isinstance(log_potentials, SegmentPotentials):
-            return self._factored_marginals(log_potentials, _raw)
-        edges, tokens = check_edges(log_potentials, lengths)
+        if create_graph:
+            v = edge_value(sr, edges, tokens, self.backend, create_graph=True)
+            return torch.autograd.grad(sr.unconvert(v).sum(), edges, create_graph=True)[0]
         leaf = edges.detach().requires_grad_()
         with torch.enable_grad():
             v = edge_value(sr, leaf, tokens, self.backend)
-            objs = [v[k].sum() for k in range(v.shape[0])] if _raw else [sr.unconvert(v).sum()]
+            objs = [v[k].sum() for k in range(v.shape[0])] if raw else [sr.unconvert(v).sum()]
             grads = [torch.autograd.grad(o, leaf, retain_graph=True)[0] for o in objs]
-        if _raw:
+        if raw:
             return _drop_empty_channels(torch.stack(grads, 0), v)
         return grads[0]
 
-    def _factored_marginals(self, pots: SegmentPotentials, raw: bool):
+    def _factored_marginals(self, pots: SegmentPotentials, raw: bool, create_graph: bool = False):
         sr = self.semiring
-        inp = factored_inputs([pots], leaves=True)
+        # with create_graph, the inputs that require grad stay attached to the user's potentials
+        inp = factored_inputs([pots], leaves=True, keep_graph=create_graph)
         start_bias = torch.zeros(pots.batch, pots.T, pots.C, dtype=pots.dtype, device=pots.device, requires_grad=True)
         with torch.enable_grad():
-            v = factored_value(sr, inp, self.backend, start_bias=start_bias)
+            v = factored_value(sr, inp, self.backend, start_bias=start_bias, create_graph=create_graph)
             objs = [v[k].sum() for k in range(v.shape[0])] if raw else [sr.unconvert(v).sum()]
             outs = []
             for o in objs:
                 g_cum, g_tr, g_dur, g_sb = torch.autograd.grad(
-                    o, [inp.cum, inp.transition, inp.duration, start_bias], retain_graph=True, allow_unused=True
+                    o, [inp.cum, inp.transition, inp.duration, start_bias], retain_graph=True, allow_unused=True,
+                    create_graph=create_graph,
                 )
                 g_cum = torch.zeros_like(inp.cum) if g_cum is None else g_cum
                 token = g_cum.flip(1).cumsum(1).flip(1)[:, 1:]  # ∂/∂scores[j] = Σ_{t>j} ∂/∂S[t]
@@ -179,6 +228,10 @@ class SemiMarkov:
         For Max/KMax/Sampled semirings these are 0/1 indicators of "a segment
         of label c starts at t" on the selected path(s): a segmentation.
         """
+        with _autograd_on():
+            return self._start_indicators(_recordable(pots), channels, batch_repeat)
+
+    def _start_indicators(self, pots: SegmentPotentials, channels: int | None, batch_repeat: int):
         sr = self.semiring
         inp = factored_inputs([pots])
         if batch_repeat > 1:
@@ -194,9 +247,9 @@ class SemiMarkov:
 
     def segment_marginals(self, pots: SegmentPotentials) -> torch.Tensor:
         """(B, T, K, C): P(segment starting at t, duration d (index d-1), label c). O(T·K·C) memory."""
-        inp = factored_inputs([pots])
-        bias = torch.zeros(pots.batch, pots.T, pots.K, pots.C, dtype=pots.dtype, device=pots.device, requires_grad=True)
-        with torch.enable_grad():
+        with _autograd_on():
+            inp = factored_inputs([_recordable(pots)])
+            bias = torch.zeros(pots.batch, pots.T, pots.K, pots.C, dtype=pots.dtype, device=pots.device, requires_grad=True)
             v = factored_value(self.semiring, inp, "torch", seg_bias=bias)
             return torch.autograd.grad(self.semiring.unconvert(v).sum(), bias)[0]
 

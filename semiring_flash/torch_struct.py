@@ -36,9 +36,11 @@ Every public name of torch-struct 0.5 is here:
 them: torch-struct's own semiring classes (mapped by name, ``KMaxSemiring(k)``
 by its ``size()``).
 
-Remaining differences from torch-struct 0.5 (docs/migrating.md): mixed-length
-batches are right (torch-struct 0.5 gets them wrong), and inputs are never
-given ``requires_grad`` (torch-struct calls ``requires_grad_`` on them).
+Differences from torch-struct 0.5 (table in docs/migrating.md): mixed-length
+batches are right (torch-struct 0.5 gets them wrong); inputs are never given
+``requires_grad`` (torch-struct calls ``requires_grad_`` on them); 0̄ is −inf
+(torch-struct: about −1e5), so no NaN; SparseMax's ⊕ is the smoothed max whose
+gradient is sparsemax; ``argmax``/``topk``/``sample`` carry no graph.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ class SemiMarkovCRF(_distribution.SemiMarkovCRF):
     def _struct(self, sr=None):
         return SemiMarkov(LogSemiring if sr is None else sr, self.backend)
 
-    @_distribution._cached
+    @_distribution._lazy_property
     def count(self) -> _torch.Tensor:
         """Number of segmentations of nonzero weight, (B,) (torch-struct's ``count``; float, like theirs)."""
         if self.factored:

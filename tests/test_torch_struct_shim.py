@@ -530,3 +530,14 @@ def test_count_matches_torch_struct_and_enumeration():
         _close(count[b], torch.tensor(float(finite), dtype=F64))
     with pytest.raises(TypeError, match="count needs torch-struct edges"):
         sts.SemiMarkovCRF(sf.SegmentPotentials(torch.randn(1, 3, 2), transition=torch.zeros(2, 2), duration=torch.zeros(2, 2))).count  # noqa: B018
+
+
+def test_gumbel_crf_straight_through_gradient_reaches_the_potentials():
+    g = torch.Generator().manual_seed(14)
+    e = (torch.rand(2, 3, 3, 2, 2, generator=g, dtype=F64) * 2 - 1).requires_grad_()
+    torch.manual_seed(15)
+    sample = sts.SemiMarkovCRF(e).gumbel_crf(0.5)
+    assert set(sample.detach().unique().tolist()) <= {0.0, 1.0}
+    (grad,) = torch.autograd.grad((sample * torch.randn(sample.shape, generator=g, dtype=F64)).sum(), e)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert e.grad is None  # nothing accumulated on the user's tensor by the sampling itself

@@ -66,11 +66,13 @@ class FactoredInputs:
     lengths: torch.Tensor
 
 
-def factored_inputs(pots: list[SegmentPotentials], leaves: bool = False) -> FactoredInputs:
+def factored_inputs(pots: list[SegmentPotentials], leaves: bool = False, keep_graph: bool = False) -> FactoredInputs:
     """Stack per-distribution inputs (leading P dim only when len(pots) == 2).
 
     With ``leaves`` the per-batch cum/transition/duration are detached leaves
-    that require grad: their gradients are the compact marginals.
+    that require grad: their gradients are the compact marginals. With
+    ``keep_graph`` those that already require grad stay attached to the
+    user's potentials instead (differentiable marginals).
     """
     first = pots[0]
     for p in pots[1:]:
@@ -78,7 +80,9 @@ def factored_inputs(pots: list[SegmentPotentials], leaves: bool = False) -> Fact
             raise ValueError(f"both distributions need the same (B, T, K, C) and lengths; got {first.shape} and {p.shape}")
 
     def prep(x):
-        return x.detach().requires_grad_() if leaves else x
+        if not leaves or (keep_graph and x.requires_grad):
+            return x
+        return x.detach().requires_grad_()
 
     parts = []
     for p in pots:
@@ -105,15 +109,19 @@ def factored_value(
     start_bias: torch.Tensor | None = None,
     seg_bias: torch.Tensor | None = None,
     checkpoint_every: int | None = None,
+    create_graph: bool = False,
 ) -> torch.Tensor:
-    """Semiring value (S, B) of factored potentials."""
+    """Semiring value (S, B) of factored potentials; ``create_graph``: twice differentiable (torch engine)."""
     tau0 = entry_value(semiring, inputs.entry, inputs.transition.dtype)
     args = (inputs.cum, inputs.transition, inputs.duration, tau0, inputs.end, inputs.lengths)
-    which = resolve_backend(backend, inputs.cum.device, semiring, extras=seg_bias is not None or checkpoint_every is not None)
+    extras = seg_bias is not None or checkpoint_every is not None or create_graph
+    which = resolve_backend(backend, inputs.cum.device, semiring, extras=extras)
     if which == "triton":
         kernels, _ = _triton_module()
         return kernels.factored_scan_triton(semiring, *args, start_bias=start_bias)
-    return streaming.factored_scan(semiring, *args, start_bias=start_bias, seg_bias=seg_bias, checkpoint_every=checkpoint_every)
+    return streaming.factored_scan(
+        semiring, *args, start_bias=start_bias, seg_bias=seg_bias, checkpoint_every=checkpoint_every, create_graph=create_graph
+    )
 
 
 def edge_value(
@@ -122,13 +130,14 @@ def edge_value(
     lengths: torch.Tensor,
     backend: str = "auto",
     checkpoint_every: int | None = None,
+    create_graph: bool = False,
 ) -> torch.Tensor:
-    """Semiring value (S, B) of torch-struct edges; ``lengths`` in tokens."""
-    which = resolve_backend(backend, edges.device, semiring, extras=checkpoint_every is not None)
+    """Semiring value (S, B) of torch-struct edges; ``lengths`` in tokens; ``create_graph`` as in factored_value."""
+    which = resolve_backend(backend, edges.device, semiring, extras=checkpoint_every is not None or create_graph)
     if which == "triton":
         kernels, _ = _triton_module()
         return kernels.edge_scan_triton(semiring, edges, lengths)
-    return streaming.edge_scan(semiring, edges, lengths, checkpoint_every=checkpoint_every)
+    return streaming.edge_scan(semiring, edges, lengths, checkpoint_every=checkpoint_every, create_graph=create_graph)
 
 
 def factored_viterbi(pots: SegmentPotentials, backend: str = "auto"):

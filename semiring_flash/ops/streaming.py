@@ -8,6 +8,11 @@ ring carried over from the block after it. Gradients are therefore exactly
 autograd's through the dense DP, while memory is O((T/Δ)·K·C + Δ·K·C)
 instead of O(T·K·C).
 
+Second derivatives (differentiable marginals, ``backward(create_graph=True)``)
+take another route through the same step code: one block, no checkpoints,
+autograd recording every step (``create_graph`` / ``_recorded_value``), so
+the gradient is itself differentiable; memory O(T·K·C) (edges: O(T·K·C²)).
+
 Two input kinds share the machinery (``_Recurrence`` subclasses):
 
 * factored: ring = τ(t-K..t-1); α(t) = ⊕_d τ(t-d) ⊗ w(t, d) where
@@ -296,44 +301,68 @@ class _EdgeRecurrence(_Recurrence):
         return ring
 
 
+def _scan_forward(rec: _Recurrence, every: int, inputs) -> tuple:
+    """Run the recurrence block by block: (value (S, B) float64, blocks, checkpoints).
+
+    Inside ``_StreamingScan.forward`` autograd records nothing; called directly
+    (``create_graph``) autograd records every step.
+    """
+    B = rec.B
+    S = rec.sr.size()
+    dev = inputs[0].device
+    norm = torch.zeros(S, B, dtype=torch.float64, device=dev)
+    blocks = [(t0, min(t0 + every, rec.t_max)) for t0 in range(0, rec.t_max, every)]
+    checkpoints = []
+    value = torch.zeros(S, B, dtype=torch.float64, device=dev)
+    ring = rec.prologue(rec.views(inputs, 0, blocks[0][1]))
+    for t0, t1 in blocks:
+        checkpoints.append(ring if t0 > 0 else None)
+        records, shifts = {}, []
+        ring = rec.steps(ring, rec.views(inputs, t0, t1), t0, t1, records, shifts)
+        # norm after step t = norm at t0 + shifts of steps up to t
+        running = norm
+        step_norm = {}
+        for i, s in enumerate(shifts):
+            running = running + s.double()
+            step_norm[t0 + 1 + i] = running
+        for t, v in records.items():
+            # the record at step t is taken before that step's shift
+            base = step_norm.get(t - 1, norm) if t - 1 >= t0 + 1 else norm
+            sel = (rec.lengths == t).view(1, B)
+            value = torch.where(sel, v.double() + base, value)
+        norm = running
+    return value, blocks, checkpoints
+
+
+def _recorded_value(rec: _Recurrence, inputs) -> torch.Tensor:
+    """The value with autograd recording every step (one block, no checkpoints):
+    its gradient is itself differentiable, at O(T·K·C) memory for the graph."""
+    return _scan_forward(rec, rec.t_max, inputs)[0].to(rec.dtype)
+
+
 class _StreamingScan(torch.autograd.Function):
     """value (S, B) of a recurrence; backward by block-wise recomputation."""
 
     @staticmethod
     def forward(ctx, rec: _Recurrence, every: int, *inputs):
-        B = rec.B
-        S = rec.sr.size()
-        dev = inputs[0].device
-        norm = torch.zeros(S, B, dtype=torch.float64, device=dev)
-        blocks = [(t0, min(t0 + every, rec.t_max)) for t0 in range(0, rec.t_max, every)]
-        checkpoints = []
-        value = torch.zeros(S, B, dtype=torch.float64, device=dev)
-        ring = rec.prologue(rec.views(inputs, 0, blocks[0][1]))
-        for t0, t1 in blocks:
-            checkpoints.append(ring if t0 > 0 else None)
-            records, shifts = {}, []
-            ring = rec.steps(ring, rec.views(inputs, t0, t1), t0, t1, records, shifts)
-            # norm after step t = norm at t0 + shifts of steps up to t
-            running = norm
-            step_norm = {}
-            for i, s in enumerate(shifts):
-                running = running + s.double()
-                step_norm[t0 + 1 + i] = running
-            for t, v in records.items():
-                # the record at step t is taken before that step's shift
-                base = step_norm.get(t - 1, norm) if t - 1 >= t0 + 1 else norm
-                sel = (rec.lengths == t).view(1, B)
-                value = torch.where(sel, v.double() + base, value)
-            norm = running
+        value, blocks, checkpoints = _scan_forward(rec, every, inputs)
         ctx.rec, ctx.every, ctx.blocks, ctx.checkpoints = rec, every, blocks, checkpoints
         ctx.save_for_backward(*inputs)
         return value.to(rec.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_value):
         rec, blocks, checkpoints = ctx.rec, ctx.blocks, ctx.checkpoints
         inputs = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that is itself differentiable
+            value = _recorded_value(rec, inputs)
+            wrt = [x for x, n in zip(inputs, ctx.needs_input_grad[2:]) if n]
+            gs = iter(torch.autograd.grad(value, wrt, grad_value, create_graph=True, allow_unused=True))
+            return (None, None, *(next(gs) if n else None for n in ctx.needs_input_grad[2:]))
+        return _StreamingScan._blockwise_backward(ctx, grad_value, rec, blocks, checkpoints, inputs)
+
+    @staticmethod
+    def _blockwise_backward(ctx, grad_value, rec, blocks, checkpoints, inputs):
         need = ctx.needs_input_grad[2:]
         grads = [torch.zeros_like(x) if n else None for x, n in zip(inputs, need)]
         adj_ring = None
@@ -396,6 +425,10 @@ class _StreamingScan(torch.autograd.Function):
         return (None, None, *grads)
 
 
+def _run(rec: _Recurrence, every: int, inputs: list, create_graph: bool) -> torch.Tensor:
+    return _recorded_value(rec, inputs) if create_graph else _StreamingScan.apply(rec, every, *inputs)
+
+
 def _with_p(semiring: Semiring, x: torch.Tensor | None) -> torch.Tensor | None:
     if x is None:
         return None
@@ -413,6 +446,7 @@ def factored_scan(
     start_bias: torch.Tensor | None = None,
     seg_bias: torch.Tensor | None = None,
     checkpoint_every: int | None = None,
+    create_graph: bool = False,
 ) -> torch.Tensor:
     """Semiring value (S, B) of the factored recurrence (see module docstring).
 
@@ -421,6 +455,8 @@ def factored_scan(
     start_bias (B, T, C) ⊗-ed into τ(t); seg_bias (B, T, K, C) ⊗-ed into the
     segment starting at t with duration d (index d-1). One-distribution
     semirings take these without a P dim; two-distribution ones with P = 2.
+    ``create_graph``: no checkpointed autograd Function; autograd records the
+    steps, so gradients of the value can be differentiated again (O(T·K·C) memory).
     """
     cum, transition, duration, end = (_with_p(semiring, x) for x in (cum, transition, duration, end))
     start_bias, seg_bias = _with_p(semiring, start_bias), _with_p(semiring, seg_bias)
@@ -436,7 +472,7 @@ def factored_scan(
         [x.shape for x in inputs],
     )
     every = checkpoint_every or default_checkpoint_every(rec.t_max, K)
-    return _StreamingScan.apply(rec, every, *inputs)
+    return _run(rec, every, inputs, create_graph)
 
 
 def edge_scan(
@@ -444,11 +480,15 @@ def edge_scan(
     edges: torch.Tensor,
     lengths: torch.Tensor,
     checkpoint_every: int | None = None,
+    create_graph: bool = False,
 ) -> torch.Tensor:
-    """Semiring value (S, B) over torch-struct edges (B, T, K+1, C, C); lengths in tokens."""
+    """Semiring value (S, B) over torch-struct edges (B, T, K+1, C, C); lengths in tokens.
+
+    ``create_graph`` as in :func:`factored_scan`.
+    """
     edges = _with_p(semiring, edges)
     P, B, T, K1, C, _ = edges.shape
     K = K1 - 1
     rec = _EdgeRecurrence(semiring, lengths, K, C, B, edges.dtype, [edges.shape])
     every = checkpoint_every or default_checkpoint_every(rec.t_max, K)
-    return _StreamingScan.apply(rec, every, edges)
+    return _run(rec, every, [edges], create_graph)
