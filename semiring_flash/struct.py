@@ -204,6 +204,8 @@ class SemiMarkov:
     def __init__(self, semiring: Semiring = LogSemiring, backend: str = "auto"):
         if not isinstance(semiring, Semiring):
             raise TypeError(f"semiring must be a semiring_flash semiring instance (e.g. sf.LogSemiring), got {semiring!r}")
+        if not semiring.log_space:
+            raise TypeError(f"SemiMarkov runs log-space semirings (0̄ = −inf, ⊗ = +); {semiring!r} is not one")
         self.semiring = semiring
         self.backend = check_backend(backend)
 

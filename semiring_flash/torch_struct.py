@@ -1,70 +1,65 @@
-"""Drop-in replacement for torch-struct's semi-Markov part.
+"""Drop-in replacement for the ``torch_struct`` module (torch-struct 0.5).
 
 Switch existing code with one line::
 
     import semiring_flash.torch_struct as torch_struct      # was: import torch_struct
-    from semiring_flash.torch_struct import SemiMarkovCRF  # was: from torch_struct import SemiMarkovCRF
+    from semiring_flash.torch_struct import SemiMarkovCRF, LinearChainCRF   # was: from torch_struct import ...
 
-What is provided (same names, same call signatures, same tensor layouts):
+Every public name of torch-struct 0.5 is here:
 
-* ``SemiMarkovCRF(log_potentials, lengths=None, args={})`` (extra keyword
-  ``backend``), with ``partition, marginals, argmax, mode, max, entropy,
-  kmax(k), topk(k), log_prob, sample, cross_entropy, kl, to_event,
-  from_event``. It also accepts a :class:`semiring_flash.SegmentPotentials`
-  (the factored, streamed path).
-* ``SemiMarkov(semiring)`` with ``sum, marginals, score, logpartition,
-  to_parts, from_parts`` (and ``hsmm``). ``semiring`` may be given the way
-  torch-struct code gives it — a class such as ``MaxSemiring``, the result
-  of ``KMaxSemiring(k)``, or even torch-struct's own classes (mapped by name)
-  — or as a semiring_flash instance.
-* ``LogSemiring, MaxSemiring, EntropySemiring, KMaxSemiring,
-  CrossEntropySemiring, KLDivergenceSemiring, SampledSemiring, Semiring``.
-* ``StructDistribution``: an alias of :class:`semiring_flash.SemiMarkovCRF`,
-  so ``isinstance(d, torch_struct.StructDistribution)`` keeps working for
-  semi-Markov CRFs. It is not a base class for other structures.
+* **Ours**: ``SemiMarkovCRF(log_potentials, lengths=None, args={})`` (extra
+  keyword ``backend``; it also accepts a :class:`semiring_flash.SegmentPotentials`,
+  the factored, streamed path), ``SemiMarkov(semiring)`` (``sum, marginals,
+  score, logpartition, to_parts, from_parts, hsmm``) and the semirings
+  ``Semiring, LogSemiring, MaxSemiring, EntropySemiring, KMaxSemiring(k),
+  CrossEntropySemiring, KLDivergenceSemiring, SampledSemiring,
+  MultiSampledSemiring, StdSemiring, SparseMaxSemiring, TempMax(alpha),
+  GumbelMaxSemiring(temp), GumbelCRFSemiring(temp),
+  CheckpointSemiring(sr, min_size), CheckpointShardSemiring(sr, max_size,
+  min_size), FastLogSemiring, FastMaxSemiring, FastSampleSemiring`` (the
+  ``Fast*`` ones run :mod:`semiring_flash.genbmm`). They speak torch-struct's
+  semiring interface, so torch-struct's own structures run on them.
+* **Re-exported** from the installed ``torch_struct`` (``pip install
+  semiring_flash[torch-struct]``): every other structure and distribution
+  (``LinearChain(CRF)``, ``HMM``, ``CKY``, ``TreeCRF``, ``SentCFG``,
+  ``CKY_CRF``, ``DepTree``, ``DependencyCRF``, ``NonProjectiveDependencyCRF``,
+  ``deptree_part``, ``deptree_nonproj``, ``Alignment(CRF)``,
+  ``Autoregressive(Model)``, ``Chart``...),
+  so a file that imports ``LinearChainCRF`` beside ``SemiMarkovCRF`` keeps
+  working. Without torch-struct, touching one of them raises
+  :class:`NotProvidedError` (an ``AttributeError``) naming the extra.
+* ``StructDistribution``: ``isinstance(d, StructDistribution)`` is true for
+  our ``SemiMarkovCRF`` and for every torch-struct distribution; subclassing it
+  subclasses torch-struct's ``StructDistribution`` (needs torch-struct).
 
-What is *not* provided: every other structure (``LinearChainCRF``,
-``TreeCRF``/``CKY``, ``DependencyCRF``, ``AlignmentCRF``, ``Autoregressive``,
-``HMM``...), the other semirings (``StdSemiring``, ``MultiSampledSemiring``,
-``SparseMaxSemiring``, ``GumbelCRFSemiring``, checkpoint/fast semirings...) and
-the ``count`` / ``gumbel_crf`` properties. Touching one of those names raises
-:class:`NotProvidedError` (an ``AttributeError``) saying so; keep
-``import torch_struct`` for them.
+``SemiMarkov(semiring)`` also takes semirings the way torch-struct code gives
+them: torch-struct's own semiring classes (mapped by name, ``KMaxSemiring(k)``
+by its ``size()``).
 
-Known differences from torch-struct 0.5 (see docs/migrating.md): any lengths
-in [2, N] are accepted (torch-struct 0.5 needs max(lengths) == N and gets
-mixed-length batches wrong); −inf is a true structural zero (no NaN in
-entropy or log_prob); ``argmax``/``topk`` carry no graph (``marginals``
-are differentiable on the torch engine); ``cross_entropy``/``kl`` work; inputs
-are never modified (torch-struct calls ``requires_grad_`` on them); ``kmax``
-pads with −inf (torch-struct: about −1e5) when k exceeds the number of
-structures.
+Differences from torch-struct 0.5 (table in docs/migrating.md): mixed-length
+batches are right (torch-struct 0.5 gets them wrong); inputs are never given
+``requires_grad`` (torch-struct calls ``requires_grad_`` on them); 0̄ is −inf
+(torch-struct: about −1e5), so no NaN; SparseMax's ⊕ is the smoothed max whose
+gradient is sparsemax; ``argmax``/``topk``/``sample`` carry no graph.
 """
 
 from __future__ import annotations
 
+import torch as _torch
+
 from . import distribution as _distribution
 from . import semirings as _sr
 from . import struct as _struct
+from .ops.autograd import edge_value as _edge_value
 from .potentials import SegmentPotentials
 
-__all__ = [
-    "SemiMarkovCRF",
-    "SemiMarkov",
-    "StructDistribution",
-    "Semiring",
-    "LogSemiring",
-    "MaxSemiring",
-    "EntropySemiring",
-    "KMaxSemiring",
-    "CrossEntropySemiring",
-    "KLDivergenceSemiring",
-    "SampledSemiring",
-    "SegmentPotentials",
-    "NotProvidedError",
-]
+try:  # the real package, for the structures that are not ours
+    import torch_struct as _ts
+except ImportError:  # pragma: no cover - exercised by tests that hide torch_struct
+    _ts = None
 
 version = "0.5"  # the torch-struct API this module mirrors
+EXTRA = "torch-struct"  # pyproject extra that installs the real package
 
 Semiring = _sr.Semiring
 LogSemiring = _sr.LogSemiring
@@ -73,7 +68,18 @@ EntropySemiring = _sr.EntropySemiring
 CrossEntropySemiring = _sr.CrossEntropySemiring
 KLDivergenceSemiring = _sr.KLDivergenceSemiring
 SampledSemiring = _sr.SampledSemiring
-KMaxSemiring = _sr.KMaxSemiring  # KMaxSemiring(k) -> an instance, as torch-struct's call returns a semiring
+MultiSampledSemiring = _sr.MultiSampledSemiring
+StdSemiring = _sr.StdSemiring
+SparseMaxSemiring = _sr.SparseMaxSemiring
+KMaxSemiring = _sr.KMaxSemiring  # KMaxSemiring(k): a semiring, as torch-struct's factory returns
+TempMax = _sr.TempMax
+GumbelMaxSemiring = _sr.GumbelMaxSemiring
+GumbelCRFSemiring = _sr.GumbelCRFSemiring
+CheckpointSemiring = _sr.CheckpointSemiring
+CheckpointShardSemiring = _sr.CheckpointShardSemiring
+FastLogSemiring = _sr.FastLogSemiring
+FastMaxSemiring = _sr.FastMaxSemiring
+FastSampleSemiring = _sr.FastSampleSemiring
 
 _BY_NAME = {
     "LogSemiring": LogSemiring,
@@ -82,12 +88,30 @@ _BY_NAME = {
     "CrossEntropySemiring": CrossEntropySemiring,
     "KLDivergenceSemiring": KLDivergenceSemiring,
     "SampledSemiring": SampledSemiring,
+    "MultiSampledSemiring": MultiSampledSemiring,
+    "SparseMaxSemiring": SparseMaxSemiring,
+    "FastLogSemiring": FastLogSemiring,
+    "FastMaxSemiring": FastMaxSemiring,
+    "FastSampleSemiring": FastSampleSemiring,
 }
-_BY_CLASS = {type(s): s for s in _BY_NAME.values()}
+
+#: torch-struct 0.5's public names that are not ours: taken from the installed package
+REEXPORTED = (
+    # structures, their distributions and helpers
+    "LinearChain", "LinearChainCRF", "HMM", "CKY", "CKY_CRF", "TreeCRF", "SentCFG", "DepTree",
+    "DependencyCRF", "NonProjectiveDependencyCRF", "deptree_part", "deptree_nonproj", "convert", "unconvert",
+    "Alignment", "AlignmentCRF", "Autoregressive", "AutoregressiveModel", "Chart", "Distribution",
+    # module-level helpers and submodules torch-struct happens to expose
+    "A", "B", "C", "I", "L", "R", "Open", "Close", "Mid", "Up", "Down", "bits", "broadcast", "broadcast_size",
+    "matmul", "matmul_size", "accumulate_", "unaccumulate_", "mind", "ones", "project_simplex",
+    "sparsemax_grad", "has_genbmm", "lazy_property", "unwrap", "wrap", "math", "torch",
+    "alignment", "autoregressive", "checkpoint", "cky", "cky_crf", "deptree", "distributions",
+    "fast_semirings", "helpers", "linearchain", "sample", "semimarkov", "semirings", "sparse_max",
+)
 
 
 class NotProvidedError(AttributeError):
-    """A torch-struct name that semiring_flash does not implement."""
+    """A torch-struct name that needs the real torch-struct, which is not installed."""
 
 
 def as_semiring(semiring) -> _sr.Semiring:
@@ -100,8 +124,9 @@ def as_semiring(semiring) -> _sr.Semiring:
     if isinstance(semiring, _sr.Semiring):
         return semiring
     if isinstance(semiring, type):
-        if semiring in _BY_CLASS:
-            return _BY_CLASS[semiring]
+        for ours in _BY_NAME.values():
+            if semiring is type(ours):
+                return ours
         if issubclass(semiring, _sr.KMaxSemiring):
             raise TypeError("pass KMaxSemiring(k) (an instance with its k), not the KMaxSemiring class")
         name = semiring.__name__
@@ -109,15 +134,59 @@ def as_semiring(semiring) -> _sr.Semiring:
             return _sr.KMaxSemiring(int(semiring.size()))  # torch-struct's KMaxSemiring(k) class
         if name in _BY_NAME:
             return _BY_NAME[name]
-    supported = ", ".join(list(_BY_NAME) + ["KMaxSemiring(k)"])
-    raise TypeError(f"semiring {semiring!r} is not supported by semiring_flash; supported: {supported}")
+    supported = ", ".join(list(_BY_NAME) + ["KMaxSemiring(k)", "TempMax(alpha)", "Checkpoint(Shard)Semiring(...)"])
+    raise TypeError(f"semiring {semiring!r} is not supported by semiring_flash's SemiMarkov; supported: {supported}")
 
 
 class SemiMarkov(_struct.SemiMarkov):
-    """torch-struct's ``SemiMarkov`` struct; ``semiring`` may be a class, as torch-struct code passes it."""
+    """torch-struct's ``SemiMarkov`` struct; ``semiring`` may be a class, as torch-struct code passes it.
+
+    Two-distribution semirings (cross-entropy, KL) take ``[p_edges, q_edges]``,
+    as torch-struct's distributions pass them.
+    """
 
     def __init__(self, semiring=LogSemiring, backend: str = "auto"):
         super().__init__(as_semiring(semiring), backend)
+
+    def logpartition(self, log_potentials, lengths=None, force_grad=False):
+        if self.semiring.n_potentials == 2 and isinstance(log_potentials, (list, tuple)):
+            if len(log_potentials) != 2:
+                raise ValueError(f"{self.semiring!r} takes two edge tensors [p, q], got {len(log_potentials)}")
+            p, tokens = _struct.check_edges(log_potentials[0], lengths)
+            q, _ = _struct.check_edges(log_potentials[1], lengths)
+            if p.shape != q.shape:
+                raise ValueError(f"p and q edges must have one shape, got {tuple(p.shape)} and {tuple(q.shape)}")
+            value = _edge_value(self.semiring, _torch.stack([p, q]), tokens, self.backend)
+            return value, [p, q]
+        return super().logpartition(log_potentials, lengths, force_grad)
+
+
+class _StructDistributionMeta(type):
+    """``isinstance(x, StructDistribution)``: ours or torch-struct's distributions."""
+
+    def __instancecheck__(cls, obj):
+        if cls is not StructDistribution:
+            return super().__instancecheck__(obj)
+        return isinstance(obj, _distribution.SemiMarkovCRF) or (_ts is not None and isinstance(obj, _ts.StructDistribution))
+
+    def __subclasscheck__(cls, sub):
+        if cls is not StructDistribution:
+            return super().__subclasscheck__(sub)
+        return issubclass(sub, _distribution.SemiMarkovCRF) or (_ts is not None and issubclass(sub, _ts.StructDistribution))
+
+
+if _ts is not None:
+
+    class StructDistribution(_ts.StructDistribution, metaclass=_StructDistributionMeta):
+        """torch-struct's ``StructDistribution`` (subclass it as with torch-struct); isinstance also accepts ours."""
+
+else:
+
+    class StructDistribution(metaclass=_StructDistributionMeta):
+        """isinstance target for structured distributions (ours); subclassing it needs torch-struct."""
+
+        def __init__(self, *args, **kwargs):
+            raise NotProvidedError(_missing("StructDistribution (as a base class)"))
 
 
 class SemiMarkovCRF(_distribution.SemiMarkovCRF):
@@ -132,30 +201,47 @@ class SemiMarkovCRF(_distribution.SemiMarkovCRF):
     def _struct(self, sr=None):
         return SemiMarkov(LogSemiring if sr is None else sr, self.backend)
 
+    @_distribution._lazy_property
+    def count(self) -> _torch.Tensor:
+        """Number of segmentations of nonzero weight, (B,) (torch-struct's ``count``; float, like theirs)."""
+        if self.factored:
+            raise TypeError("count needs torch-struct edges; for SegmentPotentials use pots.to_edges()")
+        # log-space counting: 0 for every allowed edge, −inf for the structural zeros (exact in float64)
+        free = _torch.zeros((), dtype=_torch.float64, device=self.potentials.device)
+        log_ones = _torch.where(self.potentials == float("-inf"), float("-inf"), free)
+        return self._struct().sum(log_ones, self.lengths).exp().to(self.potentials.dtype)
 
-StructDistribution = _distribution.SemiMarkovCRF
+    def gumbel_crf(self, temperature: float = 1.0):
+        """One Gumbel-max sample per example, in the marginals' layout (torch-struct's ``gumbel_crf``)."""
+        return self._struct(GumbelCRFSemiring(temperature)).marginals(self.log_potentials, self.lengths)
 
-_NOT_PROVIDED = {
-    # structures and their distributions
-    "LinearChain", "LinearChainCRF", "HMM", "CKY", "CKY_CRF", "TreeCRF", "SentCFG", "DepTree",
-    "DependencyCRF", "NonProjectiveDependencyCRF", "deptree_part", "deptree_nonproj", "Alignment",
-    "AlignmentCRF", "Autoregressive", "AutoregressiveModel",
-    # semirings
-    "StdSemiring", "MultiSampledSemiring", "SparseMaxSemiring", "GumbelMaxSemiring", "GumbelCRFSemiring",
-    "TempMax", "CheckpointSemiring", "CheckpointShardSemiring", "FastLogSemiring", "FastMaxSemiring",
-    "FastSampleSemiring",
-}
+
+def _missing(name: str) -> str:
+    return (
+        f"semiring_flash.torch_struct takes {name} from torch-struct, which is not installed; "
+        f"install it with `pip install 'semiring_flash[{EXTRA}]'` (torch-struct==0.5)"
+    )
+
+
+_OURS = [
+    "SemiMarkovCRF", "SemiMarkov", "StructDistribution", "Semiring", "LogSemiring", "MaxSemiring",
+    "EntropySemiring", "KMaxSemiring", "CrossEntropySemiring", "KLDivergenceSemiring", "SampledSemiring",
+    "MultiSampledSemiring", "StdSemiring", "SparseMaxSemiring", "TempMax", "GumbelMaxSemiring",
+    "GumbelCRFSemiring", "CheckpointSemiring",
+    "CheckpointShardSemiring", "FastLogSemiring", "FastMaxSemiring", "FastSampleSemiring", "SegmentPotentials",
+    "NotProvidedError", "version",
+]
+__all__ = _OURS + ([n for n in REEXPORTED if hasattr(_ts, n)] if _ts is not None else [])
 
 
 def __getattr__(name):
-    if name in _NOT_PROVIDED:
-        raise NotProvidedError(
-            f"semiring_flash.torch_struct provides only the semi-Markov part of torch-struct; "
-            f"{name!r} is not provided. Keep `import torch_struct` for it."
-        )
+    if name in REEXPORTED:
+        if _ts is None:
+            raise NotProvidedError(_missing(repr(name)))
+        if hasattr(_ts, name):
+            return getattr(_ts, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
-

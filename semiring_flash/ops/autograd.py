@@ -111,7 +111,7 @@ def entry_value(semiring: Semiring, entry: torch.Tensor, dtype) -> torch.Tensor:
     if semiring.name in ("log", "max"):  # 1̄ ⊗ w = w: skip building 1̄ (small-batch GPU calls are host-bound)
         return semiring.sum(pot, -2)
     B, C = pot.shape[1], pot.shape[-1]
-    return semiring.matmul(semiring.one((B, C), dtype, entry.device), pot)
+    return semiring.matmul_potential(semiring.ones((B, C), dtype, entry.device), pot)
 
 
 def factored_value(

@@ -29,7 +29,7 @@ def dense_factored(semiring, cum, transition, duration, tau0, end, lengths, star
     T, K = T1 - 1, duration.shape[-2]
     dtype = tau0.dtype
     tau = [semiring.mul_potential(tau0, start_bias[:, :, 0]) if start_bias is not None else tau0]
-    finals = [semiring.zero((B,), dtype, tau0.device)]
+    finals = [semiring.zeros((B,), dtype, tau0.device)]
     for t in range(1, T + 1):
         terms = []
         for d in range(1, min(K, t) + 1):
@@ -37,7 +37,7 @@ def dense_factored(semiring, cum, transition, duration, tau0, end, lengths, star
             terms.append(semiring.mul_potential(tau[t - d], seg))
         alpha = semiring.sum(torch.stack(terms, 2), 2)
         finals.append(semiring.sum(semiring.mul_potential(alpha, end), -1))
-        nxt = semiring.matmul(alpha, transition)
+        nxt = semiring.matmul_potential(alpha, transition)
         if start_bias is not None and t < T:
             nxt = semiring.mul_potential(nxt, start_bias[:, :, t])
         tau.append(nxt)
@@ -48,8 +48,8 @@ def dense_edges(semiring, edges, lengths):
     edges = _p(semiring, edges)
     P, B, T, K1, C, _ = edges.shape
     K = K1 - 1
-    alpha = [semiring.one((B, C), edges.dtype, edges.device)]
-    finals = [semiring.zero((B,), edges.dtype, edges.device)]
+    alpha = [semiring.ones((B, C), edges.dtype, edges.device)]
+    finals = [semiring.zeros((B,), edges.dtype, edges.device)]
     for t in range(1, T + 1):
         terms = []
         for d in range(1, min(K, t) + 1):

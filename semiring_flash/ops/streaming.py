@@ -146,7 +146,7 @@ class _FactoredRecurrence(_Recurrence):
         sb = self._start_bias(views)
         if sb is not None:
             tau0 = sr.mul_potential(tau0, sb[:, :, 0])
-        ring = sr.zero((self.B, K - 1, self.C), self.dtype, tau0.device)
+        ring = sr.zeros((self.B, K - 1, self.C), self.dtype, tau0.device)
         return torch.cat([ring, tau0.unsqueeze(2)], 2)
 
     def block_inputs(self, views, t0, t1):
@@ -193,7 +193,7 @@ class _FactoredRecurrence(_Recurrence):
                 trace.append((ring, alpha))
             if t == t1 and t == self.t_max:
                 break  # nothing after the last length needs τ
-            tau = sr.matmul(alpha, trans)
+            tau = sr.matmul_potential(alpha, trans)
             if sb is not None:
                 tau = sr.mul_potential(tau, sb[i])
             ring = self.push(ring, tau, shifts)
@@ -278,8 +278,8 @@ class _EdgeRecurrence(_Recurrence):
         return (t0 + 1 - self.K, t1)
 
     def prologue(self, views):
-        ring = self.sr.zero((self.B, self.K - 1, self.C), self.dtype, views[0].device)
-        one = self.sr.one((self.B, 1, self.C), self.dtype, views[0].device)
+        ring = self.sr.zeros((self.B, self.K - 1, self.C), self.dtype, views[0].device)
+        one = self.sr.ones((self.B, 1, self.C), self.dtype, views[0].device)
         return torch.cat([ring, one], 2)
 
     def steps(self, ring, views, t0, t1, records, shifts):
@@ -312,7 +312,7 @@ def _scan_forward(rec: _Recurrence, every: int, inputs) -> tuple:
     (``create_graph``) autograd records every step.
     """
     B = rec.B
-    S = rec.sr.size
+    S = rec.sr.size()
     dev = inputs[0].device
     norm = torch.zeros(S, B, dtype=torch.float64, device=dev)
     blocks = [(t0, min(t0 + every, rec.t_max)) for t0 in range(0, rec.t_max, every)]

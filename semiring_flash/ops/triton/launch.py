@@ -55,7 +55,7 @@ class _Meta:
         if getattr(semiring, "n_potentials", 1) != 1:
             raise NotImplementedError("Triton kernels take one-distribution semirings")
         self.sr = SEMIRING_IDS[name]
-        self.S = int(semiring.size)
+        self.S = int(semiring.size())
         self.KK = int(getattr(semiring, "k", 1)) if name == "kmax" else 1
         self.SP = _pow2(self.S)
         self.B, self.T, self.K, self.C = B, T, K, C
