@@ -273,14 +273,12 @@ class Semiring:
         A −inf value gets a zero gradient (a max over only −inf candidates
         would otherwise route its gradient to an arbitrary, forbidden one).
         """
-        stat = self.__dict__.get("_stat_channels")
-        if stat is None:  # channels whose 0̄ is finite; found once, on the host (no device sync)
-            stat = self.__dict__["_stat_channels"] = torch.isfinite(self.zero((1,))).view(-1).tolist()
+        stat = [z != NEG_INF for z in self._zero]  # statistic channels: their 0̄ is finite (host-side, no tensors)
         if not any(stat):  # log, max, kmax: one op (small GPU calls are host-bound)
             return torch.where(v == NEG_INF, NEG_INF, v)
         dead = v[0] == NEG_INF
         out = [torch.where(dead, 0.0, v[i]) if stat[i] else torch.where(v[i] == NEG_INF, NEG_INF, v[i])
-               for i in range(self.size)]
+               for i in range(len(stat))]
         return torch.stack(out, 0)
 
     # -- normalisation ------------------------------------------------------

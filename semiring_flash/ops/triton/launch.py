@@ -268,8 +268,9 @@ def _eager(apply):
     return lambda *args: disabled(*args) if torch.compiler.is_compiling() else apply(*args)
 
 
-_factored_apply = _eager(lambda *args: _FactoredScan.apply(*args))
-_edge_apply = _eager(lambda *args: _EdgeScan.apply(*args))
+# settle_impossible inside the same region: one graph break, not a second graph after it
+_factored_apply = _eager(lambda sr, *args: sr.settle_impossible(_FactoredScan.apply(*args)))
+_edge_apply = _eager(lambda sr, *args: sr.settle_impossible(_EdgeScan.apply(*args)))
 
 
 def factored_scan_triton(semiring, cum, transition, duration, tau0, end, lengths, start_bias=None,
@@ -284,7 +285,7 @@ def factored_scan_triton(semiring, cum, transition, duration, tau0, end, lengths
     K = duration.shape[-2]
     _check_lengths(lengths, B)
     m = _meta(semiring, B, T1 - 1, K, C, tau0.dtype, cum.device, False, start_bias is not None, checkpoint_every)
-    return semiring.settle_impossible(_factored_apply(m, cum, transition, duration, tau0, end, lengths, start_bias))
+    return _factored_apply(semiring, m, cum, transition, duration, tau0, end, lengths, start_bias)
 
 
 def edge_scan_triton(semiring, edges, lengths, checkpoint_every=None):
@@ -292,4 +293,4 @@ def edge_scan_triton(semiring, edges, lengths, checkpoint_every=None):
     B, T, K1, C, _ = edges.shape
     _check_lengths(lengths, B)
     m = _meta(semiring, B, T, K1 - 1, C, compute_dtype(edges.dtype), edges.device, True, False, checkpoint_every)
-    return semiring.settle_impossible(_edge_apply(m, edges, lengths))
+    return _edge_apply(semiring, m, edges, lengths)
