@@ -27,7 +27,7 @@ import torch
 
 from .ops import bmm_torch
 from .ops.autograd import check_backend
-from .validation import check_same_device, check_tensor
+from .validation import check_same_device, check_tensor, compute_dtype
 
 __all__ = ["logbmm", "maxbmm", "samplebmm", "prodmaxbmm"]
 
@@ -69,12 +69,8 @@ def _check_operands(a, b) -> None:
         raise ValueError(f"the inner dimension k must be at least 1, got a {tuple(a.shape)} and b {tuple(b.shape)}")
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _up(x: torch.Tensor) -> torch.Tensor:
-    return x.to(_compute_dtype(x.dtype))
+    return x.to(compute_dtype(x.dtype))
 
 
 class _LogBmm(torch.autograd.Function):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ..semirings import Semiring
+from ..semirings import Semiring, _finite_or_zero as _finite
 
 __all__ = ["supports", "linear_chain_scan", "viterbi"]
 
@@ -51,10 +51,6 @@ def _active(lengths: torch.Tensor, t_max: int):
     if int(lengths.min()) == t_max:
         return None
     return (torch.arange(t_max, device=lengths.device).unsqueeze(1) < lengths).unsqueeze(-1).unbind(0)
-
-
-def _finite(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def linear_chain_scan(
