@@ -72,9 +72,8 @@ def segments_to_tags(segments, scheme: str = "BIO", names=None, outside=None) ->
     return tags
 
 
-def tags_to_segments(tags, scheme: str = "BIO", names=None, outside=None, merge_outside: bool = True) -> list:
-    """Tags -> (start, end, label) tiling; ``O`` tokens get label ``outside`` (required if any O)."""
-    scheme = _scheme(scheme)
+def _label_of(names):
+    """tag label string -> label id: its index in ``names``, or the string as an int."""
     index = {str(n): i for i, n in enumerate(names)} if names is not None else None
 
     def label(x):
@@ -85,6 +84,14 @@ def tags_to_segments(tags, scheme: str = "BIO", names=None, outside=None, merge_
                 raise ValueError(f"unknown tag label {x!r}")
             return index[x]
         return int(x)
+
+    return label
+
+
+def tags_to_segments(tags, scheme: str = "BIO", names=None, outside=None, merge_outside: bool = True) -> list:
+    """Tags -> (start, end, label) tiling; ``O`` tokens get label ``outside`` (required if any O)."""
+    scheme = _scheme(scheme)
+    label = _label_of(names)
 
     out = []
     cur = None  # [start, label, closed]
@@ -271,18 +278,10 @@ def tag_ids_to_segmentation(tag_ids: torch.Tensor, vocab, scheme: str = "BIO", n
     parsed = _parse_vocab(vocab, scheme)
     if any(p == _O for p, _ in parsed) and outside is None:
         raise ValueError("vocab has 'O' but no outside label was given")
-    index = {str(n): i for i, n in enumerate(names)} if names is not None else None
+    named = _label_of(names)
 
     def label(x):
-        if x is None:
-            return int(outside)
-        if x == "":
-            return 0
-        if index is not None:
-            if x not in index:
-                raise ValueError(f"unknown tag label {x!r}")
-            return index[x]
-        return int(x)
+        return int(outside) if x is None else named(x)
 
     lengths = _lengths_for(tag_ids, lengths)
     B, T = tag_ids.shape
