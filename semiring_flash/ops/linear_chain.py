@@ -75,10 +75,11 @@ def linear_chain_scan(
     if semiring.name == "log" and _scaled_ok(transition):
         value = _log_scan_scaled(tau0[0], w[:, :t_max], transition, end, lengths, ragged=int(lengths.min()) < t_max)
         if value is not None:
-            return value.unsqueeze(0)
+            return semiring.settle_impossible(value.unsqueeze(0))
     alpha, offset = _scan(semiring, tau0[0] + w[:, 0], w[:, :t_max], transition, _active(lengths, t_max))
     value = semiring.sum(alpha + end, -1)
-    return (value + offset.to(value.dtype)).unsqueeze(0)
+    # as every engine: −inf values (impossible sequences) are constants, so no gradient reaches a forbidden path
+    return semiring.settle_impossible((value + offset.to(value.dtype)).unsqueeze(0))
 
 
 def _scan(semiring, alpha, w, transition, active):
