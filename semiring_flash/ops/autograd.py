@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -16,7 +17,9 @@ BACKENDS = ("auto", "torch", "triton")
 _TRITON_SEMIRINGS = {"log", "max", "entropy", "kmax"}
 
 
-def _import_triton():
+@functools.cache  # looked up once: the import machinery costs host time on every call
+def _triton_module():
+    """(kernels module, None), or (None, the error) when Triton is unusable."""
     try:
         from . import triton as kernels  # noqa: WPS433 (optional dependency)
     except Exception as err:  # ImportError, or triton failing to initialise
@@ -24,15 +27,6 @@ def _import_triton():
     if not hasattr(kernels, "factored_scan_triton"):
         return None, ImportError("semiring_flash.ops.triton has no kernels")
     return kernels, None
-
-
-_TRITON: list = []  # (module or None, error): looked up once, the import machinery costs host time
-
-
-def _triton_module():
-    if not _TRITON:
-        _TRITON.append(_import_triton())
-    return _TRITON[0]
 
 
 def check_backend(backend: str) -> str:
@@ -160,16 +154,11 @@ def factored_viterbi(pots: SegmentPotentials, backend: str = "auto"):
     Viterbi at K = 1 on the torch engine, or None otherwise (callers then take
     the max-semiring gradient)."""
     triton = resolve_backend(backend, pots.device, MaxSemiring) == "triton"
-    if not triton:
-        if pots.K != 1:
-            return None
-        with torch.no_grad():  # no detached copy of the potentials (that would validate them again)
-            inputs = factored_inputs([pots])
-            tau0 = entry_value(MaxSemiring, inputs.entry, inputs.transition.dtype)
-            _, labels, starts = linear_chain.viterbi(inputs.cum, inputs.transition, inputs.duration, tau0, inputs.end, inputs.lengths)
-        return labels, starts, inputs.lengths
-    kernels, _ = _triton_module()
-    inputs = factored_inputs([pots.detach()])
-    tau0 = entry_value(MaxSemiring, inputs.entry, inputs.transition.dtype)
-    _, labels, starts = kernels.viterbi_triton(inputs.cum, inputs.transition, inputs.duration, tau0, inputs.end, inputs.lengths)
+    if not triton and pots.K != 1:
+        return None
+    viterbi = _triton_module()[0].viterbi_triton if triton else linear_chain.viterbi
+    with torch.no_grad():  # no graph, and no detached copy of the potentials
+        inputs = factored_inputs([pots])
+        tau0 = entry_value(MaxSemiring, inputs.entry, inputs.transition.dtype)
+        _, labels, starts = viterbi(inputs.cum, inputs.transition, inputs.duration, tau0, inputs.end, inputs.lengths)
     return labels, starts, inputs.lengths
