@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import fields
 
 import torch
 
@@ -165,11 +164,6 @@ def _drop_empty_channels(grads: torch.Tensor, value: torch.Tensor) -> torch.Tens
     return torch.where(alive, grads, torch.zeros((), dtype=grads.dtype, device=grads.device))
 
 
-def _drop_empty_marginals(marg: FactoredMarginals, value: torch.Tensor) -> FactoredMarginals:
-    """``_drop_empty_channels`` for each (B, ...) field of compact marginals; value (B,)."""
-    return FactoredMarginals(**{f.name: _drop_empty_channels(getattr(marg, f.name), value) for f in fields(marg)})
-
-
 @contextmanager
 def _autograd_on():
     """Marginals, argmax, topk and samples are gradients of the DP's value:
@@ -266,7 +260,7 @@ class SemiMarkov:
             grads = [torch.autograd.grad(o, leaf, retain_graph=True)[0] for o in objs]
         if raw:
             return _drop_empty_channels(torch.stack(grads, 0), v)
-        return _drop_empty_channels(grads[0], v[0])
+        return grads[0]
 
     def _factored_marginals(self, pots: SegmentPotentials, raw: bool, create_graph: bool = False):
         sr = self.semiring
@@ -291,7 +285,6 @@ class SemiMarkov:
                     duration=torch.zeros_like(inp.duration) if g_dur is None else g_dur,
                     transition=torch.zeros_like(inp.transition) if g_tr is None else g_tr,
                 ))
-        outs = [_drop_empty_marginals(m, v[k] if raw else v[0]) for k, m in enumerate(outs)]
         return outs if raw else outs[0]
 
     def start_indicators(self, pots: SegmentPotentials, channels: int | None = None, batch_repeat: int = 1):
