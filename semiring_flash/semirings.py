@@ -468,6 +468,16 @@ class _KLDivergenceSemiring(_TwoDistributionSemiring):
         return p * (x2 + log_p - log_q)
 
 
+def _child_probs(x: torch.Tensor, out: torch.Tensor, dim: int):
+    """For the samplers' backward: x as rows (R, n) with ``dim`` last, that moved shape, and
+    each row's draw weights exp(x − logsumexp) (uniform on all −inf rows, whose adjoint is 0)."""
+    moved = x.movedim(dim, -1)
+    rows = moved.reshape(-1, moved.shape[-1])
+    probs = (rows - _finite_or_zero(out.reshape(-1, 1))).exp()
+    probs = torch.where((probs.sum(-1) > 0).unsqueeze(-1), probs, torch.ones_like(probs))
+    return rows, moved.shape, probs.float()
+
+
 class _SampleLSE(torch.autograd.Function):
     """logsumexp forward; backward draws one child per selected parent.
 
@@ -486,14 +496,10 @@ class _SampleLSE(torch.autograd.Function):
     def backward(ctx, g):
         x, out = ctx.saved_tensors
         dim = ctx.dim
-        logits = x.movedim(dim, -1)
-        flat = logits.reshape(-1, logits.shape[-1])
-        probs = (flat - _finite_or_zero(out.reshape(-1, 1))).exp()
-        dead = probs.sum(-1) <= 0
-        probs = torch.where(dead.unsqueeze(-1), torch.ones_like(probs), probs)
-        pick = torch.multinomial(probs.float(), 1, generator=ctx.generator).squeeze(-1)
+        flat, moved, probs = _child_probs(x, out, dim)
+        pick = torch.multinomial(probs, 1, generator=ctx.generator).squeeze(-1)
         onehot = torch.zeros_like(flat).scatter_(1, pick.unsqueeze(1), 1.0)
-        onehot = onehot.reshape(logits.shape).movedim(-1, dim)
+        onehot = onehot.reshape(moved).movedim(-1, dim)
         return onehot * g.unsqueeze(dim), None, None
 
 
@@ -513,12 +519,6 @@ class _SampledSemiring(_LogSemiring):
 
     def sum(self, x, dim=-1):
         return _SampleLSE.apply(x, dim % x.dim(), self.generator)
-
-
-def _rows_last(x: torch.Tensor, dim: int):
-    """x with ``dim`` moved last and flattened to rows (R, n), plus the moved shape."""
-    moved = x.movedim(dim, -1)
-    return moved.reshape(-1, moved.shape[-1]), moved.shape
 
 
 MULTI_SAMPLES = 16
@@ -543,10 +543,8 @@ class _MultiSampleLSE(torch.autograd.Function):
     def backward(ctx, g):
         x, out = ctx.saved_tensors
         dim = ctx.dim
-        rows, moved = _rows_last(x, dim)
-        probs = (rows - _finite_or_zero(out.reshape(-1, 1))).exp()
-        probs = torch.where((probs.sum(-1) > 0).unsqueeze(-1), probs, torch.ones_like(probs))
-        picks = torch.multinomial(probs.float(), MULTI_SAMPLES, replacement=True)  # (R, n_samples)
+        rows, moved, probs = _child_probs(x, out, dim)
+        picks = torch.multinomial(probs, MULTI_SAMPLES, replacement=True)  # (R, n_samples)
         mask = g.reshape(-1, 1).round().long()
         bit = torch.arange(1, MULTI_SAMPLES + 1, device=x.device)
         active = ((mask >> bit) & 1) | (mask & 1)  # (R, n_samples)
@@ -630,14 +628,6 @@ class _SparseMaxSemiring(Semiring):
         return torch.where(dead.squeeze(-1), torch.full((), NEG_INF, dtype=x.dtype, device=x.device), value)
 
 
-def _softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """softmax that is 0 (not NaN) on all −inf rows."""
-    m = _finite_or_zero(x.amax(dim, keepdim=True))
-    e = (x - m).exp()
-    z = e.sum(dim, keepdim=True)
-    return e / torch.where(z > 0, z, torch.ones_like(z))
-
-
 class _MaxSoftBackward(torch.autograd.Function):
     """max forward, softmax(alpha · x) backward ("hot" softmax)."""
 
@@ -650,7 +640,7 @@ class _MaxSoftBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        return _softmax(ctx.alpha * x, ctx.dim) * g.unsqueeze(ctx.dim), None, None
+        return softmax_weights(ctx.alpha * x, ctx.dim) * g.unsqueeze(ctx.dim), None, None
 
 
 class TempMax(_MaxSemiring):
@@ -666,7 +656,7 @@ class TempMax(_MaxSemiring):
 
     def sparse_sum(self, x, dim=-1):
         m = x.max(dim).values
-        return m, (torch.zeros(m.shape, dtype=torch.long, device=x.device), _softmax(self.alpha * x, dim))
+        return m, (torch.zeros(m.shape, dtype=torch.long, device=x.device), softmax_weights(self.alpha * x, dim))
 
     def __repr__(self):
         return f"TempMax({self.alpha})"
@@ -694,7 +684,7 @@ class _GumbelLSE(torch.autograd.Function):
         pick = noisy.detach().argmax(ctx.dim, keepdim=True)
         hard = torch.zeros_like(x).scatter_(ctx.dim, pick, 1.0)
         if ctx.straight_through:
-            soft = _softmax(noisy, ctx.dim)
+            soft = softmax_weights(noisy, ctx.dim)
             hard = hard + (soft - soft.detach())  # exactly the one-hot forward; softmax gradient
         return hard * g.unsqueeze(ctx.dim), None, None, None
 
