@@ -141,6 +141,15 @@ class Semiring:
     _one: tuple = (0.0,)
     #: ⊗ adds scores and 0̄ is −inf, so the engines' log-space normaliser (``shift``) applies
     log_space: bool = True
+    # Identity for the compiled engines. A subclass that changes ⊕ or its gradient
+    # must reset these (the engines would otherwise run the parent's closed forms).
+    #: id of this semiring's pieces in ops/triton/semiring.py; None: no Triton kernel
+    triton_id: int | None = None
+    #: closed-form gradient of ⊕ the engines may use instead of autograd:
+    #: "softmax" (log), "argmax" (max), or None (autograd through ``sum``)
+    plus_vjp: str | None = None
+    #: the gradient of the value is piecewise constant (an indicator): marginals carry no graph
+    indicator_gradient: bool = False
 
     # -- construction -------------------------------------------------------
     def size(self) -> int:
@@ -297,6 +306,8 @@ class Semiring:
 
 class _LogSemiring(Semiring):
     name = "log"
+    triton_id = 0
+    plus_vjp = "softmax"
 
     def sum(self, x, dim=-1):
         return logsumexp(x, dim)
@@ -304,6 +315,9 @@ class _LogSemiring(Semiring):
 
 class _MaxSemiring(Semiring):
     name = "max"
+    triton_id = 1
+    plus_vjp = "argmax"
+    indicator_gradient = True
 
     def sum(self, x, dim=-1):
         # torch.max routes the gradient to one index: the argmax indicator.
@@ -322,6 +336,8 @@ class KMaxSemiring(Semiring):
     """
 
     name = "kmax"
+    triton_id = 3
+    indicator_gradient = True
 
     def __init__(self, k: int):
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -387,6 +403,7 @@ class _EntropySemiring(Semiring):
     """(log-weight, entropy) pairs; equals torch-struct's EntropySemiring."""
 
     name = "entropy"
+    triton_id = 2
     _zero = (NEG_INF, 0.0)
     _one = (0.0, 0.0)
 
@@ -510,6 +527,8 @@ class _SampledSemiring(_LogSemiring):
     """
 
     name = "sample"
+    triton_id = None
+    plus_vjp = None
 
     def __init__(self, generator: torch.Generator | None = None):
         self.generator = generator
@@ -557,6 +576,8 @@ class _MultiSampledSemiring(_LogSemiring):
     """Log semiring whose gradient encodes ``MULTI_SAMPLES`` exact samples as bits (see ``to_discrete``)."""
 
     name = "multisample"
+    triton_id = None
+    plus_vjp = None
 
     def sum(self, x, dim=-1):
         return _MultiSampleLSE.apply(x, dim % x.dim())
@@ -647,6 +668,9 @@ class TempMax(_MaxSemiring):
     """``TempMax(alpha)``: max forward, softmax(alpha · x) gradient (torch-struct's factory of the same name)."""
 
     name = "tempmax"
+    triton_id = None
+    plus_vjp = None
+    indicator_gradient = False
 
     def __init__(self, alpha: float):
         self.alpha = float(alpha)
@@ -693,6 +717,8 @@ class GumbelMaxSemiring(_LogSemiring):
     """``GumbelMaxSemiring(temp)``: log semiring whose gradient is a Gumbel-max sample (torch-struct's factory)."""
 
     name = "gumbelmax"
+    triton_id = None
+    plus_vjp = None
     _straight_through = False
 
     def __init__(self, temp: float = 1.0):

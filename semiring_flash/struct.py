@@ -235,7 +235,7 @@ class SemiMarkov:
         backend="triton" raises. Otherwise the fast path builds no graph.
         """
         # argmax indicators (max) are piecewise constant: no graph for them
-        create_graph = not _raw and self.semiring.name != "max" and _wants_graph(log_potentials)
+        create_graph = not _raw and not self.semiring.indicator_gradient and _wants_graph(log_potentials)
         if create_graph and self.backend == "triton":
             raise NotImplementedError(
                 "differentiable marginals (potentials that require grad, grad mode on) need backend='torch' "

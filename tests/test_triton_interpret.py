@@ -217,3 +217,16 @@ def test_edges_match_torch_struct():
     torch.testing.assert_close(a[0], ref.partition)
     (ga,) = torch.autograd.grad(a.sum(), e)
     torch.testing.assert_close(ga, ref.marginals)
+
+
+def test_semiring_ids_match_the_kernel_pieces():
+    """Semiring.triton_id is what the kernels' named constexprs branch on."""
+    from semiring_flash.ops.triton import semiring as pieces
+
+    for sr, piece in [(sf.LogSemiring, pieces.LOG), (sf.MaxSemiring, pieces.MAX),
+                      (sf.EntropySemiring, pieces.ENTROPY), (sf.KMaxSemiring(2), pieces.KMAX)]:
+        assert sr.triton_id == piece.value
+    # subclasses that change ⊕'s gradient must not inherit the parent's kernel or closed form
+    from semiring_flash.semirings import GumbelMaxSemiring, SampledSemiring, TempMax
+    for sr in (SampledSemiring, TempMax(1.0), GumbelMaxSemiring(1.0)):
+        assert sr.triton_id is None and sr.plus_vjp is None

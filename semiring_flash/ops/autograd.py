@@ -14,7 +14,6 @@ from ..validation import check_values, signature
 from . import linear_chain, streaming
 
 BACKENDS = ("auto", "torch", "triton")
-_TRITON_SEMIRINGS = {"log", "max", "entropy", "kmax"}
 
 
 @functools.cache  # looked up once: the import machinery costs host time on every call
@@ -46,7 +45,7 @@ def resolve_backend(backend: str, device: torch.device, semiring: Semiring, extr
     if backend == "torch" or (backend == "auto" and device.type != "cuda"):
         return "torch"  # auto on CPU never imports Triton
     kernels, err = _triton_module()
-    supported = semiring.name in _TRITON_SEMIRINGS and semiring.n_potentials == 1 and not extras
+    supported = semiring.triton_id is not None and semiring.n_potentials == 1 and not extras
     if backend == "auto":
         return "triton" if (kernels is not None and supported) else "torch"
     if kernels is None:
@@ -102,7 +101,7 @@ def factored_inputs(pots: list[SegmentPotentials], leaves: bool = False, keep_gr
 def entry_value(semiring: Semiring, entry: torch.Tensor, dtype) -> torch.Tensor:
     """τ(0, c) = ⊕_{c'} 1̄ ⊗ entry[c', c], as a semiring value (S, B, C)."""
     pot = entry if semiring.n_potentials > 1 else entry.unsqueeze(0)
-    if semiring.name in ("log", "max"):  # 1̄ ⊗ w = w: skip building 1̄ (small-batch GPU calls are host-bound)
+    if semiring.plus_vjp is not None:  # log/max: 1̄ ⊗ w = w: skip building 1̄ (small-batch GPU calls are host-bound)
         return semiring.sum(pot, -2)
     B, C = pot.shape[1], pot.shape[-1]
     return semiring.matmul_potential(semiring.ones((B, C), dtype, entry.device), pot)

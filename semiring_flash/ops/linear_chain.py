@@ -37,7 +37,7 @@ MAX_SPREAD = 50.0
 
 def supports(semiring: Semiring, duration: torch.Tensor) -> bool:
     """Whether the linear-chain path computes this call: K = 1, Log or Max semiring."""
-    return duration.shape[-2] == 1 and semiring.name in ("log", "max")
+    return duration.shape[-2] == 1 and semiring.plus_vjp is not None
 
 
 def _emissions(cum, duration, start_bias, dtype):
@@ -72,7 +72,7 @@ def linear_chain_scan(
         raise ValueError(f"the linear-chain path needs K = 1 and the Log or Max semiring, got K={duration.shape[-2]}, {semiring!r}")
     w = _emissions(cum, duration, start_bias, tau0.dtype)
     t_max = int(lengths.max())
-    if semiring.name == "log" and _scaled_ok(transition):
+    if semiring.plus_vjp == "softmax" and _scaled_ok(transition):
         value = _log_scan_scaled(tau0[0], w[:, :t_max], transition, end, lengths, ragged=int(lengths.min()) < t_max)
         if value is not None:
             return semiring.settle_impossible(value.unsqueeze(0))

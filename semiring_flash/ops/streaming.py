@@ -201,7 +201,7 @@ class _FactoredRecurrence(_Recurrence):
 
     # -- hand-written reverse sweep (Log and Max, one distribution) ------------------
     def has_fast_backward(self):
-        return self.sr.name in ("log", "max") and self.sr.n_potentials == 1 and not self.has_seg_bias
+        return self.sr.plus_vjp is not None and self.sr.n_potentials == 1 and not self.has_seg_bias
 
     def _local(self, x, dim):
         """∂out/∂x for out = ⊕ x along dim, in float64: softmax (log) or the argmax one-hot (max).
@@ -211,7 +211,7 @@ class _FactoredRecurrence(_Recurrence):
         per position, so a weight sum off 1 by ε compounds to T·ε at position 0
         (float32 gradients of uncentred scores drifted by 2e-4 at T = 2·10^4).
         """
-        if self.sr.name == "log":
+        if self.sr.plus_vjp == "softmax":
             return softmax_weights(x, dim, torch.float64)
         idx = x.argmax(dim, keepdim=True)
         return torch.zeros(x.shape, dtype=torch.float64, device=x.device).scatter_(dim, idx, 1.0)

@@ -45,7 +45,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .semiring import mul_pot, one_value, plus0, potgrad, shift, vjp, zero_value
+from .semiring import ENTROPY, KMAX, LOG, MAX, mul_pot, one_value, plus0, potgrad, shift, vjp, zero_value
 
 
 # --------------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ from .semiring import mul_pot, one_value, plus0, potgrad, shift, vjp, zero_value
 @triton.jit
 def _offset(bp0, bp1, bq0, bq1, s_idx, SR: tl.constexpr):
     """float64 normaliser difference BASE(p) - BASE(q), per channel group."""
-    if SR == 2:
+    if SR == ENTROPY:
         return tl.where(s_idx == 1, bp1 - bq1, bp0 - bq0)
     else:
         return bp0 - bq0
@@ -90,7 +90,7 @@ def _store_row(ptr_b, slot, v, CP: tl.constexpr, SP: tl.constexpr):
 @triton.jit
 def _load_bases(tb_b, rows, ok, SR: tl.constexpr):
     b0 = tl.load(tb_b + rows * 2, mask=ok, other=0.0)
-    if SR == 2:
+    if SR == ENTROPY:
         b1 = tl.load(tb_b + rows * 2 + 1, mask=ok, other=0.0)
     else:
         b1 = b0
@@ -141,7 +141,7 @@ def _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
     w = (cum_t - cum_p).to(x.dtype) + dur3
     cand = tl.where(okc, mul_pot(x + off, w, s3, SR), zero_value(s3, SR))
     alpha, ra, am, az = plus0(cand, SR, KK)  # (CP, SP)
-    if SR == 1:
+    if SR == MAX:
         # ties go to the longest duration, as in the torch engine (whose ring lists
         # durations K..1 and whose max takes the first index): one argmax on every backend
         tie = (cand == alpha[None, :, :]) & (alpha[None, :, :] > float("-inf"))
@@ -159,10 +159,10 @@ def _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
     if FULL:
         if HAS_SB:
             _store_row(tp_b, st, tpre, CP, SP)
-        if SR == 1 or SR == 3:
+        if SR == MAX or SR == KMAX:
             _store_row2(tra_b, st, R, ra, CP, SP)
             _store_row(trt_b, st, rt, CP, SP)
-        if SR == 0 or SR == 2:
+        if SR == LOG or SR == ENTROPY:
             _store_row2(tam_b, st, R, am, CP, SP)
             _store_row2(taz_b, st, R, az, CP, SP)
             _store_row(ttm_b, st, tm, CP, SP)
@@ -192,7 +192,7 @@ def _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, t
                 mask=okr & (c3 < C), other=0.0)
     cand = tl.where(okr & (c3 < C) & (s3 < S), mul_pot(x + off, e, s3, SR), zero_value(s3, SR))
     alpha, ra, am, az = plus0(cand, SR, KK)
-    if SR == 1:
+    if SR == MAX:
         # ties as in the torch engine (ring slots list durations K..1, then c' ascending; its
         # max takes the first index): the longest duration, then the smallest c'
         tie = (cand == alpha[None, :, :]) & (alpha[None, :, :] > float("-inf"))
@@ -202,9 +202,9 @@ def _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, t
     _store_row2(tv_b, st, R, alpha, CP, SP)
     _store_base2(tb_b, st, R, base0, base1)
     if FULL:
-        if SR == 1 or SR == 3:
+        if SR == MAX or SR == KMAX:
             _store_row2(tra_b, st, R, ra, CP, SP)
-        if SR == 0 or SR == 2:
+        if SR == LOG or SR == ENTROPY:
             _store_row2(tam_b, st, R, am, CP, SP)
             _store_row2(taz_b, st, R, az, CP, SP)
     sh0, sh1 = shift(alpha, SR)
@@ -298,7 +298,7 @@ def scan_fwd_kernel(
     v, rv, _, _ = plus0(x, SR, KK)  # (1, SP)
     bl0 = tl.load(tb_b + sl * 2)
     bl1 = tl.load(tb_b + sl * 2 + 1)
-    if SR == 2:
+    if SR == ENTROPY:
         vb = v.to(tl.float64) + tl.where(s2 == 1, bl1, bl0)
     else:
         vb = v.to(tl.float64) + bl0
@@ -316,11 +316,11 @@ def _window_rows(rowq, ok, okr, slots, to_b, ta_b, tra_b, tam_b, taz_b, tb_b, SR
     route (max/kmax) or LSE normalisers (log/entropy), and the rows' bases."""
     outq = tl.load(to_b + rowq, mask=ok, other=0.0)
     adjq = tl.load(ta_b + rowq, mask=ok, other=0.0)
-    if SR == 1 or SR == 3:
+    if SR == MAX or SR == KMAX:
         raq = tl.load(tra_b + rowq, mask=ok, other=0)
     else:
         raq = 0
-    if SR == 0 or SR == 2:
+    if SR == LOG or SR == ENTROPY:
         amq = tl.load(tam_b + rowq, mask=ok, other=0.0)
         azq = tl.load(taz_b + rowq, mask=ok, other=0.0)
     else:
@@ -381,11 +381,11 @@ def _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
         outp = tl.load(tp_b + sp * (CP * SP) + cr * SP + s3)
     else:
         outp = tl.load(tv_b + sp * (CP * SP) + cr * SP + s3)
-    if SR == 1 or SR == 3:
+    if SR == MAX or SR == KMAX:
         rtp = tl.load(trt_b + sp * (CP * SP) + cr * SP + s3)
     else:
         rtp = 0
-    if SR == 0 or SR == 2:
+    if SR == LOG or SR == ENTROPY:
         tmp = tl.load(ttm_b + sp * (CP * SP) + cr * SP + s3)
         tzp = tl.load(ttz_b + sp * (CP * SP) + cr * SP + s3)
     else:

@@ -9,7 +9,7 @@ import torch
 from ..streaming import default_checkpoint_every
 from .kernels import scan_bwd_kernel, scan_fwd_kernel
 from ...validation import compute_dtype
-from .semiring import SEMIRING_IDS
+from .semiring import ENTROPY, KMAX, LOG, MAX
 
 __all__ = ["factored_scan_triton", "edge_scan_triton", "checkpoint_every"]
 
@@ -50,14 +50,13 @@ class _Meta:
     """Compile-time shape of one call: semiring, padded sizes, options."""
 
     def __init__(self, semiring, B, T, K, C, dtype, device, edges, has_sb, every=None):
-        name = semiring.name
-        if name not in SEMIRING_IDS:
-            raise NotImplementedError(f"no Triton kernel for the {name!r} semiring")
-        if getattr(semiring, "n_potentials", 1) != 1:
+        if semiring.triton_id is None:
+            raise NotImplementedError(f"no Triton kernel for {semiring!r}")
+        if semiring.n_potentials != 1:
             raise NotImplementedError("Triton kernels take one-distribution semirings")
-        self.sr = SEMIRING_IDS[name]
+        self.sr = semiring.triton_id
         self.S = int(semiring.size())
-        self.KK = int(getattr(semiring, "k", 1)) if name == "kmax" else 1
+        self.KK = int(semiring.k) if self.sr == KMAX.value else 1
         self.SP = _pow2(self.S)
         self.B, self.T, self.K, self.C = B, T, K, C
         self.CP, self.KP = max(2, _pow2(C)), max(2, _pow2(K))
@@ -67,8 +66,10 @@ class _Meta:
         # Short sequences: when every tape row of the whole batch fits in STORE_ALL_BYTES the
         # forward keeps them all and the backward skips its recompute pass (one block).
         r_all = _pow2(T + 2 * K + 1)
-        n64 = 1 + 2 * (self.sr in (0, 2))  # adjoint and logsumexp sums: float64 tapes
-        n_arr = 2 + has_sb + 2 * (self.sr in (1, 3)) + 2 * (self.sr in (0, 2))
+        self.lse = lse = self.sr in (LOG.value, ENTROPY.value)  # logsumexp normalisers on the tape
+        self.routes = routes = self.sr in (MAX.value, KMAX.value)  # argmax routes on the tape
+        n64 = 1 + 2 * lse  # adjoint and logsumexp sums: float64 tapes
+        n_arr = 2 + has_sb + 2 * routes + 2 * lse
         tape_bytes = B * 2 * r_all * self.CP * self.SP * (n_arr * (8 if dtype == torch.float64 else 4) + n64 * 8)
         self.store_all = every is None and tape_bytes <= STORE_ALL_BYTES
         if self.store_all:
@@ -115,8 +116,7 @@ def _bwd_tape(m: _Meta, R):
 
     One allocation per dtype, split into views: short calls are host-bound,
     and each allocation costs as much host time as a small kernel launch."""
-    routed = m.sr in (1, 3)
-    norm = m.sr in (0, 2)
+    routed, norm = m.routes, m.lse
     want = dict(to=not m.edges, tp=m.has_sb, tam=norm, ttm=norm and not m.edges)
     names = ["tv"] + [k for k, v in want.items() if v]
     tapes = dict(zip(names, m.tapes(R, len(names))))

@@ -37,15 +37,18 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG, MAX, ENTROPY, KMAX = 0, 1, 2, 3
-SEMIRING_IDS = {"log": LOG, "max": MAX, "entropy": ENTROPY, "kmax": KMAX}
+# The ids (``Semiring.triton_id``), as constexprs: kernels branch on them at compile time.
+LOG = tl.constexpr(0)
+MAX = tl.constexpr(1)
+ENTROPY = tl.constexpr(2)
+KMAX = tl.constexpr(3)
 
 NEG_INF = float("-inf")
 
 
 @triton.jit
 def zero_value(s_idx, SR: tl.constexpr):
-    if SR == 2:
+    if SR == ENTROPY:
         return tl.where(s_idx == 1, 0.0, float("-inf"))
     else:
         return tl.where(s_idx >= 0, float("-inf"), float("-inf"))
@@ -53,7 +56,7 @@ def zero_value(s_idx, SR: tl.constexpr):
 
 @triton.jit
 def one_value(s_idx, SR: tl.constexpr):
-    if SR == 3:
+    if SR == KMAX:
         return tl.where(s_idx == 0, 0.0, float("-inf"))
     else:
         return tl.where(s_idx >= 0, 0.0, 0.0)
@@ -62,7 +65,7 @@ def one_value(s_idx, SR: tl.constexpr):
 @triton.jit
 def mul_pot(x, w, s_idx, SR: tl.constexpr):
     """x ⊗ convert(w); w broadcasts against x (a trailing channel axis of size 1)."""
-    if SR == 2:
+    if SR == ENTROPY:
         return x + tl.where(s_idx == 0, w, 0.0)
     else:
         return x + w
@@ -88,7 +91,7 @@ def plus0(x, SR: tl.constexpr, KK: tl.constexpr):
     SP: tl.constexpr = x.shape[2]
     s3 = tl.arange(0, SP)[None, None, :]
     s2 = tl.arange(0, SP)[None, :]
-    if SR == 0:
+    if SR == LOG:
         # two-pass logsumexp: max, then a sum of exps (an online one-pass LSE was measured
         # slower on H200: it puts two exps on every level of the reduction tree)
         m = tl.max(x, axis=0)
@@ -98,12 +101,12 @@ def plus0(x, SR: tl.constexpr, KK: tl.constexpr):
         route = tl.zeros((M, SP), dtype=tl.int32)
         nm = ms
         nz = tl.sum(e.to(tl.float64), axis=0)
-    elif SR == 1:
+    elif SR == MAX:
         out = tl.max(x, axis=0)
         route = tl.argmax(x, axis=0, tie_break_left=True).to(tl.int32)
         nm = out * 0.0
         nz = nm
-    elif SR == 2:
+    elif SR == ENTROPY:
         x0 = _chan(x, s3, 0, 2)  # (N, M, 1)
         x1 = _chan(x, s3, 1, 2)
         m = tl.max(x0, axis=0)  # (M, 1)
@@ -147,7 +150,7 @@ def shift(v, SR: tl.constexpr):
     m = tl.max(v0, axis=0)
     fin = m > float("-inf")
     sh0 = tl.where(fin, m, 0.0)
-    if SR == 2:
+    if SR == ENTROPY:
         v1 = tl.sum(tl.where(s2 == 1, v, 0), axis=1)
         i = tl.argmax(v0, axis=0, tie_break_left=True)
         sh1 = tl.sum(tl.where(tl.arange(0, M) == i, v1, 0), axis=0)
@@ -172,15 +175,15 @@ def vjp(x, out, a_out, route, nm, nz, idx, s_idx, SR: tl.constexpr, KK: tl.const
     adjoint still random-walks, ~√T·ε: both compound along the recursion.)
     """
     a_out = a_out.to(tl.float64)
-    if SR == 0:
+    if SR == LOG:
         ok = nz > 0
         # divide on the un-broadcast operands (nz, a_out lack the reduced axis): one
         # division per output instead of one per candidate
         scale = a_out / tl.where(ok, nz, 1.0)
         r = tl.where(ok, tl.exp(x - nm).to(tl.float64) * scale, 0.0)
-    elif SR == 1:
+    elif SR == MAX:
         r = tl.where((route == idx) & (out > float("-inf")), a_out + tl.zeros_like(x).to(tl.float64), 0.0)
-    elif SR == 2:
+    elif SR == ENTROPY:
         x0 = _chan(x, s_idx, 0, 2)
         x1 = _chan(x, s_idx, 1, 2)
         o0 = _chan(out, s_idx, 0, 2)
@@ -209,7 +212,7 @@ def vjp(x, out, a_out, route, nm, nz, idx, s_idx, SR: tl.constexpr, KK: tl.const
 @triton.jit
 def potgrad(c, s_idx, SR: tl.constexpr, AXIS: tl.constexpr):
     """Adjoint of a plain potential w from the adjoint c of x ⊗ w (channel axis AXIS summed)."""
-    if SR == 3:
+    if SR == KMAX:
         return tl.sum(c, axis=AXIS)
     else:
         return tl.sum(tl.where(s_idx == 0, c, 0.0), axis=AXIS)
