@@ -1,6 +1,6 @@
 """K = 1 fast path: with one-token segments the semi-CRF is a linear-chain CRF.
 
-At max duration 1 the factored recurrence (DESIGN.md) collapses to
+At max duration 1 the factored recurrence (docs/index.md) collapses to
 
     α(1, c) = τ(0, c) ⊗ w(0, c)
     α(t, c) = [⊕_{c'} α(t-1, c') ⊗ transition[c', c]] ⊗ w(t-1, c)

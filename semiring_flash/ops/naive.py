@@ -14,7 +14,7 @@ initial label c0 (the c_prev of the first segment). Every c0 is a distinct
 path (torch-struct's convention), so with all-zero edges there are
 C · Σ_segmentations C^{#segments} paths. ``parts`` = tuple of (n, k, c, c_prev).
 
-Factored potentials (DESIGN.md, ``to_edges()`` correspondence): ``parts`` =
+Factored potentials (docs/index.md, ``to_edges()`` correspondence): ``parts`` =
 tuple of (start, duration, label, c_prev) with c_prev = c0 for the first
 segment (c0 = 0, and a single path per labelled segmentation, when ``start``
 is given). The score of a path equals the score of the same parts in
@@ -193,7 +193,7 @@ def enumerate_factored_paths(
     end: torch.Tensor | None = None,
     length: int | None = None,
 ) -> PathList:
-    """All paths of one factored example (DESIGN.md ``to_edges()`` semantics).
+    """All paths of one factored example (``SegmentPotentials.to_edges()`` semantics).
 
     scores (T, C); transition (C, C) [c_prev, c]; duration (K, C) [d-1, c];
     init/start/end (C,) optional; length: tokens L (default T).

@@ -41,7 +41,7 @@ __all__ = ["factored_scan", "edge_scan", "default_checkpoint_every"]
 
 
 def default_checkpoint_every(T: int, K: int) -> int:
-    """Steps between checkpoints: Δ ≈ √(T·K) (DESIGN.md).
+    """Steps between checkpoints: Δ ≈ √(T·K) (docs/index.md, "The recurrence").
 
     Checkpoints then cost (T/Δ)·K·C = √(T·K)·C. The block being recomputed
     under autograd keeps a few K·C-sized intermediates per step (Δ·K·C); the
