@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import semiring_flash as sf  # noqa: E402
 from semiring_flash.ops import streaming  # noqa: E402
 from semiring_flash.ops import triton as tk  # noqa: E402
-from semiring_flash.ops.autograd import entry_value  # noqa: E402
+from semiring_flash.ops.dispatch import entry_value  # noqa: E402
 from semiring_flash.ops.triton import launch  # noqa: E402
 
 DEV = "cuda"

@@ -8,6 +8,7 @@
 """
 
 from .distribution import SemiMarkovCRF
+from .edges import EdgePotentials
 from .potentials import SegmentPotentials
 from .segmentation import FactoredMarginals, Segmentation
 from .semirings import (
@@ -30,6 +31,7 @@ __all__ = [
     "SemiMarkovCRF",
     "SemiMarkov",
     "SegmentPotentials",
+    "EdgePotentials",
     "Segmentation",
     "FactoredMarginals",
     "Semiring",

@@ -7,7 +7,8 @@ import functools
 import torch
 from torch.distributions import Distribution, register_kl
 
-from .ops.autograd import check_backend, edge_value, factored_inputs, factored_value, factored_viterbi
+from .edges import EdgePotentials
+from .ops.dispatch import check_backend
 from .potentials import SegmentPotentials
 from .segmentation import FactoredMarginals, Segmentation
 from .semirings import (
@@ -19,7 +20,7 @@ from .semirings import (
     MaxSemiring,
     SampledSemiring,
 )
-from .struct import SemiMarkov, check_edge_parts, check_edges
+from .struct import SemiMarkov, as_potentials
 
 __all__ = ["SemiMarkovCRF"]
 
@@ -57,10 +58,10 @@ class SemiMarkovCRF(Distribution):
 
     Args:
         log_potentials: torch-struct edges (B, N-1, K+1, C, C), durations 1..K — a drop-in for
-            ``torch_struct.SemiMarkovCRF`` — or a :class:`SegmentPotentials`
-            (the flash path: edges are never materialized).
-        lengths: with edges, (B,) positions (tokens + 1), as in torch-struct.
-            With SegmentPotentials, lengths live inside them.
+            ``torch_struct.SemiMarkovCRF`` — or an :class:`EdgePotentials`, or a
+            :class:`SegmentPotentials` (the flash path: edges are never materialized).
+        lengths: with an edge tensor, (B,) positions (tokens + 1), as in torch-struct.
+            Potentials objects hold their lengths.
         backend: "auto" (Triton for CUDA tensors when importable), "torch" or "triton".
 
     With edges every result has torch-struct's layout. With factored
@@ -72,74 +73,60 @@ class SemiMarkovCRF(Distribution):
     arg_constraints: dict = {}
     has_rsample = False
 
-    def __init__(self, log_potentials: torch.Tensor | SegmentPotentials, lengths: torch.Tensor | None = None,
-                 backend: str = "auto", validate_args: bool | None = None):
+    def __init__(self, log_potentials: torch.Tensor | EdgePotentials | SegmentPotentials,
+                 lengths: torch.Tensor | None = None, backend: str = "auto", validate_args: bool | None = None):
         self.backend = check_backend(backend)
-        if isinstance(log_potentials, SegmentPotentials):
-            if lengths is not None:
-                raise ValueError("with SegmentPotentials, pass lengths to SegmentPotentials, not to SemiMarkovCRF")
-            self.factored = True
-            self.potentials = log_potentials
-            B, T, K, C = log_potentials.shape
-            batch_shape, event_shape = (B,), (T, C)
-            self.token_lengths = log_potentials.lengths
-        else:
-            edges, tokens = check_edges(log_potentials, lengths)
-            self.factored = False
-            self.potentials = edges
-            batch_shape, event_shape = edges.shape[:1], edges.shape[1:]
-            self.token_lengths = tokens
+        self._potentials = as_potentials(log_potentials, lengths, where="SemiMarkovCRF")
+        self.potentials = self._potentials.public()  # edges (compute dtype) or the SegmentPotentials
+        self.token_lengths = self._potentials.lengths
         self.log_potentials = log_potentials
         self.lengths = lengths
-        super().__init__(batch_shape=batch_shape, event_shape=event_shape, validate_args=False)
+        super().__init__(batch_shape=(self._potentials.batch,), event_shape=self._potentials.event_shape,
+                         validate_args=False)
 
-    # -- plumbing ------------------------------------------------------------------
+    @property
+    def factored(self) -> bool:
+        """Whether the potentials are factored (SegmentPotentials) rather than edges."""
+        return isinstance(self._potentials, SegmentPotentials)
+
     def _struct(self, semiring=LogSemiring) -> SemiMarkov:
         return SemiMarkov(semiring, self.backend)
 
-    def _value(self, semiring, other=None) -> torch.Tensor:
-        """Semiring value (S, B); with ``other``, of the pair (p = self, q = other)."""
-        if self.factored:
-            pots = [self.potentials] + ([other.potentials] if other is not None else [])
-            return factored_value(semiring, factored_inputs(pots), self.backend)
-        edges = self.potentials if other is None else torch.stack([self.potentials, other.potentials], 0)
-        return edge_value(semiring, edges, self.token_lengths, self.backend)
-
-    def _check_other(self, other: "SemiMarkovCRF"):
-        if not isinstance(other, SemiMarkovCRF) or other.factored != self.factored:
+    def _pair(self, other: "SemiMarkovCRF") -> list:
+        """[p, q] for the two-distribution semirings (shape and lengths are checked at the engine door)."""
+        if not isinstance(other, SemiMarkovCRF) or type(other._potentials) is not type(self._potentials):
             raise TypeError("other must be a SemiMarkovCRF of the same input kind (edges or SegmentPotentials)")
-        if not self.factored and (other.potentials.shape != self.potentials.shape or not torch.equal(other.token_lengths, self.token_lengths)):
-            raise ValueError("other must have the same edge shape and lengths")
+        return [self._potentials, other._potentials]
 
     # -- values ------------------------------------------------------------------------
     @_lazy_property
     def partition(self) -> torch.Tensor:
         """log Z, (B,)."""
-        return self._value(LogSemiring)[0]
+        # channel 0 of the raw value, indexed here: a call taking the tensor would be one more
+        # torch.compile graph (dynamo compiles every frame whose arguments hold tensors)
+        return self._struct(LogSemiring).sum(self._potentials, _raw=True)[0]
 
     @_lazy_property
     def max(self) -> torch.Tensor:
         """Score of the best segmentation, (B,)."""
-        return self._value(MaxSemiring)[0]
+        return self._struct(MaxSemiring).sum(self._potentials)
 
     @_lazy_property
     def entropy(self) -> torch.Tensor:
         """H[p], (B,); torch-struct's EntropySemiring value (differentiable)."""
-        return self._value(EntropySemiring)[1]
+        return self._struct(EntropySemiring).sum(self._potentials)
 
     def kmax(self, k: int) -> torch.Tensor:
         """Scores of the k best structures, (k, B), sorted (−inf past the last one)."""
-        return self._value(KMaxSemiring(k))
+        return self._struct(KMaxSemiring(k)).sum(self._potentials, _raw=True)
 
     def cross_entropy(self, other: "SemiMarkovCRF") -> torch.Tensor:
         """H[p, q] = −E_p[log q], (B,)."""
-        self._check_other(other)
-        return self._value(CrossEntropySemiring, other)[2]
+        return self._struct(CrossEntropySemiring).sum(self._pair(other))
 
     def kl(self, other: "SemiMarkovCRF") -> torch.Tensor:
         """KL[p || q], (B,)."""
-        self._check_other(other)
-        return self._value(KLDivergenceSemiring, other)[2]
+        return self._struct(KLDivergenceSemiring).sum(self._pair(other))
 
     # -- structures ------------------------------------------------------------------
     @_lazy_property
@@ -149,23 +136,16 @@ class SemiMarkovCRF(Distribution):
         Differentiable (double backward, torch engine) when grad mode is on and
         the potentials require grad; see :meth:`SemiMarkov.marginals`.
         """
-        return self._struct(LogSemiring).marginals(self.potentials, self._edge_lengths())
+        return self._struct(LogSemiring).marginals(self._potentials)
 
     def segment_marginals(self) -> torch.Tensor:
         """Factored only: (B, T, K, C) P(segment at t of duration d (index d-1), label c)."""
-        self._require_factored("segment_marginals")
-        return self._struct(LogSemiring).segment_marginals(self.potentials)
+        return self._struct(LogSemiring).segment_marginals(self._potentials)
 
     @_lazy_property
     def argmax(self) -> torch.Tensor | Segmentation:
         """The Viterbi structure: one-hot edges, or a :class:`Segmentation` (factored)."""
-        if self.factored:
-            path = factored_viterbi(self.potentials, self.backend)
-            if path is not None:
-                return Segmentation(*path)
-            ind, lengths = self._struct(MaxSemiring).start_indicators(self.potentials)
-            return Segmentation.from_start_labels(ind[0], lengths)
-        return self._struct(MaxSemiring).marginals(self.potentials, self._edge_lengths())
+        return self._struct(MaxSemiring).argmax(self._potentials)
 
     @property
     def mode(self) -> torch.Tensor | Segmentation:
@@ -178,10 +158,7 @@ class SemiMarkovCRF(Distribution):
         When a sequence has fewer than k segmentations, the extra channels are
         empty: all-zero edges, or labels −1 with no starts.
         """
-        if self.factored:
-            ind, lengths = self._struct(KMaxSemiring(k)).start_indicators(self.potentials)
-            return Segmentation.from_start_labels(ind, lengths)
-        return self._struct(KMaxSemiring(k)).marginals(self.potentials, self._edge_lengths(), _raw=True)
+        return self._struct(KMaxSemiring(k)).structures(self._potentials)
 
     def log_prob(self, value: torch.Tensor | Segmentation) -> torch.Tensor:
         """log p(value): one-hot edges (..., B, N-1, K+1, C, C), or a Segmentation (..., B, T).
@@ -189,16 +166,8 @@ class SemiMarkovCRF(Distribution):
         −inf (never NaN) for the empty structure and for every value of an
         impossible sequence (log Z = −inf). Malformed values raise ValueError.
         """
-        if self.factored:
-            if not isinstance(value, Segmentation):
-                raise TypeError("with SegmentPotentials, value must be a semiring_flash.Segmentation")
-            score = self._struct().score(self.potentials, value)  # −inf for the empty segmentation
-        else:
-            if not isinstance(value, torch.Tensor) or value.shape[-5:] != self.potentials.shape[-5:]:
-                raise ValueError(f"value must be one-hot edges of shape (..., {', '.join(map(str, self.potentials.shape))})")
-            empty = check_edge_parts(value, self.token_lengths)
-            score = self._struct().score(self.potentials, value, batch_dims=range(value.dim() - 4))
-            score = torch.where(empty, float("-inf"), score)
+        empty = self._potentials.check_value(value)
+        score = torch.where(empty, float("-inf"), self._struct().score(self._potentials, value))
         return torch.where(self.impossible, float("-inf"), score - self.partition)
 
     @property
@@ -221,37 +190,21 @@ class SemiMarkovCRF(Distribution):
         potentials' device to draw from (default: the global RNG). Runs on the
         torch engine whatever the backend (the Triton kernels do not sample).
         """
+        pots = self._potentials
         if generator is not None:
             if not isinstance(generator, torch.Generator):
                 raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-            device = self.potentials.device
-            if generator.device.type != device.type:
-                raise ValueError(f"generator is on {generator.device} but the potentials are on {device}")
+            if generator.device.type != pots.device.type:
+                raise ValueError(f"generator is on {generator.device} but the potentials are on {pots.device}")
         shape = _sample_shape(sample_shape)
         n = int(shape.numel())
         if n == 0:  # like torch.distributions: an empty batch of samples
-            return self._empty_sample(shape)
+            return pots.empty(shape)
         struct = SemiMarkov(SampledSemiring.with_generator(generator), "torch")
-        if self.factored:
-            ind, lengths = struct.start_indicators(self.potentials.detach(), batch_repeat=n)
-            B, T, C = self.potentials.batch, self.potentials.T, self.potentials.C
-            ind = ind[0].view(B, n, T, C).transpose(0, 1).reshape(*shape, B, T, C)
-            return Segmentation.from_start_labels(ind, self.token_lengths.expand(*shape, B))
-        edges = self.potentials.detach()
-        rep = edges.repeat_interleave(n, 0)
-        lengths = self._edge_lengths()
-        lengths = None if lengths is None else torch.as_tensor(lengths).repeat_interleave(n, 0)
-        marg = struct.marginals(rep, lengths)
-        B = edges.shape[0]
-        return marg.view(B, n, *edges.shape[1:]).transpose(0, 1).reshape(*shape, *edges.shape)
-
-    def _empty_sample(self, shape: torch.Size):
-        if self.factored:
-            B, T = self.potentials.batch, self.potentials.T
-            dev = self.potentials.device
-            return Segmentation(torch.full((*shape, B, T), -1, dtype=torch.long, device=dev),
-                                torch.zeros(*shape, B, T, dtype=torch.bool, device=dev), self.token_lengths.expand(*shape, B))
-        return self.potentials.new_zeros(*shape, *self.potentials.shape)
+        ind = struct.indicators(pots.detach(), batch_repeat=n)[0]  # (B·n, ...): sample j of sequence b at b·n + j
+        B = pots.batch
+        ind = ind.view(B, n, *ind.shape[1:]).transpose(0, 1).reshape(*shape, B, *ind.shape[1:])
+        return pots.structures(ind, self.token_lengths.expand(*shape, B))
 
     # -- torch-struct event helpers ------------------------------------------------
     @staticmethod
@@ -262,16 +215,8 @@ class SemiMarkovCRF(Distribution):
     def from_event(event: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         return SemiMarkov.from_parts(event)
 
-    def _edge_lengths(self):
-        return None if self.factored else self.lengths
-
-    def _require_factored(self, what):
-        if not self.factored:
-            raise TypeError(f"{what} needs SegmentPotentials input")
-
     def __repr__(self):
-        kind = repr(self.potentials) if self.factored else f"edges{tuple(self.potentials.shape)}"
-        return f"SemiMarkovCRF({kind}, backend={self.backend!r})"
+        return f"SemiMarkovCRF({self._potentials!r}, backend={self.backend!r})"
 
 
 @register_kl(SemiMarkovCRF, SemiMarkovCRF)

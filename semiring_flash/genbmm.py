@@ -26,7 +26,7 @@ import os
 import torch
 
 from .ops import bmm_torch
-from .ops.autograd import check_backend
+from .ops.dispatch import check_backend
 from .validation import check_same_device, check_tensor, compute_dtype
 
 __all__ = ["logbmm", "maxbmm", "samplebmm", "prodmaxbmm"]

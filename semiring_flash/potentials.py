@@ -6,6 +6,8 @@ import copy
 
 import torch
 
+from .segmentation import FactoredMarginals, Segmentation
+from .semirings import logsumexp
 from .validation import (
     all_finite,
     check_same_device,
@@ -140,6 +142,15 @@ class SegmentPotentials:
         """(B, T, K, C)"""
         return (self.batch, self.T, self.K, self.C)
 
+    @property
+    def event_shape(self) -> tuple[int, int]:
+        """One structure's shape in the distribution's terms: (T, C)."""
+        return (self.T, self.C)
+
+    def public(self) -> "SegmentPotentials":
+        """What the struct surface shows for these potentials: themselves."""
+        return self
+
     def _per_batch(self, x: torch.Tensor | None, tail: tuple) -> torch.Tensor | None:
         if x is None:
             return None
@@ -246,6 +257,81 @@ class SegmentPotentials:
         """The tensors given (scores or cum_scores, transition, duration, init, start, end, lengths)."""
         xs = (self.scores, self.cum_scores, self.transition, self.duration, self.init, self.start, self.end, self.lengths)
         return [x for x in xs if x is not None]
+
+    # -- structures ---------------------------------------------------------------
+    def score(self, seg: Segmentation) -> torch.Tensor:
+        """Score of segmentations (..., B, T) -> (..., B); −inf where impossible and for the empty one.
+
+        Shares the partition's convention exactly: segment sums of the (centred)
+        scores, duration[d-1, c], transition between consecutive segments, the
+        entry term (start[c], or ⊕_{c'} init[c'] ⊗ transition[c', c]) and end[c].
+        """
+        B, T, K, C = self.shape
+        if seg.labels.shape[-2:] != (B, T):
+            raise ValueError(f"value must be a Segmentation of shape (..., B, T) = (..., {B}, {T}), got {tuple(seg.labels.shape)}")
+        lead = seg.labels.shape[:-2]
+        seg_lengths = seg.lengths.expand(seg.labels.shape[:-1])
+        if not torch.equal(seg_lengths, self.lengths.expand_as(seg_lengths)):
+            raise ValueError("value.lengths must equal the potentials' lengths")
+        seg.check(C)
+        labels = seg.labels.reshape(-1, B, T).clamp(min=0)
+        starts = seg.starts.reshape(-1, B, T)
+        R = labels.shape[0]
+        dev = labels.device
+        L = self.lengths.view(1, B, 1)
+        t = torch.arange(T, device=dev).view(1, 1, T)
+        valid = t < L
+
+        tok = self.token_scores().unsqueeze(0).expand(R, B, T, C)
+        total = torch.where(valid, tok.gather(-1, labels.unsqueeze(-1)).squeeze(-1), tok.new_zeros(())).sum(-1)
+
+        # duration of the segment starting at t: next start (or L) - t
+        pos = torch.where(starts & valid, t.expand(R, B, T), torch.full_like(labels, T))
+        after = torch.cat([pos[..., 1:], torch.full_like(pos[..., :1], T)], -1)
+        nxt = after.flip(-1).cummin(-1).values.flip(-1)
+        nxt = torch.minimum(nxt, L.expand(R, B, T))
+        is_start = starts & valid
+        d = (nxt - t).clamp(min=1)
+        dur = self.duration_b().to(torch.float64)  # (B, K, C)
+        dur_term = dur.view(1, B, K * C).expand(R, B, K * C).gather(-1, (d.clamp(max=K) - 1) * C + labels)
+        dur_term = torch.where(d > K, torch.full_like(dur_term, float("-inf")), dur_term)
+        total = total + torch.where(is_start, dur_term, dur_term.new_zeros(())).sum(-1)
+
+        trans = self.transition_b().to(torch.float64)  # (B, C, C)
+        prev = torch.cat([labels[..., :1], labels[..., :-1]], -1)
+        tr = trans.view(1, B, C * C).expand(R, B, C * C).gather(-1, prev * C + labels)
+        inner = is_start & (t > 0)
+        total = total + torch.where(inner, tr, tr.new_zeros(())).sum(-1)
+
+        entry = logsumexp(self.entry_potential().to(torch.float64), 1)  # (B, C)
+        total = total + entry.unsqueeze(0).expand(R, B, C).gather(-1, labels[..., :1]).squeeze(-1)
+        last = labels.gather(-1, (L.expand(R, B, 1) - 1))
+        total = total + self.end_b().to(torch.float64).unsqueeze(0).expand(R, B, C).gather(-1, last).squeeze(-1)
+        total = torch.where(seg.empty().reshape(R, B), float("-inf"), total)  # the empty segmentation: weight 0̄
+        return total.to(self.dtype).reshape(*lead, B)
+
+    def check_value(self, value) -> torch.Tensor:
+        """Validate a structure for log_prob; returns the (..., B) mask of empty segmentations."""
+        if not isinstance(value, Segmentation):
+            raise TypeError("with SegmentPotentials, value must be a semiring_flash.Segmentation")
+        return value.empty()
+
+    def structures(self, indicators: torch.Tensor, lengths: torch.Tensor) -> Segmentation:
+        """Segmentations from (..., B, T, C) start indicators (a segment of label c starts at t)."""
+        return Segmentation.from_start_labels(indicators, lengths)
+
+    def empty(self, shape: torch.Size) -> Segmentation:
+        """``shape`` empty structures: a Segmentation (*shape, B, T) with labels −1 and no starts."""
+        B, T = self.batch, self.T
+        return Segmentation(torch.full((*shape, B, T), -1, dtype=torch.long, device=self.device),
+                            torch.zeros(*shape, B, T, dtype=torch.bool, device=self.device), self.lengths.expand(*shape, B))
+
+    def marginals(self, grads: list) -> FactoredMarginals:
+        """Compact marginals from the gradients of the value w.r.t. (cum, transition, duration, start bias)."""
+        g_cum, g_tr, g_dur, g_sb = grads
+        token = g_cum.flip(1).cumsum(1).flip(1)[:, 1:]  # ∂/∂scores[j] = Σ_{t>j} ∂/∂S[t]
+        return FactoredMarginals(token=token.to(self.dtype), start=g_sb.sum(-1), start_label=g_sb,
+                                 duration=g_dur, transition=g_tr)
 
     def __repr__(self):
         B, T, K, C = self.shape

@@ -112,7 +112,7 @@ class _SafeLogSumExp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, _ = ctx.saved_tensors
-        return softmax_weights(x, ctx.dim) * g.unsqueeze(ctx.dim), None
+        return LogSemiring.plus_grad(x, ctx.dim) * g.unsqueeze(ctx.dim), None
 
 
 def logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -249,6 +249,17 @@ class Semiring:
     def plus(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.sum(torch.stack([a, b], -1), -1)
 
+    def plus_grad(self, x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """∂(⊕ x along dim)/∂x in closed form, for semirings whose ``plus_vjp`` is set.
+
+        The engines' hand-written backward passes use it instead of autograd;
+        ``dtype`` computes the weights in a wider type (float64 adjoints, see
+        :func:`softmax_weights`). Semirings without ``plus_vjp`` raise.
+        """
+        if self.plus_vjp is None:
+            raise NotImplementedError(f"{self!r} has no closed-form ⊕ gradient (plus_vjp is None)")
+        return self._plus_grad(x, dim, dtype)
+
     def sum_dims(self, x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
         """⊕ over several (adjacent or not) dims at once."""
         nd = x.dim()
@@ -312,6 +323,10 @@ class _LogSemiring(Semiring):
     def sum(self, x, dim=-1):
         return logsumexp(x, dim)
 
+    @staticmethod
+    def _plus_grad(x, dim, dtype):
+        return softmax_weights(x, dim, dtype)  # explicitly normalised: see its docstring
+
 
 class _MaxSemiring(Semiring):
     name = "max"
@@ -322,6 +337,11 @@ class _MaxSemiring(Semiring):
     def sum(self, x, dim=-1):
         # torch.max routes the gradient to one index: the argmax indicator.
         return x.max(dim).values
+
+    @staticmethod
+    def _plus_grad(x, dim, dtype):
+        idx = x.argmax(dim, keepdim=True)  # the one index torch.max routes the gradient to
+        return torch.zeros(x.shape, dtype=dtype or x.dtype, device=x.device).scatter_(dim, idx, 1.0)
 
     def sparse_sum(self, x, dim=-1):
         """(max, (zeros, argmax)) like torch-struct's: the value and which input it came from."""

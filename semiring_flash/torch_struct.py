@@ -50,7 +50,6 @@ import torch as _torch
 from . import distribution as _distribution
 from . import semirings as _sr
 from . import struct as _struct
-from .ops.autograd import edge_value as _edge_value
 from .potentials import SegmentPotentials
 
 try:  # the real package, for the structures that are not ours
@@ -147,18 +146,6 @@ class SemiMarkov(_struct.SemiMarkov):
 
     def __init__(self, semiring=LogSemiring, backend: str = "auto"):
         super().__init__(as_semiring(semiring), backend)
-
-    def logpartition(self, log_potentials, lengths=None, force_grad=False):
-        if self.semiring.n_potentials == 2 and isinstance(log_potentials, (list, tuple)):
-            if len(log_potentials) != 2:
-                raise ValueError(f"{self.semiring!r} takes two edge tensors [p, q], got {len(log_potentials)}")
-            p, tokens = _struct.check_edges(log_potentials[0], lengths)
-            q, _ = _struct.check_edges(log_potentials[1], lengths)
-            if p.shape != q.shape:
-                raise ValueError(f"p and q edges must have one shape, got {tuple(p.shape)} and {tuple(q.shape)}")
-            value = _edge_value(self.semiring, _torch.stack([p, q]), tokens, self.backend)
-            return value, [p, q]
-        return super().logpartition(log_potentials, lengths, force_grad)
 
 
 class _StructDistributionMeta(type):

@@ -13,7 +13,8 @@ import torch
 
 import semiring_flash as sf
 from semiring_flash.ops import naive
-from semiring_flash.ops.autograd import factored_inputs, factored_value, edge_value, entry_value
+from semiring_flash.ops import dispatch
+from semiring_flash.ops.dispatch import entry_value
 from semiring_flash.ops.dense import dense_edges, dense_factored
 
 NEG = float("-inf")
@@ -233,18 +234,18 @@ SEMIRINGS = [sf.LogSemiring, sf.MaxSemiring, sf.EntropySemiring, sf.KMaxSemiring
 def test_streaming_engine_equals_dense_dp_on_impossible_sequences(case):
     """The dense DP keeps no normaliser: its entropy of 0̄ is 0 by the algebra alone."""
     pots = _pots(CASES[case]())
-    inp = factored_inputs([pots])
+    inp = dispatch.inputs([pots])
     tokens = pots.lengths
     for sr in SEMIRINGS:
         tau0 = entry_value(sr, inp.entry, inp.transition.dtype)
         ref = dense_factored(sr, inp.cum, inp.transition, inp.duration, tau0, inp.end, inp.lengths)
-        torch.testing.assert_close(factored_value(sr, inp, "torch"), ref, **TOL)
-        torch.testing.assert_close(edge_value(sr, pots.to_edges(), tokens, "torch"), dense_edges(sr, pots.to_edges(), tokens), **TOL)
+        torch.testing.assert_close(dispatch.value(sr, inp, "torch"), ref, **TOL)
+        torch.testing.assert_close(dispatch.value(sr, dispatch.EdgeInputs(pots.to_edges(), tokens), "torch"), dense_edges(sr, pots.to_edges(), tokens), **TOL)
     for sr in (sf.CrossEntropySemiring, sf.KLDivergenceSemiring):
-        pair = factored_inputs([pots, _pots(CASES[case](), scale=-0.5)])
+        pair = dispatch.inputs([pots, _pots(CASES[case](), scale=-0.5)])
         tau0 = entry_value(sr, pair.entry, pair.transition.dtype)
         ref = dense_factored(sr, pair.cum, pair.transition, pair.duration, tau0, pair.end, pair.lengths)
-        torch.testing.assert_close(factored_value(sr, pair, "torch"), ref, **TOL)
+        torch.testing.assert_close(dispatch.value(sr, pair, "torch"), ref, **TOL)
 
 
 def test_cross_entropy_is_inf_where_q_forbids_what_p_allows():

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import semiring_flash as sf
-from semiring_flash.ops.autograd import entry_value
+from semiring_flash.ops.dispatch import entry_value
 from semiring_flash.ops.dense import dense_edges, dense_factored
 from semiring_flash.ops.streaming import edge_scan, factored_scan
 

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from strategies import _common, edge_models, factored_kwargs, factored_models
 
 import semiring_flash as sf
-from semiring_flash.ops.autograd import entry_value, factored_inputs
+from semiring_flash.ops import dispatch
+from semiring_flash.ops.dispatch import entry_value
 from semiring_flash.ops.dense import dense_edges, dense_factored
 
 few = settings(max_examples=12, derandomize=True, **_common)
@@ -25,7 +26,7 @@ def _leaves(m: dict, names) -> dict:
 
 def _dense_factored_marginals(pots: sf.SegmentPotentials) -> dict:
     """The same gradients as SemiMarkov.marginals, by create_graph autograd through the dense DP (the oracle)."""
-    inp = factored_inputs([pots], leaves=True, keep_graph=True)
+    inp = dispatch.inputs([pots], leaves=True, keep_graph=True)
     sb = torch.zeros(pots.batch, pots.T, pots.C, dtype=pots.dtype, requires_grad=True)
     tau0 = entry_value(sf.LogSemiring, inp.entry, inp.transition.dtype)
     logz = dense_factored(sf.LogSemiring, inp.cum, inp.transition, inp.duration, tau0, inp.end, inp.lengths, sb)[0]

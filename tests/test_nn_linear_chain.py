@@ -10,13 +10,13 @@ from hypothesis import given
 from strategies import factored_example, factored_kwargs, factored_models
 
 import semiring_flash as sf
-from semiring_flash.ops import autograd as dispatch
+from semiring_flash.ops import dispatch
 from semiring_flash.ops import linear_chain, naive, streaming
-from semiring_flash.ops.autograd import entry_value, factored_inputs
+from semiring_flash.ops.dispatch import entry_value
 
 
 def _engine_args(pots, semiring, leaves=False):
-    inp = factored_inputs([pots], leaves=leaves)
+    inp = dispatch.inputs([pots], leaves=leaves)
     tau0 = entry_value(semiring, inp.entry, inp.transition.dtype)
     return inp, (inp.cum, inp.transition, inp.duration, tau0, inp.end, inp.lengths)
 

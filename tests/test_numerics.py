@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import semiring_flash as sf
-from semiring_flash.ops.autograd import factored_inputs, factored_value
+from semiring_flash.ops import dispatch
 from strategies import logprob_model
 
 
@@ -182,8 +182,8 @@ def test_triton_fp32_adjoint_conserves_mass_to_float64_precision():
         pytest.skip("runs the kernels through the interpreter (TRITON_INTERPRET=1)")
     lengths = torch.tensor([12, 7])
     pots = sf.SegmentPotentials(**logprob_model(12, 4, 3, torch.float32, B=2), lengths=lengths)
-    inp = factored_inputs([pots], leaves=True)  # float64 prefix sums, float32 potentials
-    v = factored_value(sf.LogSemiring, inp, backend="triton")
+    inp = dispatch.inputs([pots], leaves=True)  # float64 prefix sums, float32 potentials
+    v = dispatch.value(sf.LogSemiring, inp, backend="triton")
     (g_cum,) = torch.autograd.grad(v.sum(), inp.cum)
     token = g_cum.flip(1).cumsum(1).flip(1)[:, 1:]  # float64 token marginals
     valid = (torch.arange(12).view(1, -1) < lengths.view(-1, 1)).double()

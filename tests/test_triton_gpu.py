@@ -24,7 +24,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 triton = pytest.importorskip("triton")
 
 import semiring_flash as sf  # noqa: E402
-from semiring_flash.ops.autograd import entry_value  # noqa: E402
+from semiring_flash.ops.dispatch import entry_value  # noqa: E402
 from semiring_flash.ops.dense import dense_edges, dense_factored  # noqa: E402
 from semiring_flash.semirings import logsumexp  # noqa: E402
 
@@ -221,10 +221,9 @@ def test_max_and_viterbi_T1e6_against_float64_reference():
                                 start=None, end=ins[4], lengths=L)
     assert bool((labels >= 0).all()) and bool(starts[:, 0].all())
     seg = sf.Segmentation(labels, starts, L)
-    from semiring_flash.struct import score_segmentation
 
     # score with the entry term: tau0 = max_c' entry, so compare up to the entry convention
-    s = score_segmentation(pots, seg)
+    s = pots.score(seg)
     first = int(labels[0, 0])
     s = s - logsumexp(pots.entry_potential().double(), 1)[0, first] + ins[3][0, 0, first]
     assert _rel(s[0], ref) < 1e-9
@@ -303,9 +302,8 @@ def test_kbest_segmentations_T1e6_through_the_public_api():
     dist = sf.SemiMarkovCRF(pots)
     top = dist.topk(3)
     top.check(C)
-    from semiring_flash.struct import score_segmentation
 
-    scores = torch.stack([score_segmentation(pots, top[i]) for i in range(3)])[:, 0]
+    scores = torch.stack([pots.score(top[i]) for i in range(3)])[:, 0]
     kmax = dist.kmax(3)[:, 0]
     torch.testing.assert_close(scores, kmax, rtol=1e-9, atol=1e-6)
     assert bool((kmax[:-1] > kmax[1:]).all())

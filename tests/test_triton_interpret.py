@@ -28,7 +28,7 @@ if _TRITON_ALREADY_IMPORTED:
 triton = pytest.importorskip("triton")
 
 import semiring_flash as sf  # noqa: E402
-from semiring_flash.ops.autograd import entry_value  # noqa: E402
+from semiring_flash.ops.dispatch import entry_value  # noqa: E402
 from semiring_flash.ops.dense import dense_edges, dense_factored  # noqa: E402
 
 kernels = pytest.importorskip("semiring_flash.ops.triton")

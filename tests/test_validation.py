@@ -117,9 +117,9 @@ def test_inputs_never_mutated():
 
 
 def test_triton_backend_unavailable_is_a_clear_error(monkeypatch):
-    from semiring_flash.ops import autograd
+    from semiring_flash.ops import dispatch
 
-    monkeypatch.setattr(autograd, "_triton_module", lambda: (None, ImportError("no triton here")))
+    monkeypatch.setattr(dispatch, "_triton_module", lambda: (None, ImportError("no triton here")))
     with pytest.raises(NotImplementedError, match="backend='triton' is unavailable"):
         sf.SemiMarkovCRF(make(), backend="triton").partition
     # auto quietly falls back to the torch engine

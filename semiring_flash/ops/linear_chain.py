@@ -15,7 +15,7 @@ semiring runs the log-space loop. ``viterbi`` adds backpointers for a decode
 without the max-semiring gradient.
 
 These functions take the streaming engine's arguments (``factored_scan``),
-so ``ops/autograd.py`` can route K = 1 calls here for the Log and Max
+so ``ops/dispatch.py`` can route K = 1 calls here for the Log and Max
 semirings; the streaming engine stays the reference they are tested against.
 """
 

@@ -34,7 +34,7 @@ import math
 
 import torch
 
-from ..semirings import Semiring, softmax_weights
+from ..semirings import Semiring
 from ..validation import compute_dtype
 
 __all__ = ["factored_scan", "edge_scan", "default_checkpoint_every"]
@@ -203,28 +203,18 @@ class _FactoredRecurrence(_Recurrence):
     def has_fast_backward(self):
         return self.sr.plus_vjp is not None and self.sr.n_potentials == 1 and not self.has_seg_bias
 
-    def _local(self, x, dim):
-        """∂out/∂x for out = ⊕ x along dim, in float64: softmax (log) or the argmax one-hot (max).
-
-        The weights are normalised explicitly (``softmax_weights``) and the
-        adjoint is carried in float64: the recursion multiplies one weight set
-        per position, so a weight sum off 1 by ε compounds to T·ε at position 0
-        (float32 gradients of uncentred scores drifted by 2e-4 at T = 2·10^4).
-        """
-        if self.sr.plus_vjp == "softmax":
-            return softmax_weights(x, dim, torch.float64)
-        idx = x.argmax(dim, keepdim=True)
-        return torch.zeros(x.shape, dtype=torch.float64, device=x.device).scatter_(dim, idx, 1.0)
-
     def fast_backward(self, ring_in, views, t0, t1, adj_ring, grad_value):
         """Adjoints of (w, sb, trans, end, ring_in) for one block, without autograd.
 
         Recomputes the block's states (rings and α), then sweeps t = t1..t0+1:
         G is the adjoint of the ring after step t; τ(t) sits in its last slot.
-        Adjoints are accumulated in float64 (see ``_local``); the ring's adjoint
+        ⊕'s local gradients (the semiring's ``plus_grad``) and the adjoints are
+        float64: the recursion multiplies one weight set per position, so a
+        weight sum off 1 by ε compounds to T·ε at position 0 (float32 gradients
+        of uncentred scores drifted by 2e-4 at T = 2·10^4). The ring's adjoint
         is returned in float64 too, to carry full precision across blocks.
         """
-        K = self.K
+        K, plus_grad = self.K, self.sr.plus_grad
         acc = torch.float64
         trans, end = views[1][0].detach(), views[4][0].detach()
         with torch.no_grad():
@@ -250,16 +240,16 @@ class _FactoredRecurrence(_Recurrence):
                 if gsb is not None:
                     gsb[:, i] = g_tau
                 # the same x as the forward computed (bitwise): the weights are its exact softmax
-                P = self._local(alpha.unsqueeze(-1) + trans, 1) * g_tau.unsqueeze(1)  # (B,C',C)
+                P = plus_grad(alpha.unsqueeze(-1) + trans, 1, acc) * g_tau.unsqueeze(1)  # (B,C',C)
                 g_trans += P
                 g_alpha += P.sum(-1)
                 G = torch.cat([torch.zeros_like(G[:, :1]), G[:, : K - 1]], 1)
             if t in self.record_set:
                 sel = (self.lengths == t).to(acc) * gv
-                Q = self._local(alpha + end, 1) * sel.unsqueeze(1)
+                Q = plus_grad(alpha + end, 1, acc) * sel.unsqueeze(1)
                 g_end += Q
                 g_alpha += Q
-            q = self._local(ring + w[:, i], 1) * g_alpha.unsqueeze(1)  # (B,K,C)
+            q = plus_grad(ring + w[:, i], 1, acc) * g_alpha.unsqueeze(1)  # (B,K,C)
             gw[:, i] = q
             G = G + q
         dt = self.dtype

@@ -1,0 +1,222 @@
+"""The one door into the engines: engine inputs, backend resolution, and the torch engine or the Triton kernels.
+
+Every value, gradient and decode of the package comes through here: ``inputs``
+turns potentials (either kind) into engine inputs, ``value`` computes a
+semiring value on them, ``viterbi`` decodes with backpointers where a
+dedicated decoder exists. This is the only module that imports the engines
+(``streaming``, ``linear_chain``, ``triton``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..edges import EdgePotentials
+from ..semirings import MaxSemiring, Semiring
+from ..validation import check_values, signature
+from . import linear_chain, streaming
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@functools.cache  # looked up once: the import machinery costs host time on every call
+def _triton_module():
+    """(kernels module, None), or (None, the error) when Triton is unusable."""
+    try:
+        from . import triton as kernels  # noqa: WPS433 (optional dependency)
+    except Exception as err:  # ImportError, or triton failing to initialise
+        return None, err
+    if not hasattr(kernels, "factored_scan_triton"):
+        return None, ImportError("semiring_flash.ops.triton has no kernels")
+    return kernels, None
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def resolve_backend(backend: str, device: torch.device, semiring: Semiring, extras: bool = False) -> str:
+    """'torch' or 'triton' for this call.
+
+    'auto' takes Triton for CUDA tensors when it imports and supports the
+    semiring (and no torch-only extra such as per-segment biases is asked
+    for); 'triton' insists, and runs on CPU tensors under TRITON_INTERPRET=1.
+    """
+    check_backend(backend)
+    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
+        return "torch"  # auto on CPU never imports Triton
+    kernels, err = _triton_module()
+    supported = semiring.triton_id is not None and semiring.n_potentials == 1 and not extras
+    if backend == "auto":
+        return "triton" if (kernels is not None and supported) else "torch"
+    if kernels is None:
+        raise NotImplementedError(f"backend='triton' is unavailable: {err}")
+    if not supported:
+        raise NotImplementedError(f"backend='triton' does not support {semiring!r} with these options; use backend='torch'")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    return "triton"
+
+
+# -- engine inputs -------------------------------------------------------------------------------
+@dataclass
+class FactoredInputs:
+    """Engine inputs of one or two (cross-entropy/KL; leading P dim) SegmentPotentials."""
+
+    cum: torch.Tensor  # (P?, B, T+1, C) float64
+    transition: torch.Tensor  # (P?, B, C, C)
+    duration: torch.Tensor  # (P?, B, K, C)
+    end: torch.Tensor  # (P?, B, C)
+    entry: torch.Tensor  # (P?, B, C', C) plain potential into the first segment
+    lengths: torch.Tensor  # (B,) tokens
+    #: (B, T, C) ⊗-ed into τ(t): its gradient marks where segments of each label start
+    start_bias: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.cum.device
+
+    def wrt(self) -> list:
+        """What marginals differentiate: prefix sums, transition, duration, start bias."""
+        return [self.cum, self.transition, self.duration, self.start_bias]
+
+    def indicator(self) -> torch.Tensor:
+        """The input whose gradient is the selected structure (start indicators)."""
+        return self.start_bias
+
+    def with_indicator(self) -> "FactoredInputs":
+        B, T1, C = self.cum.shape[-3:]
+        bias = torch.zeros(B, T1 - 1, C, dtype=self.transition.dtype, device=self.device, requires_grad=True)
+        return replace(self, start_bias=bias)
+
+    def run(self, semiring, which, seg_bias=None, checkpoint_every=None, create_graph=False):
+        tau0 = entry_value(semiring, self.entry, self.transition.dtype)
+        args = (self.cum, self.transition, self.duration, tau0, self.end, self.lengths)
+        if which == "triton":
+            return _triton_module()[0].factored_scan_triton(semiring, *args, start_bias=self.start_bias)
+        if seg_bias is None and checkpoint_every is None and linear_chain.supports(semiring, self.duration):
+            return linear_chain.linear_chain_scan(semiring, *args, start_bias=self.start_bias)  # K = 1: a linear chain
+        return streaming.factored_scan(semiring, *args, start_bias=self.start_bias, seg_bias=seg_bias,
+                                       checkpoint_every=checkpoint_every, create_graph=create_graph)
+
+
+@dataclass
+class EdgeInputs:
+    """Engine inputs of one or two (leading P dim) torch-struct edge tensors."""
+
+    edges: torch.Tensor  # (P?, B, N-1, K+1, C, C) in the compute dtype
+    lengths: torch.Tensor  # (B,) tokens
+
+    @property
+    def device(self) -> torch.device:
+        return self.edges.device
+
+    def wrt(self) -> list:
+        return [self.edges]
+
+    def indicator(self) -> torch.Tensor:
+        return self.edges
+
+    def run(self, semiring, which, seg_bias=None, checkpoint_every=None, create_graph=False):
+        if seg_bias is not None:
+            raise ValueError("per-segment biases need factored potentials")
+        if which == "triton":
+            return _triton_module()[0].edge_scan_triton(semiring, self.edges, self.lengths)
+        return streaming.edge_scan(semiring, self.edges, self.lengths, checkpoint_every=checkpoint_every,
+                                   create_graph=create_graph)
+
+
+def _prepared(x, repeat=1, leaf=False, keep_graph=False):
+    """x with each sequence ``repeat`` times in a row; a detached leaf that requires grad with ``leaf``
+    (unless ``keep_graph`` and it already requires grad)."""
+    if repeat > 1:
+        x = x.repeat_interleave(repeat, 0)
+    if not leaf or (keep_graph and x.requires_grad):
+        return x
+    return x.detach().requires_grad_()
+
+
+def inputs(pots: list, leaves: bool = False, keep_graph: bool = False, indicator: bool = False, repeat: int = 1):
+    """Engine inputs of one potentials object, or of two (p, q) of one kind (stacked on a leading P dim).
+
+    ``leaves``: the differentiable inputs (``wrt()``) become detached leaves
+    that require grad: their gradients are the marginals; with ``keep_graph``
+    those that already require grad stay attached to the user's potentials
+    instead (differentiable marginals). ``indicator`` (implied by ``leaves``)
+    adds the input whose gradient is the selected structure (``indicator()``).
+    ``repeat``: each sequence ``repeat`` times in a row (batch R·B, for sampling).
+    """
+    first = pots[0]
+    # a pair's tensors are stacked on a leading P dim (this frame naming torch also lets dynamo compile it whole)
+    stacked = (lambda xs: xs[0]) if len(pots) == 1 else functools.partial(torch.stack, dim=0)  # noqa: E731
+    for p in pots[1:]:
+        if type(p) is not type(first) or p.shape != first.shape:
+            raise ValueError(f"both distributions need the same (B, T, K, C) and lengths; got {first.shape} and {p.shape}")
+        check_values(signature(lengths=first.lengths, other_lengths=p.lengths), first.device,
+                     lambda: [((p.lengths != first.lengths).any(), "both distributions need the same lengths")])
+
+    prep = functools.partial(_prepared, leaf=leaves, keep_graph=keep_graph)
+    if isinstance(first, EdgePotentials):  # the edges are their own indicator: a leaf
+        edges = [_prepared(p.edges, repeat, leaves or indicator, keep_graph) for p in pots]
+        return EdgeInputs(stacked(edges), _prepared(first.lengths, repeat))
+    parts = []
+    for p in pots:
+        trans = prep(p.transition_b())
+        parts.append((prep(p.cum()), trans, prep(p.duration_b()), p.end_b(), p.entry_potential(trans)))
+    # repeated after the entry is built from the per-batch init/start (a repeat is for sampling: no leaves)
+    inp = FactoredInputs(*[_prepared(stacked(list(z)), repeat) for z in zip(*parts)], _prepared(first.lengths, repeat))
+    return inp.with_indicator() if (indicator or leaves) else inp
+
+
+def entry_value(semiring: Semiring, entry: torch.Tensor, dtype) -> torch.Tensor:
+    """τ(0, c) = ⊕_{c'} 1̄ ⊗ entry[c', c], as a semiring value (S, B, C)."""
+    pot = entry if semiring.n_potentials > 1 else entry.unsqueeze(0)
+    if semiring.plus_vjp is not None:  # log/max: 1̄ ⊗ w = w: skip building 1̄ (small-batch GPU calls are host-bound)
+        return semiring.sum(pot, -2)
+    B, C = pot.shape[1], pot.shape[-1]
+    return semiring.matmul_potential(semiring.ones((B, C), dtype, entry.device), pot)
+
+
+# -- the engines ---------------------------------------------------------------------------------
+def value(
+    semiring: Semiring,
+    inputs: FactoredInputs | EdgeInputs,
+    backend: str = "auto",
+    seg_bias: torch.Tensor | None = None,
+    checkpoint_every: int | None = None,
+    create_graph: bool = False,
+) -> torch.Tensor:
+    """Semiring value (S, B) of engine inputs (either kind).
+
+    ``seg_bias`` (B, T, K, C), factored only: ⊗-ed into the segment starting
+    at t with duration d (index d-1). ``create_graph``: twice differentiable
+    (torch engine). Both, and ``checkpoint_every``, run on the torch engine.
+    """
+    extras = seg_bias is not None or checkpoint_every is not None or create_graph
+    which = resolve_backend(backend, inputs.device, semiring, extras=extras)
+    return inputs.run(semiring, which, seg_bias=seg_bias, checkpoint_every=checkpoint_every, create_graph=create_graph)
+
+
+def viterbi(pots, backend: str = "auto"):
+    """(labels, starts, lengths) of the best segmentation by a decoder with
+    backpointers: the Triton Viterbi kernel (forward + device backtrace), or
+    the linear-chain Viterbi at K = 1 on the torch engine. None where neither
+    applies (edges, or K > 1 on the torch engine): callers then take the
+    max-semiring gradient."""
+    if isinstance(pots, EdgePotentials):
+        return None
+    triton = resolve_backend(backend, pots.device, MaxSemiring) == "triton"
+    if not triton and pots.K != 1:
+        return None
+    decode = _triton_module()[0].viterbi_triton if triton else linear_chain.viterbi
+    with torch.no_grad():  # no graph, and no detached copy of the potentials
+        inp = inputs([pots])
+        tau0 = entry_value(MaxSemiring, inp.entry, inp.transition.dtype)
+        _, labels, starts = decode(inp.cum, inp.transition, inp.duration, tau0, inp.end, inp.lengths)
+    return labels, starts, inp.lengths
