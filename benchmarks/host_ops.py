@@ -29,7 +29,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 VIEWS = {"view", "t", "expand", "slice", "unsqueeze", "squeeze", "select", "unbind", "detach", "alias",
-         "transpose", "_unsafe_view"}
+         "transpose", "_unsafe_view", "split", "split_with_sizes"}
 ALLOCATIONS = {"empty", "empty_like", "new_empty"}
 
 

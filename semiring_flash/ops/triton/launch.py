@@ -269,15 +269,24 @@ def _bwd(m: _Meta, grad_value, ops: Operands, saved) -> Grads:
     if m.edges:
         grads = Grads(gedge=torch.zeros_like(ops.edges))
     else:  # every element is written by the kernel (rows past L as zeros): no fill launches
-        grads = Grads(gcum=torch.empty_like(ops.cum), gtr=torch.empty_like(ops.trans),
-                      gdur=torch.empty_like(ops.dur), gtau0=torch.empty_like(ops.tau0),
-                      gend=torch.empty_like(ops.end), gsb=None if ops.sb is None else torch.empty_like(ops.sb))
+        like = [ops.trans, ops.dur, ops.tau0, ops.end] + ([] if ops.sb is None else [ops.sb])
+        gtr, gdur, gtau0, gend, *gsb = _empty_like(like, m.dtype)
+        grads = Grads(gcum=torch.empty_like(ops.cum), gtr=gtr, gdur=gdur, gtau0=gtau0, gend=gend,
+                      gsb=gsb[0] if gsb else None)
     gv_s, gv_b = gv.stride()
     _launch(scan_bwd_kernel, m, (recompute, *_aligned(*ops, gv), gv_s, gv_b), dict(
         **_pointers(ops, tape, ck, grads), gv_ptr=gv,
         B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, GV_S=gv_s, GV_B=gv_b,
         RECOMPUTE=recompute, **m.consts()))
     return grads
+
+
+def _empty_like(tensors, dtype):
+    """Uninitialised contiguous tensors shaped like ``tensors``, views of one allocation
+    (on a GPU host an allocation costs more host time than the views)."""
+    sizes = [x.numel() for x in tensors]
+    parts = torch.empty(sum(sizes), dtype=dtype, device=tensors[0].device).split(sizes)
+    return [p.view(x.shape) for p, x in zip(parts, tensors)]
 
 
 def _operands(m: _Meta, cum, trans, dur, tau0, end, sb, lengths) -> Operands:
