@@ -1,4 +1,12 @@
-"""Launchers and autograd Functions for the streaming scan kernels."""
+"""Launchers and autograd Functions for the streaming scan kernels.
+
+The kernels' arguments are described once, by role: ``Operands`` (what both kernels read),
+``Tape`` (the per-sequence ring), ``Checkpoints``, ``Grads`` and ``Backpointers``; field f is
+the kernels' keyword ``f_ptr``, and an array a variant never touches is passed as None (a
+constexpr None in Triton: the kernels form its offsets only under the branches that use it).
+``_launch`` launches a cached compiled kernel directly after the first call of a shape: small
+calls are host-bound, and Triton's generic launch path is most of a launch's host time.
+"""
 
 from __future__ import annotations
 
