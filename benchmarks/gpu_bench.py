@@ -15,6 +15,9 @@ The ``api`` case times the public API instead (build SegmentPotentials,
 SemiMarkovCRF(...).partition, gradients w.r.t. scores, transition, duration) per
 validation mode, eager and as a CUDA-graph replay; "pipelined" is the time per
 call when calls are queued back to back and synchronised once (a training loop).
+Its ``public_api_host`` row breaks the host time of one call down (printed as a
+table): enqueue time without any synchronisation, the Triton launches (direct and
+Triton's generic path), and cProfile's cumulative time of the stages of the call.
 Writes gpu_bench.json and gpu_bench.png under --out.
 """
 
@@ -220,6 +223,8 @@ def bench_api(name, cfg, results):
                            gpu_seconds=gpu_seconds(run), **dims))
     if has_modes:
         sf.set_validation("auto")
+    if hasattr(launch, "DIRECT_LAUNCH"):
+        host_breakdown(name, run, dims, results)
     try:
         replay = cuda_graph(run)
         s, ex, ob = measure(replay, 200)
@@ -227,6 +232,80 @@ def bench_api(name, cfg, results):
     except Exception as err:  # noqa: BLE001  (the old host path syncs: capture fails)
         results.append(dict(case=name, impl="public_api_cuda_graph", error=repr(err)[:300], **dims))
         print(json.dumps(results[-1]), flush=True)
+
+
+#: stages of one public-API call, as cProfile names them: (label, file suffix, function)
+HOST_STAGES = [
+    ("SegmentPotentials(...)", "semiring_flash/potentials.py", "__init__"),
+    ("  .cum (prefix sums)", "semiring_flash/potentials.py", "cum"),
+    (".partition (forward)", "semiring_flash/distribution.py", "partition"),
+    ("  autograd.factored_value", "semiring_flash/ops/autograd.py", "factored_value"),
+    ("  _FactoredScan.forward", "semiring_flash/ops/triton/launch.py", "forward"),
+    ("    _fwd (allocations + launch)", "semiring_flash/ops/triton/launch.py", "_fwd"),
+    ("torch.autograd.grad (backward)", "torch/autograd/__init__.py", "grad"),
+    ("  _FactoredScan.backward", "semiring_flash/ops/triton/launch.py", "backward"),
+    ("    _bwd (allocations + launch)", "semiring_flash/ops/triton/launch.py", "_bwd"),
+    ("Triton launches (_launch)", "semiring_flash/ops/triton/launch.py", "_launch"),
+    ("  Triton generic path (JITFunction.run)", "triton/runtime/jit.py", "run"),
+]
+
+
+def _enqueue_seconds(fn, calls=20):
+    """Host seconds per call with nothing synchronised inside the timed region (few enough
+    calls that the launch queue never fills, so the GPU cannot hold the host back)."""
+    fn()
+    sync()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - t) / calls
+    sync()
+    return host
+
+
+def _set_direct(on):
+    launch.DIRECT_LAUNCH = on
+
+
+def host_breakdown(name, fn, dims, results, reps=100, rounds=5):
+    """Host time of one API call: enqueue time with the direct launch and with Triton's generic
+    one (best of interleaved rounds), and cProfile's cumulative time per stage (profiling
+    inflates Python time: read the stages as shares)."""
+    import cProfile
+    import pstats
+
+    best = {True: float("inf"), False: float("inf")}
+    try:
+        for _ in range(rounds):
+            for on in (True, False):
+                _set_direct(on)
+                best[on] = min(best[on], _enqueue_seconds(fn))
+    finally:
+        _set_direct(True)
+    direct, generic = best[True], best[False]
+    fn()
+    sync()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(reps):
+        fn()
+    prof.disable()
+    sync()
+    stats = pstats.Stats(prof).stats  # (file, line, function) -> (calls, primitive, tottime, cumtime, callers)
+    stages = {}
+    for label, suffix, func in HOST_STAGES:
+        hits = [v for (f, _, fname), v in stats.items() if fname == func and f.endswith(suffix)]
+        stages[label] = dict(us=1e6 * sum(v[3] for v in hits) / reps, calls=sum(v[0] for v in hits) / reps)
+    r = dict(case=name, impl="public_api_host", host_enqueue_s=direct, host_enqueue_generic_launch_s=generic,
+             profiled_call_us=1e6 * sum(v[2] for v in stats.values()) / reps, stages=stages, **dims)
+    print(json.dumps(r), flush=True)
+    print(f"host time per API call ({torch.cuda.get_device_name()}): {1e6 * direct:.0f} us enqueue "
+          f"(direct launch), {1e6 * generic:.0f} us (Triton's generic launch)")
+    print(f"{'stage (cProfile, cumulative)':44s} {'us/call':>9s} {'calls':>6s}")
+    for label, v in stages.items():
+        print(f"{label:44s} {v['us']:9.1f} {v['calls']:6.1f}")
+    print(f"{'whole call under cProfile':44s} {r['profiled_call_us']:9.1f}", flush=True)
+    results.append(r)
 
 
 def row(name, impl, secs, extra, out_bytes, **kw):

@@ -312,3 +312,41 @@ def test_kbest_segmentations_T1e6_through_the_public_api():
     for i in range(3):
         for j in range(i):
             assert not (torch.equal(top.labels[i], top.labels[j]) and torch.equal(top.starts[i], top.starts[j]))
+
+
+@pytest.mark.parametrize("edges", [False, True], ids=["factored", "edges"])
+def test_direct_launch_equals_generic_launch_bitwise(edges, monkeypatch):
+    """After the first call of a shape, the launchers call the cached compiled kernel directly
+    (launch.DIRECT_LAUNCH); the numbers must be Triton's generic launch's, bit for bit, also when
+    an operand's alignment changes (a misaligned view must not reuse the aligned compilation)."""
+    from semiring_flash.ops.triton import launch
+
+    k = _kernels()
+    sr = sf.LogSemiring
+    ins, L = _factored(sr, 4, 24, 4, 5, seed=7, dtype=torch.float32)
+    if edges:
+        e = torch.randn(4, 24, 5, 5, 5, device=DEV)
+        misaligned = torch.empty(e.numel() + 1, device=DEV)[1:].view_as(e).copy_(e)
+
+        def call(x):
+            x = x.detach().requires_grad_()
+            v = k.edge_scan_triton(sr, x, L)
+            return [v, *torch.autograd.grad(v.sum(), x)]
+        variants = [e, misaligned]
+    else:
+        tr = ins[1].detach()
+        misaligned = torch.empty(tr.numel() + 1, device=DEV)[1:].view_as(tr).copy_(tr)
+
+        def call(trans):
+            xs = [ins[0].detach(), trans.detach().requires_grad_(), *[x.detach() for x in ins[2:5]]]
+            v = k.factored_scan_triton(sr, *xs, L)
+            return [v, *torch.autograd.grad(v.sum(), xs[1:])]
+        variants = [tr, misaligned]
+    for x in variants:
+        monkeypatch.setattr(launch, "DIRECT_LAUNCH", False)
+        ref = call(x)
+        monkeypatch.setattr(launch, "DIRECT_LAUNCH", True)
+        for _ in range(2):  # the first direct call caches, the second launches directly
+            got = call(x)
+            for a, b in zip(got, ref):
+                assert torch.equal(a, b)

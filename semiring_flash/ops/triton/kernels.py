@@ -61,14 +61,14 @@ def _offset(bp0, bp1, bq0, bq1, s_idx, SR: tl.constexpr):
 
 
 @triton.jit
-def _row0(tau0_ptr, sb_b, b, B, C, S: tl.constexpr, CP: tl.constexpr, SP: tl.constexpr,
+def _row0(tau0_ptr, sb_b, tv_ptr, b, B, C, S: tl.constexpr, CP: tl.constexpr, SP: tl.constexpr,
           SR: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr):
-    """The state at position 0: τ(0) ⊗ start_bias[0] (factored) or 1̄ (edges)."""
+    """The state at position 0: τ(0) ⊗ start_bias[0] (factored) or 1̄ (edges, in the tape's dtype)."""
     c2 = tl.arange(0, CP)[:, None]
     s2 = tl.arange(0, SP)[None, :]
     ok = (c2 < C) & (s2 < S)
     if EDGES:
-        v0 = tl.where(ok, one_value(s2, SR), zero_value(s2, SR)).to(tau0_ptr.dtype.element_ty)
+        v0 = tl.where(ok, one_value(s2, SR), zero_value(s2, SR)).to(tv_ptr.dtype.element_ty)
     else:
         v0 = tl.load(tau0_ptr + s2 * (B * C) + b * C + c2, mask=ok, other=0.0)
         v0 = tl.where(ok, v0, zero_value(s2, SR))
@@ -216,9 +216,13 @@ def _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, t
 # --------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["T", "R", "DELTA", "NBLK"])
 def scan_fwd_kernel(
-    cum_ptr, trans_ptr, dur_ptr, tau0_ptr, end_ptr, sb_ptr, edge_ptr, len_ptr,
-    value_ptr, tv_ptr, to_ptr, tp_ptr, tra_ptr, trt_ptr, tb_ptr, ckv_ptr, ckb_ptr,
-    bpa_ptr, bpt_ptr, fin_ptr, ckn_ptr, tam_ptr, taz_ptr, ttm_ptr, ttz_ptr,
+    # operands (launch.Operands); None where the variant reads nothing
+    cum_ptr, trans_ptr, dur_ptr, tau0_ptr, end_ptr, sb_ptr, edges_ptr, lengths_ptr,
+    # outputs: value, and the Viterbi backpointers (launch.Backpointers, BACKPTR)
+    value_ptr, bpa_ptr, bpt_ptr, fin_ptr,
+    # tape (launch.Tape, less the adjoint); checkpoints (launch.Checkpoints, SAVE_CK)
+    tv_ptr, to_ptr, tp_ptr, tra_ptr, trt_ptr, tb_ptr, tam_ptr, taz_ptr, ttm_ptr, ttz_ptr,
+    ckv_ptr, ckb_ptr, ckn_ptr,
     B, T, C, K, R, DELTA, NBLK,
     SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
     SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, SAVE_CK: tl.constexpr,
@@ -226,19 +230,26 @@ def scan_fwd_kernel(
 ):
     """Value (B, SP) float64 of the scan; optionally checkpoints (SAVE_CK) and, for
     the max semiring, backpointers (BACKPTR: the routes of every α and τ sum,
-    (B, T+1, C) int16 each, and the final label, for a device-side backtrace)."""
+    (B, T+1, C) int16 each, and the final label, for a device-side backtrace).
+    A None pointer is a constexpr None: its offsets below are never formed."""
     b = tl.cast(tl.program_id(0), tl.int64)
-    L = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
+    L = tl.minimum(tl.maximum(tl.load(lengths_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
     tape = b * (2 * R) * (CP * SP)  # rows [0, 2R): slot and mirror slot + R
-    tv_b, to_b, tp_b = tv_ptr + tape, to_ptr + tape, tp_ptr + tape
-    tra_b, trt_b = tra_ptr + tape, trt_ptr + tape
-    tam_b, taz_b, ttm_b, ttz_b = tam_ptr + tape, taz_ptr + tape, ttm_ptr + tape, ttz_ptr + tape
+    tv_b = tv_ptr + tape
+    to_b = None if to_ptr is None else to_ptr + tape
+    tp_b = None if tp_ptr is None else tp_ptr + tape
+    tra_b = None if tra_ptr is None else tra_ptr + tape
+    trt_b = None if trt_ptr is None else trt_ptr + tape
+    tam_b = None if tam_ptr is None else tam_ptr + tape
+    taz_b = None if taz_ptr is None else taz_ptr + tape
+    ttm_b = None if ttm_ptr is None else ttm_ptr + tape
+    ttz_b = None if ttz_ptr is None else ttz_ptr + tape
     tb_b = tb_ptr + b * (2 * R) * 2
-    cum_b = cum_ptr + b * (T + 1) * C
-    sb_b = sb_ptr + b * T * C
-    edge_b = edge_ptr + b * T * (K + 1) * C * C
-    ckv_b = ckv_ptr + b * NBLK * (KP * CP * SP)
-    ckb_b = ckb_ptr + b * NBLK * (KP * 2)
+    cum_b = None if cum_ptr is None else cum_ptr + b * (T + 1) * C
+    sb_b = None if sb_ptr is None else sb_ptr + b * T * C
+    edge_b = None if edges_ptr is None else edges_ptr + b * T * (K + 1) * C * C
+    ckv_b = None if ckv_ptr is None else ckv_ptr + b * NBLK * (KP * CP * SP)
+    ckb_b = None if ckb_ptr is None else ckb_ptr + b * NBLK * (KP * 2)
 
     n3 = tl.arange(0, KP)[:, None, None]
     c3 = tl.arange(0, CP)[None, :, None]
@@ -246,11 +257,12 @@ def scan_fwd_kernel(
     s3 = tl.arange(0, SP)[None, None, :]
     c2 = tl.arange(0, CP)[:, None]
     s2 = tl.arange(0, SP)[None, :]
-    # loop invariants: duration tile (d-1, c) and transition tile (c', c)
-    dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
-    tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
+    if not EDGES:
+        # loop invariants: duration tile (d-1, c) and transition tile (c', c)
+        dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
+        tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
 
-    v0 = _row0(tau0_ptr, sb_b, b, B, C, S, CP, SP, SR, EDGES, HAS_SB)
+    v0 = _row0(tau0_ptr, sb_b, tv_ptr, b, B, C, S, CP, SP, SR, EDGES, HAS_SB)
     zero64 = tl.zeros((), dtype=tl.float64)
     _store_row2(tv_b, 0, R, v0, CP, SP)
     _store_base2(tb_b, 0, R, zero64, zero64)
@@ -463,31 +475,43 @@ def _final_pull(L, GV_S, C, R, gv_b, end_b, gend_b, tv_b, to_b,
 # --------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["T", "R", "DELTA", "NBLK"])
 def scan_bwd_kernel(
-    cum_ptr, trans_ptr, dur_ptr, tau0_ptr, end_ptr, sb_ptr, edge_ptr, len_ptr, gv_ptr,
-    tv_ptr, to_ptr, tp_ptr, tra_ptr, trt_ptr, ta_ptr, tb_ptr, ckv_ptr, ckb_ptr,
-    tam_ptr, taz_ptr, ttm_ptr, ttz_ptr,
-    gcum_ptr, gtr_ptr, gdur_ptr, gtau0_ptr, gend_ptr, gsb_ptr, gedge_ptr, ckn_ptr,
+    # operands (launch.Operands) and the value's adjoint (S, B), any strides
+    cum_ptr, trans_ptr, dur_ptr, tau0_ptr, end_ptr, sb_ptr, edges_ptr, lengths_ptr, gv_ptr,
+    # tape (launch.Tape); checkpoints (launch.Checkpoints, RECOMPUTE from a saved block)
+    tv_ptr, to_ptr, tp_ptr, tra_ptr, trt_ptr, ta_ptr, tb_ptr, tam_ptr, taz_ptr, ttm_ptr, ttz_ptr,
+    ckv_ptr, ckb_ptr, ckn_ptr,
+    # gradients (launch.Grads)
+    gcum_ptr, gtr_ptr, gdur_ptr, gtau0_ptr, gend_ptr, gsb_ptr, gedge_ptr,
     B, T, C, K, R, DELTA, NBLK, GV_S, GV_B,
     SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
     SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, RECOMPUTE: tl.constexpr,
 ):
     """Gradients of the scan. RECOMPUTE: rebuild each block's tape rows from its
-    checkpoint (O(√(T·K)) memory); else the forward stored every row (one block)."""
+    checkpoint (O(√(T·K)) memory); else the forward stored every row (one block).
+    A None pointer is a constexpr None: its offsets below are never formed."""
     b = tl.cast(tl.program_id(0), tl.int64)
-    L = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
+    L = tl.minimum(tl.maximum(tl.load(lengths_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
     tape = b * (2 * R) * (CP * SP)
-    tv_b, to_b, tp_b, ta_b = tv_ptr + tape, to_ptr + tape, tp_ptr + tape, ta_ptr + tape
-    tra_b, trt_b = tra_ptr + tape, trt_ptr + tape
-    tam_b, taz_b, ttm_b, ttz_b = tam_ptr + tape, taz_ptr + tape, ttm_ptr + tape, ttz_ptr + tape
+    tv_b, ta_b = tv_ptr + tape, ta_ptr + tape
+    to_b = None if to_ptr is None else to_ptr + tape
+    tp_b = None if tp_ptr is None else tp_ptr + tape
+    tra_b = None if tra_ptr is None else tra_ptr + tape
+    trt_b = None if trt_ptr is None else trt_ptr + tape
+    tam_b = None if tam_ptr is None else tam_ptr + tape
+    taz_b = None if taz_ptr is None else taz_ptr + tape
+    ttm_b = None if ttm_ptr is None else ttm_ptr + tape
+    ttz_b = None if ttz_ptr is None else ttz_ptr + tape
     tb_b = tb_ptr + b * (2 * R) * 2
-    cum_b = cum_ptr + b * (T + 1) * C
-    sb_b = sb_ptr + b * T * C
-    edge_b = edge_ptr + b * T * (K + 1) * C * C
-    gedge_b = gedge_ptr + b * T * (K + 1) * C * C
-    gcum_b = gcum_ptr + b * (T + 1) * C
-    gsb_b = gsb_ptr + b * T * C
-    ckv_b = ckv_ptr + b * NBLK * (KP * CP * SP)
-    ckb_b = ckb_ptr + b * NBLK * (KP * 2)
+    cum_b = None if cum_ptr is None else cum_ptr + b * (T + 1) * C
+    sb_b = None if sb_ptr is None else sb_ptr + b * T * C
+    edge_b = None if edges_ptr is None else edges_ptr + b * T * (K + 1) * C * C
+    gedge_b = None if gedge_ptr is None else gedge_ptr + b * T * (K + 1) * C * C
+    gcum_b = None if gcum_ptr is None else gcum_ptr + b * (T + 1) * C
+    gsb_b = None if gsb_ptr is None else gsb_ptr + b * T * C
+    end_b = None if end_ptr is None else end_ptr + b * C
+    gend_b = None if gend_ptr is None else gend_ptr + b * C
+    ckv_b = None if ckv_ptr is None else ckv_ptr + b * NBLK * (KP * CP * SP)
+    ckb_b = None if ckb_ptr is None else ckb_ptr + b * NBLK * (KP * 2)
 
     n3 = tl.arange(0, KP)[:, None, None]
     c3 = tl.arange(0, CP)[None, :, None]
@@ -496,9 +520,10 @@ def scan_bwd_kernel(
     c2 = tl.arange(0, CP)[:, None]
     s2 = tl.arange(0, SP)[None, :]
     c1 = tl.arange(0, CP)
-    dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
-    tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
-    trT3 = tl.load(trans_ptr + b * C * C + c3 * C + cr, mask=(cr < C) & (c3 < C), other=float("-inf"))
+    if not EDGES:
+        dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
+        tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
+        trT3 = tl.load(trans_ptr + b * C * C + c3 * C + cr, mask=(cr < C) & (c3 < C), other=float("-inf"))
     # adjoints are float64 (semiring.vjp); so are these sums over up to 10^6 positions
     gdur = tl.zeros((KP, CP), dtype=tl.float64)
     gtr = tl.zeros((CP, CP), dtype=tl.float64)
@@ -511,7 +536,7 @@ def scan_bwd_kernel(
         if RECOMPUTE:
             # ---- prologue: ring rows t0-K+1..t0 from the checkpoint (or position 0) ----
             if j == 0:
-                v0 = _row0(tau0_ptr, sb_b, b, B, C, S, CP, SP, SR, EDGES, HAS_SB)
+                v0 = _row0(tau0_ptr, sb_b, tv_ptr, b, B, C, S, CP, SP, SR, EDGES, HAS_SB)
                 zero64 = tl.zeros((), dtype=tl.float64)
                 _store_row2(tv_b, 0, R, v0, CP, SP)
                 _store_base2(tb_b, 0, R, zero64, zero64)
@@ -547,7 +572,7 @@ def scan_bwd_kernel(
         # ---- adjoints, positions t1 down to t0+1 (and 0 in the first block) ----
         hi = t1
         if t1 == L:
-            a_alpha = _final_pull(L, GV_S, C, R, gv_ptr + b * GV_B, end_ptr + b * C, gend_ptr + b * C, tv_b, to_b,
+            a_alpha = _final_pull(L, GV_S, C, R, gv_ptr + b * GV_B, end_b, gend_b, tv_b, to_b,
                                   SR, KK, S, CP, SP, EDGES)
             _store_row2(ta_b, L & (R - 1), R, a_alpha, CP, SP)
             if not EDGES:

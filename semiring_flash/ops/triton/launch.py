@@ -1,10 +1,22 @@
-"""Launchers and autograd Functions for the streaming scan kernels."""
+"""Launchers and autograd Functions for the streaming scan kernels.
+
+The kernels' arguments are described once, by role: ``Operands`` (what both kernels read),
+``Tape`` (the per-sequence ring), ``Checkpoints``, ``Grads`` and ``Backpointers``; field f is
+the kernels' keyword ``f_ptr``, and an array a variant never touches is passed as None (a
+constexpr None in Triton: the kernels form its offsets only under the branches that use it).
+``_launch`` launches a cached compiled kernel directly after the first call of a shape: small
+calls are host-bound, and Triton's generic launch path is most of a launch's host time.
+"""
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple, Optional
 
 import torch
+from triton import knobs
+from triton.runtime.driver import driver
+from triton.runtime.jit import JITFunction
 
 from ..streaming import default_checkpoint_every
 from .kernels import scan_bwd_kernel, scan_fwd_kernel
@@ -27,6 +39,8 @@ def _pow2(n: int) -> int:
 
 #: force num_warps for every launch (benchmark sweeps); None = heuristic
 NUM_WARPS_OVERRIDE = None
+#: launch compiled kernels directly after their first call (see _launch); False: always Triton's generic path
+DIRECT_LAUNCH = True
 #: keep the whole forward tape (no recompute in backward) when it takes at most this many bytes;
 #: 128 MiB since the float64 adjoint tapes (B=1, T=10^5, K=100, C=8 needs 84 MB: 0.49 s kept vs 0.62 s recomputed, H200)
 STORE_ALL_BYTES = 128 << 20
@@ -82,6 +96,7 @@ class _Meta:
                       2 * _pow2(self.delta + 2 * K + 1) * self.CP * self.SP)
         if per_seq >= 2**31:
             raise NotImplementedError(f"one sequence needs {per_seq} elements; the kernels index one sequence with int32")
+        self.compiled = {}  # launch key -> compiled kernel (see _launch)
 
     def consts(self):
         return dict(SR=self.sr, KK=self.KK, S=self.S, CP=self.CP, KP=self.KP, SP=self.SP,
@@ -90,6 +105,8 @@ class _Meta:
 
     def tapes(self, R, n, dtype=None):
         """n tapes from one allocation (views of one buffer, each contiguous)."""
+        if n == 0:
+            return ()
         buf = torch.empty(n, self.B, 2 * R, self.CP, self.SP, dtype=dtype or self.dtype, device=self.device)
         return buf.unbind(0)
 
@@ -110,151 +127,235 @@ def _meta(*args) -> _Meta:
     return _cached_meta(*args, NUM_WARPS_OVERRIDE, STORE_ALL_BYTES)
 
 
-def _bwd_tape(m: _Meta, R):
-    """Tape arrays of the backward (and of a store-all forward):
-    tv, to, tp, tra, trt, ta, tb, tam, taz, ttm, ttz.
+class Operands(NamedTuple):
+    """What both kernels read (detached, contiguous). Factored: cum (B, T+1, C) float64, trans (B, C, C),
+    dur (B, K, C), tau0 (S, B, C), end (B, C), sb (B, T, C) or None; edges: edges (B, T, K+1, C, C).
+    lengths (B,) int64. None where the variant reads nothing (the kernel never forms its offsets)."""
+    cum: Optional[torch.Tensor] = None
+    trans: Optional[torch.Tensor] = None
+    dur: Optional[torch.Tensor] = None
+    tau0: Optional[torch.Tensor] = None
+    end: Optional[torch.Tensor] = None
+    sb: Optional[torch.Tensor] = None
+    edges: Optional[torch.Tensor] = None
+    lengths: Optional[torch.Tensor] = None
+
+
+class Tape(NamedTuple):
+    """The per-sequence ring (see kernels.py): values tv, α to (factored), τ before the start bias tp,
+    routes tra/trt (max, kmax), adjoints ta (float64), bases tb, logsumexp max/sum tam/taz, ttm/ttz."""
+    tv: torch.Tensor
+    to: Optional[torch.Tensor] = None
+    tp: Optional[torch.Tensor] = None
+    tra: Optional[torch.Tensor] = None
+    trt: Optional[torch.Tensor] = None
+    ta: Optional[torch.Tensor] = None
+    tb: Optional[torch.Tensor] = None
+    tam: Optional[torch.Tensor] = None
+    taz: Optional[torch.Tensor] = None
+    ttm: Optional[torch.Tensor] = None
+    ttz: Optional[torch.Tensor] = None
+
+
+class Checkpoints(NamedTuple):
+    """Ring rows (ckv), their bases (ckb) and the block's starting base (ckn) at every block border."""
+    ckv: Optional[torch.Tensor] = None
+    ckb: Optional[torch.Tensor] = None
+    ckn: Optional[torch.Tensor] = None
+
+
+class Grads(NamedTuple):
+    """Gradient outputs of the backward kernel, one per operand (gedge: the edge path's only one)."""
+    gcum: Optional[torch.Tensor] = None
+    gtr: Optional[torch.Tensor] = None
+    gdur: Optional[torch.Tensor] = None
+    gtau0: Optional[torch.Tensor] = None
+    gend: Optional[torch.Tensor] = None
+    gsb: Optional[torch.Tensor] = None
+    gedge: Optional[torch.Tensor] = None
+
+
+class Backpointers(NamedTuple):
+    """Viterbi routes of every α and τ sum, (B, T+1, C) int16 each, and the final label (B,) int32."""
+    bpa: torch.Tensor
+    bpt: torch.Tensor
+    fin: torch.Tensor
+
+
+def _pointers(*roles, skip=()) -> dict:
+    """Kernel keyword arguments of operand roles: field f is the kernel's ``f_ptr``."""
+    return {f"{name}_ptr": x for role in roles for name, x in zip(role._fields, role) if name not in skip}
+
+
+def _aligned(*tensors) -> tuple:
+    """16-byte alignment of each tensor (Triton specialises pointers on it); None: False."""
+    return tuple(x is not None and x.data_ptr() & 15 == 0 for x in tensors)
+
+
+def _launch(kernel, m: _Meta, variant: tuple, kw: dict):
+    """``kernel[(B,)](**kw)`` with m's launch options.
+
+    Compiled kernels (a GPU, no launch hooks) are launched directly after the first call of a
+    specialisation: Triton's generic path (binding ~45 arguments, hashing the key, checking
+    globals, launch metadata) costs tens of microseconds of host time per launch, the direct one
+    a few. The cache lives on the (per shape) _Meta, keyed by ``variant``: everything Triton
+    specialises on that m does not fix (constexpr switches, alignment of caller-owned operands,
+    integer arguments that vary); dtypes come from m, and the kernel's own buffers come from
+    the caching allocator, aligned. The interpreter, stubs and hooked launches (profilers)
+    take the plain path."""
+    hooks = knobs.runtime.launch_enter_hook.calls or knobs.runtime.launch_exit_hook.calls
+    if not (DIRECT_LAUNCH and isinstance(kernel, JITFunction)) or hooks:
+        kernel[(m.B,)](**kw, num_warps=m.num_warps, num_stages=1)
+        return
+    device = driver.active.get_current_device()
+    key = (kernel, device, variant)
+    compiled = m.compiled.get(key)
+    if compiled is None:
+        compiled = kernel[(m.B,)](**kw, num_warps=m.num_warps, num_stages=1)
+        if not hasattr(compiled, "result"):  # not an async-compile future
+            m.compiled[key] = compiled
+        return
+    stream = driver.active.get_current_stream(device)
+    compiled.run(m.B, 1, 1, stream, compiled.function, compiled.packed_metadata, None, None, None,
+                 *[kw[name] for name in kernel.arg_names])
+
+
+def _bwd_tape(m: _Meta, R) -> Tape:
+    """Tape of the backward (and of a store-all forward); arrays the variant never touches are None.
 
     One allocation per dtype, split into views: short calls are host-bound,
     and each allocation costs as much host time as a small kernel launch."""
     routed, norm = m.routes, m.lse
     want = dict(to=not m.edges, tp=m.has_sb, tam=norm, ttm=norm and not m.edges)
     names = ["tv"] + [k for k, v in want.items() if v]
-    tapes = dict(zip(names, m.tapes(R, len(names))))
+    arrays = dict(zip(names, m.tapes(R, len(names))))
     # float64: the adjoints (ta) and the logsumexp sums (taz, ttz) the softmax weights are
     # normalised by, so the adjoint recursion conserves probability mass over 10^6 steps
     want64 = dict(ta=True, taz=norm, ttz=norm and not m.edges)
     names64 = [k for k, v in want64.items() if v]
-    tapes.update(zip(names64, m.tapes(R, len(names64), torch.float64)))
-    n_int = int(routed) + int(routed and not m.edges)
-    ints = m.tapes(R, n_int, torch.int32) if n_int else ()
-    tv = tapes["tv"]
-    tra = ints[0] if n_int else tv
-    trt = ints[1] if n_int > 1 else tv
-    get = lambda k: tapes.get(k, tv)  # noqa: E731  (unused arrays alias tv; the kernel never touches them)
-    return [tv, get("to"), get("tp"), tra, trt, get("ta"), m.bases(R), get("tam"), get("taz"), get("ttm"), get("ttz")]
+    arrays.update(zip(names64, m.tapes(R, len(names64), torch.float64)))
+    want_int = dict(tra=routed, trt=routed and not m.edges)
+    names_int = [k for k, v in want_int.items() if v]
+    arrays.update(zip(names_int, m.tapes(R, len(names_int), torch.int32)))
+    return Tape(tb=m.bases(R), **arrays)
 
 
-def _fwd(m: _Meta, cum, trans, dur, tau0, end, sb, edges, lengths, save_ck: bool, backptr=None):
-    """Launch the forward scan. Returns (value (S, B), saved state for the backward)."""
+def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers] = None):
+    """Launch the forward scan. Returns (value (S, B), saved state for the backward:
+    Checkpoints, then the Tape when the forward kept all of it)."""
     dev = m.device
     full = bool(save_ck and m.store_all)
     if full:
         R = _pow2(m.delta + 2 * m.K + 1)
         tape = _bwd_tape(m, R)
-        tv, to, tp, tra, trt, _, tb, tam, taz, ttm, ttz = tape
     else:
         R = _pow2(m.K + 1)
-        tv, to = m.tapes(R, 2) if not m.edges else 2 * m.tapes(R, 1)
-        tb = m.bases(R)
-        tp = tra = trt = tam = taz = ttm = ttz = tv
-        tape = None
-    ck_needed = bool(save_ck and m.nblk > 1)
-    if ck_needed:
-        ckv = torch.empty(m.B, m.nblk, m.KP, m.CP, m.SP, dtype=m.dtype, device=dev)
-        ckb = torch.empty(m.B, m.nblk, m.KP, 2, dtype=torch.float64, device=dev)
-        ckn = torch.empty(m.B, m.nblk, 2, dtype=torch.float64, device=dev)
-    else:
-        ckv, ckb, ckn = tv, tb, tb
+        rings = m.tapes(R, 1 if m.edges else 2)
+        tape = Tape(tv=rings[0], to=None if m.edges else rings[1], tb=m.bases(R))
+    ck = Checkpoints()
+    if save_ck and m.nblk > 1:
+        ck = Checkpoints(ckv=torch.empty(m.B, m.nblk, m.KP, m.CP, m.SP, dtype=m.dtype, device=dev),
+                         ckb=torch.empty(m.B, m.nblk, m.KP, 2, dtype=torch.float64, device=dev),
+                         ckn=torch.empty(m.B, m.nblk, 2, dtype=torch.float64, device=dev))
     value = torch.empty(m.SP, m.B, dtype=m.dtype, device=dev)
-    scan_fwd_kernel[(m.B,)](
-        cum, trans, dur, tau0, end, sb, edges, lengths,
-        value, tv, to, tp, tra, trt, tb, ckv, ckb,
-        *(backptr if backptr is not None else (tv, tv, tv)), ckn, tam, taz, ttm, ttz,
-        m.B, m.T, m.C, m.K, R, m.delta, m.nblk,
-        SAVE_CK=ck_needed, BACKPTR=backptr is not None, FULL=full,
-        num_warps=m.num_warps, num_stages=1, **m.consts(),
-    )
-    return value[: m.S], (ckv, ckb, ckn, *(tape or []))
+    bp = backptr if backptr is not None else Backpointers(None, None, None)
+    flags = dict(SAVE_CK=ck.ckv is not None, BACKPTR=backptr is not None, FULL=full)
+    _launch(scan_fwd_kernel, m, (*flags.values(), *_aligned(*ops)), dict(
+        **_pointers(ops, bp, tape, ck, skip=("ta",)), value_ptr=value,
+        B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, **flags, **m.consts()))
+    return value[: m.S], (ck, tape if full else None)
 
 
-def _bwd(m: _Meta, grad_value, cum, trans, dur, tau0, end, sb, edges, lengths, saved):
-    ckv, ckb, ckn, *tape = saved
-    recompute = not tape
+def _bwd(m: _Meta, grad_value, ops: Operands, saved) -> Grads:
+    ck, tape = saved
+    recompute = tape is None
+    R = _pow2(m.delta + 2 * m.K + 1)
     if recompute:
-        R = _pow2(m.delta + 2 * m.K + 1)
         tape = _bwd_tape(m, R)
-    else:
-        R = tape[0].shape[1] // 2
-    tv, to, tp, tra, trt, ta, tb, tam, taz, ttm, ttz = tape
     # (S, B), any strides (the kernel takes them): the expanded ones of v.sum() need no copy
     gv = grad_value if grad_value.dtype == m.dtype else grad_value.to(m.dtype)
     if m.edges:
-        gedge = torch.zeros_like(edges)
-        gcum = gtr = gdur = gtau0 = gend = gsb = gedge
+        grads = Grads(gedge=torch.zeros_like(ops.edges))
     else:  # every element is written by the kernel (rows past L as zeros): no fill launches
-        gedge = cum
-        gcum = torch.empty_like(cum)
-        gtr = torch.empty_like(trans)
-        gdur = torch.empty_like(dur)
-        gtau0 = torch.empty_like(tau0)
-        gend = torch.empty_like(end)
-        gsb = torch.empty_like(sb) if m.has_sb else gcum
-    scan_bwd_kernel[(m.B,)](
-        cum, trans, dur, tau0, end, sb, edges, lengths, gv,
-        tv, to, tp, tra, trt, ta, tb, ckv, ckb,
-        tam, taz, ttm, ttz,
-        gcum, gtr, gdur, gtau0, gend, gsb, gedge, ckn,
-        m.B, m.T, m.C, m.K, R, m.delta, m.nblk, gv.stride(0), gv.stride(1),
-        RECOMPUTE=recompute, num_warps=m.num_warps, num_stages=1, **m.consts(),
-    )
-    if m.edges:
-        return gedge
-    return gcum, gtr, gdur, gtau0, gend, (gsb if m.has_sb else None)
+        like = [ops.trans, ops.dur, ops.tau0, ops.end] + ([] if ops.sb is None else [ops.sb])
+        gtr, gdur, gtau0, gend, *gsb = _empty_like(like, m.dtype)
+        grads = Grads(gcum=torch.empty_like(ops.cum), gtr=gtr, gdur=gdur, gtau0=gtau0, gend=gend,
+                      gsb=gsb[0] if gsb else None)
+    gv_s, gv_b = gv.stride()
+    _launch(scan_bwd_kernel, m, (recompute, *_aligned(*ops, gv), gv_s, gv_b), dict(
+        **_pointers(ops, tape, ck, grads), gv_ptr=gv,
+        B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, GV_S=gv_s, GV_B=gv_b,
+        RECOMPUTE=recompute, **m.consts()))
+    return grads
 
 
-def _operands(m: _Meta, cum, trans, dur, tau0, end, sb, lengths):
+def _empty_like(tensors, dtype):
+    """Uninitialised contiguous tensors shaped like ``tensors``, views of one allocation
+    (on a GPU host an allocation costs more host time than the views)."""
+    sizes = [x.numel() for x in tensors]
+    parts = torch.empty(sum(sizes), dtype=dtype, device=tensors[0].device).split(sizes)
+    return [p.view(x.shape) for p, x in zip(parts, tensors)]
+
+
+def _operands(m: _Meta, cum, trans, dur, tau0, end, sb, lengths) -> Operands:
     """Detached contiguous kernel operands: prefix sums in float64, potentials in the
-    compute dtype, lengths int64 (a missing start bias aliases the prefix sums)."""
-    cum_c = cum.detach().to(torch.float64).contiguous()
+    compute dtype, lengths int64."""
     cast = lambda x: x.detach().to(m.dtype).contiguous()  # noqa: E731
-    sb_c = cast(sb) if sb is not None else cum_c
-    len_c = lengths.to(device=cum.device, dtype=torch.int64).contiguous()
-    return cum_c, cast(trans), cast(dur), cast(tau0), cast(end), sb_c, len_c
+    return Operands(cum=cum.detach().to(torch.float64).contiguous(), trans=cast(trans), dur=cast(dur),
+                    tau0=cast(tau0), end=cast(end), sb=None if sb is None else cast(sb),
+                    lengths=_lengths(lengths, cum.device))
+
+
+def _lengths(lengths, device):
+    return lengths.to(device=device, dtype=torch.int64).contiguous()
+
+
+def _save(ctx, m, ops: Operands, saved):
+    """Everything through save_for_backward (version checks on operands that alias inputs,
+    saved-tensor hooks on the tapes); the roles are rebuilt by ``_saved``."""
+    ck, tape = saved
+    ctx.m, ctx.full = m, tape is not None
+    ctx.save_for_backward(*ops, *ck, *(tape or ()))
+
+
+def _saved(ctx):
+    """(Operands, (Checkpoints, Tape or None)) saved by ``_save``."""
+    xs = ctx.saved_tensors
+    n, c = len(Operands._fields), len(Checkpoints._fields)
+    tape = Tape(*xs[n + c:]) if ctx.full else None
+    return Operands(*xs[:n]), (Checkpoints(*xs[n:n + c]), tape)
 
 
 class _FactoredScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, m, cum, trans, dur, tau0, end, lengths, sb):
-        save = any(ctx.needs_input_grad)
-        cum_c, tr_c, dur_c, tau0_c, end_c, sb_c, len_c = _operands(m, cum, trans, dur, tau0, end, sb, lengths)
-        value, ck = _fwd(m, cum_c, tr_c, dur_c, tau0_c, end_c, sb_c, cum_c, len_c, save)
-        ctx.m = m
-        ctx.has_sb = sb is not None
-        ctx.save_for_backward(cum_c, tr_c, dur_c, tau0_c, end_c, sb_c if sb is not None else None, len_c, *ck)
+        ops = _operands(m, cum, trans, dur, tau0, end, sb, lengths)
+        value, saved = _fwd(m, ops, any(ctx.needs_input_grad))
+        _save(ctx, m, ops, saved)
         return value
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_value):
-        cum_c, tr_c, dur_c, tau0_c, end_c, sb_c, len_c, *ck = ctx.saved_tensors
-        m = ctx.m
-        sb_arg = sb_c if sb_c is not None else cum_c
-        gcum, gtr, gdur, gtau0, gend, gsb = _bwd(
-            m, grad_value, cum_c, tr_c, dur_c, tau0_c, end_c, sb_arg, cum_c, len_c, ck)
+        g = _bwd(ctx.m, grad_value, *_saved(ctx))
         need = ctx.needs_input_grad
-        pick = lambda g, i: g if need[i] else None  # noqa: E731
-        return (None, pick(gcum, 1), pick(gtr, 2), pick(gdur, 3), pick(gtau0, 4), pick(gend, 5), None,
-                pick(gsb, 7) if ctx.has_sb else None)
+        pick = lambda x, i: x if need[i] else None  # noqa: E731
+        return (None, pick(g.gcum, 1), pick(g.gtr, 2), pick(g.gdur, 3), pick(g.gtau0, 4), pick(g.gend, 5), None,
+                pick(g.gsb, 7))
 
 
 class _EdgeScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, m, edges, lengths):
-        save = any(ctx.needs_input_grad)
-        e_c = edges.detach().to(m.dtype).contiguous()
-        len_c = lengths.to(device=edges.device, dtype=torch.int64).contiguous()
-        value, ck = _fwd(m, e_c, e_c, e_c, e_c, e_c, e_c, e_c, len_c, save)
-        ctx.m = m
-        ctx.save_for_backward(e_c, len_c, *ck)
+        ops = Operands(edges=edges.detach().to(m.dtype).contiguous(), lengths=_lengths(lengths, edges.device))
+        value, saved = _fwd(m, ops, any(ctx.needs_input_grad))
+        _save(ctx, m, ops, saved)
         return value
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_value):
-        e_c, len_c, *ck = ctx.saved_tensors
-        m = ctx.m
-        g = _bwd(m, grad_value, e_c, e_c, e_c, e_c, e_c, e_c, e_c, len_c, ck)
-        return None, g, None
+        return None, _bwd(ctx.m, grad_value, *_saved(ctx)).gedge, None
 
 
 def _check_lengths(lengths, B):

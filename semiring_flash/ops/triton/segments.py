@@ -13,7 +13,7 @@ import torch
 
 from ...semirings import MaxSemiring
 from .kernels import backtrace_kernel
-from .launch import _fwd, _Meta, _operands, _pow2
+from .launch import Backpointers, _fwd, _meta, _operands, _pow2
 
 __all__ = ["viterbi_triton"]
 
@@ -32,16 +32,15 @@ def viterbi_triton(cum, transition, duration, tau0, end, lengths, start_bias=Non
     if K > 32767 or C > 32767:
         raise ValueError("viterbi_triton stores int16 backpointers: K and C must be < 32768")
     dev, dtype = cum.device, tau0.dtype
-    m = _Meta(MaxSemiring, B, T, K, C, dtype, dev, False, start_bias is not None)
+    m = _meta(MaxSemiring, B, T, K, C, dtype, dev, False, start_bias is not None, None)
     with torch.no_grad():
-        cum_c, tr_c, dur_c, tau0_c, end_c, sb_c, len_c = _operands(m, cum, transition, duration, tau0, end,
-                                                                   start_bias, lengths)
-        bpa = torch.empty(B, T1, C, dtype=torch.int16, device=dev)
-        bpt = torch.empty(B, T1, C, dtype=torch.int16, device=dev)
-        fin = torch.empty(B, dtype=torch.int32, device=dev)
-        value, _ = _fwd(m, cum_c, tr_c, dur_c, tau0_c, end_c, sb_c, cum_c, len_c, False, (bpa, bpt, fin))
-        fin = torch.where(value[0] == float("-inf"), -1, fin)  # the backtrace skips these sequences
+        ops = _operands(m, cum, transition, duration, tau0, end, start_bias, lengths)
+        bp = Backpointers(bpa=torch.empty(B, T1, C, dtype=torch.int16, device=dev),
+                          bpt=torch.empty(B, T1, C, dtype=torch.int16, device=dev),
+                          fin=torch.empty(B, dtype=torch.int32, device=dev))
+        value, _ = _fwd(m, ops, False, bp)
+        fin = torch.where(value[0] == float("-inf"), -1, bp.fin)  # the backtrace skips these sequences
         labels = torch.full((B, T), -1, dtype=torch.int64, device=dev)
         starts = torch.zeros(B, T, dtype=torch.int8, device=dev)
-        backtrace_kernel[(B,)](bpa, bpt, fin, len_c, labels, starts, T, C, KP=max(2, _pow2(K)), num_warps=1)
+        backtrace_kernel[(B,)](bp.bpa, bp.bpt, fin, ops.lengths, labels, starts, T, C, KP=max(2, _pow2(K)), num_warps=1)
     return value[0], labels, starts.bool()
