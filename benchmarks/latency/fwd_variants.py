@@ -12,7 +12,7 @@ lengths (B,)) to log Z (B,) float64. ``VARIANTS`` lists them by name.
                   depend only on t and are issued one step ahead (PREFETCH), off the
                   dependency chain. No tape, no explicit barrier.
                   _w1/_w2/_w4/_w8: num_warps (idea c); _nopf: no prefetch.
-  lanesk*         ideas (a)+(b) within plain Triton: the ring tile is (KO, CP, LANES)
+  lanesk*         ideas (a)+(b) within plain Triton: the ring tile is (CP, KO, LANES)
                   with slot = ko·LANES + lane, so Triton's default layout puts lanes
                   along durations and warps along labels (order: last axis first);
                   the reductions over durations are then in-thread + warp shuffles.
@@ -70,66 +70,88 @@ def _lse(x, AXIS: tl.constexpr, ONLINE: tl.constexpr):
 
 
 @triton.jit
-def _terms(t, L, cum_b, dur_b, C, K, slot, c3, c1, KP: tl.constexpr):
-    """What step t needs that depends on t only: S[t] (CP,) float64 and the duration
-    potential of each ring slot, dur[d-1] with d = (t - slot) mod KP (−inf outside 1..K)."""
-    ok = t <= L
-    cum_t = tl.load(cum_b + t * C + c1, mask=ok & (c1 < C), other=0.0)
-    d = (t - slot) & (KP - 1)
-    okd = ok & (d >= 1) & (d <= K) & (c3 < C)
-    dw = tl.load(dur_b + (d - 1) * C + c3, mask=okd, other=float("-inf"))
+def _terms(t, L, cum_b, rot_b, C, slot, c3, c1, KP: tl.constexpr):
+    """What step t needs that depends on t only: S[t] (CP,) float64, and the duration
+    potential of every ring slot, dur[d-1] with d = (t - slot) mod KP (−inf outside 1..K),
+    read from the rotated table at offset (-t) mod KP: contiguous along the slots, unmasked."""
+    cum_t = tl.load(cum_b + tl.minimum(t, L) * C + c1, mask=c1 < C, other=0.0)
+    dw = tl.load(rot_b + c3 * (2 * KP) + ((-t) & (KP - 1)) + slot)
     return cum_t, dw
 
 
+def rotated_durations(duration: torch.Tensor, KP: int, CP: int) -> torch.Tensor:
+    """(B, CP, 2·KP) fp32 table E with E[b, c, i] = D[b, c, (-i) mod KP], D[.., d] = duration[.., d-1, c]
+    for 1 <= d <= K, −inf otherwise (d = 0, d > K, padded labels): the slot j's term at step t
+    is E[c, ((-t) mod KP) + j]."""
+    B, K, C = duration.shape
+    D = torch.full((B, CP, KP), NEG_INF, dtype=torch.float32, device=duration.device)
+    D[:, :C, 1:K + 1] = duration.detach().to(torch.float32).transpose(1, 2)
+    i = torch.arange(2 * KP, device=duration.device)
+    return D[:, :, (-i) % KP].contiguous()
+
+
 # --------------------------------------------------------------------------------------
-# register-ring kernel: tile (KO, CP, LANES), slot = ko·LANES + lane
+# register-ring kernel: tile (CP, KO, LANES), slot = ko·LANES + lane
 # --------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["T"])
-def regring_kernel(cum_ptr, trans_ptr, dur_ptr, tau0_ptr, end_ptr, len_ptr, out_ptr, B, T, C, K,
+def regring_kernel(cum_ptr, trans_ptr, rot_ptr, tau0_ptr, end_ptr, len_ptr, out_ptr, B, T, C, K,
                    CP: tl.constexpr, KP: tl.constexpr, LANES: tl.constexpr,
-                   PREFETCH: tl.constexpr, ONLINE: tl.constexpr):
+                   PREFETCH: tl.constexpr, ONLINE: tl.constexpr, TRT: tl.constexpr):
     KO: tl.constexpr = KP // LANES
     b = tl.cast(tl.program_id(0), tl.int64)
     L = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), T)
     cum_b = cum_ptr + b * (T + 1) * C
-    dur_b = dur_ptr + b * K * C
-    ko3 = tl.arange(0, KO)[:, None, None]
-    c3 = tl.arange(0, CP)[None, :, None]
+    rot_b = rot_ptr + b * CP * (2 * KP)
+    c3 = tl.arange(0, CP)[:, None, None]
+    ko3 = tl.arange(0, KO)[None, :, None]
     l3 = tl.arange(0, LANES)[None, None, :]
-    slot = ko3 * LANES + l3  # (KO, 1, LANES)
+    slot = ko3 * LANES + l3  # (1, KO, LANES)
     c1 = tl.arange(0, CP)
     cr = tl.arange(0, CP)[:, None]  # c'
     cc = tl.arange(0, CP)[None, :]  # c
-    tr = tl.load(trans_ptr + b * C * C + cr * C + cc, mask=(cr < C) & (cc < C), other=float("-inf"))
+    if TRT:  # tile (c, c'): the sum over c' along the tile's second axis
+        tr = tl.load(trans_ptr + b * C * C + cc * C + cr, mask=(cr < C) & (cc < C), other=float("-inf"))
+    else:  # tile (c', c)
+        tr = tl.load(trans_ptr + b * C * C + cr * C + cc, mask=(cr < C) & (cc < C), other=float("-inf"))
     tau0 = tl.load(tau0_ptr + b * C + c1, mask=c1 < C, other=float("-inf"))
     cum0 = tl.load(cum_b + c1, mask=c1 < C, other=0.0)
-    tau3 = tl.expand_dims(tl.expand_dims(tau0, 0), 2)
-    ring = tl.where(slot == 0, tau3, float("-inf"))  # (KO, CP, LANES) fp32, rows p < 0 are 0̄
-    g = tl.where(slot == 0, tl.expand_dims(tl.expand_dims(-cum0, 0), 2), 0.0)  # float64 G(0) = 0 - S[0]
-    m0 = tl.max(tau0, axis=0)
+    tau3 = tl.expand_dims(tl.expand_dims(tau0, 1), 2)
+    ring = tl.where(slot == 0, tau3, float("-inf"))  # (CP, KO, LANES) fp32, rows p < 0 are 0̄
+    g = tl.where(slot == 0, tl.expand_dims(tl.expand_dims(-cum0, 1), 2), 0.0)  # float64 G(0) = 0 - S[0]
+    if TRT:  # one equal copy of BASE per label, made like the loop's (same layout: no conversion)
+        m0 = tl.max(tl.broadcast_to(tl.expand_dims(tau0, 0), (CP, CP)), axis=1)
+    else:
+        m0 = tl.max(tau0, axis=0)
     base = tl.where(m0 > float("-inf"), m0, 0.0).to(tl.float64)  # BASE(1)
-    bl = tl.zeros((), dtype=tl.float64)  # BASE(L)
+    bl = base * 0.0  # BASE(L)
     alpha = tl.full((CP,), float("-inf"), tl.float32)
     if PREFETCH:
-        cum_t, dw = _terms(1, L, cum_b, dur_b, C, K, slot, c3, c1, KP)
+        cum_t, dw = _terms(1, L, cum_b, rot_b, C, slot, c3, c1, KP)
     for t in range(1, L + 1):
         if PREFETCH:
-            cum_n, dw_n = _terms(t + 1, L, cum_b, dur_b, C, K, slot, c3, c1, KP)
+            cum_n, dw_n = _terms(t + 1, L, cum_b, rot_b, C, slot, c3, c1, KP)
         else:
-            cum_t, dw = _terms(t, L, cum_b, dur_b, C, K, slot, c3, c1, KP)
-        a_t = tl.expand_dims(tl.expand_dims(cum_t - base, 0), 2)  # S[t] - BASE(t), float64
+            cum_t, dw = _terms(t, L, cum_b, rot_b, C, slot, c3, c1, KP)
+        a_t = tl.expand_dims(tl.expand_dims(cum_t - base, 1), 2)  # S[t] - BASE(t), float64
         cand = ring + (g + a_t).to(tl.float32) + dw
-        a2 = _lse(cand, 0, ONLINE)  # (CP, LANES): over the slots in registers / warps
+        a2 = _lse(cand, 1, ONLINE)  # (CP, LANES): over the slots in registers / warps
         if LANES == 1:
             alpha = tl.sum(a2, axis=1)  # one element: no arithmetic
         else:
             alpha = _lse(a2, 1, ONLINE)  # over the lanes: warp shuffles
-        tau = _lse(tl.expand_dims(alpha, 1) + tr, 0, ONLINE)  # (CP,) over c'
-        sh = tl.max(alpha, axis=0)
+        if TRT:
+            # α along the tile's c' axis: one layout exchange; then each label's copy of
+            # max_c' α(c') comes from that same tile (no second cross-warp reduction)
+            ae = tl.expand_dims(alpha, 0)
+            tau = _lse(ae + tr, 1, ONLINE)  # (CP,) over c'
+            sh = tl.max(tl.broadcast_to(ae, (CP, CP)), axis=1)  # (CP,) all equal
+        else:
+            tau = _lse(tl.expand_dims(alpha, 1) + tr, 0, ONLINE)  # (CP,) over c'
+            sh = tl.max(alpha, axis=0)
         s = t & (KP - 1)
         new = slot == s
-        ring = tl.where(new, tl.expand_dims(tl.expand_dims(tau, 0), 2), ring)
-        g = tl.where(new, tl.expand_dims(tl.expand_dims(base - cum_t, 0), 2), g)
+        ring = tl.where(new, tl.expand_dims(tl.expand_dims(tau, 1), 2), ring)
+        g = tl.where(new, tl.expand_dims(tl.expand_dims(base - cum_t, 1), 2), g)
         bl = base
         base = base + tl.where(sh > float("-inf"), sh, 0.0).to(tl.float64)
         if PREFETCH:
@@ -137,6 +159,8 @@ def regring_kernel(cum_ptr, trans_ptr, dur_ptr, tau0_ptr, end_ptr, len_ptr, out_
             dw = dw_n
     e = tl.load(end_ptr + b * C + c1, mask=c1 < C, other=float("-inf"))
     z = _lse(alpha + e, 0, False)
+    if TRT:
+        bl = tl.max(bl, axis=0)
     tl.store(out_ptr + b, z.to(tl.float64) + bl)
 
 
@@ -169,7 +193,7 @@ def baseline(cum, transition, duration, tau0, end, lengths):
 
 
 def regring(cum, transition, duration, tau0, end, lengths, *, num_warps=4, lanes=False, prefetch=True,
-            online=False):
+            online=False, trt=False):
     """log Z (B,) float64 by ``regring_kernel``; fp32 states, float64 prefix sums and normalisers."""
     B, T, K, C = _check(cum, transition, duration, tau0, end, lengths)
     KP = max(2, _pow2(K + 1))  # > K: the slot being overwritten is never in the window
@@ -177,9 +201,10 @@ def regring(cum, transition, duration, tau0, end, lengths, *, num_warps=4, lanes
     f32 = lambda x: x.detach().to(torch.float32).contiguous()  # noqa: E731
     out = torch.empty(B, dtype=torch.float64, device=cum.device)
     regring_kernel[(B,)](
-        cum.detach().to(torch.float64).contiguous(), f32(transition), f32(duration), f32(tau0), f32(end),
+        cum.detach().to(torch.float64).contiguous(), f32(transition), rotated_durations(duration, KP, CP), f32(tau0),
+        f32(end),
         lengths.to(device=cum.device, dtype=torch.int64).contiguous(), out, B, T, C, K,
-        CP=CP, KP=KP, LANES=min(32, KP) if lanes else 1, PREFETCH=prefetch, ONLINE=online,
+        CP=CP, KP=KP, LANES=min(32, KP) if lanes else 1, PREFETCH=prefetch, ONLINE=online, TRT=trt,
         num_warps=num_warps, num_stages=1)
     return out
 
@@ -201,14 +226,19 @@ VARIANTS = {
     "lanesk_w8": _variant(num_warps=8, lanes=True),
     "lanesk_w2": _variant(num_warps=2, lanes=True),
     "lanesk_w4_online": _variant(num_warps=4, lanes=True, online=True),
+    "lanesk_trt_w4": _variant(num_warps=4, lanes=True, trt=True),
+    "lanesk_trt_w8": _variant(num_warps=8, lanes=True, trt=True),
+    "lanesk_trt_w2": _variant(num_warps=2, lanes=True, trt=True),
+    "lanesk_trt_w4_online": _variant(num_warps=4, lanes=True, trt=True, online=True),
+    "regring_trt_w4": _variant(num_warps=4, trt=True),
 }
 
 #: the plain-Triton variants' compile-time settings (for the PTX proxy): name -> (constexprs, num_warps)
 def kernel_config(name: str, K: int, C: int):
     """(kernel, constexprs, num_warps) of a regring/lanesk variant at sizes K, C."""
     p = VARIANTS[name]
-    kw = dict(num_warps=4, lanes=False, prefetch=True, online=False) | p.keywords
+    kw = dict(num_warps=4, lanes=False, prefetch=True, online=False, trt=False) | p.keywords
     KP = max(2, _pow2(K + 1))
     consts = dict(CP=max(2, _pow2(C)), KP=KP, LANES=min(32, KP) if kw["lanes"] else 1,
-                  PREFETCH=kw["prefetch"], ONLINE=kw["online"])
+                  PREFETCH=kw["prefetch"], ONLINE=kw["online"], TRT=kw["trt"])
     return regring_kernel, consts, kw["num_warps"]
