@@ -27,7 +27,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from benchmarks.latency.fwd_variants import VARIANTS, _pow2, kernel_config  # noqa: E402
+from benchmarks.latency import fwd_variants  # noqa: E402
+from benchmarks.latency.fwd_variants import _pow2  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -51,7 +52,10 @@ def signature(fn, constexprs: dict) -> dict:
 
 
 def compile_sm90(fn, constexprs: dict, num_warps: int):
-    return triton.compile(ASTSource(fn, signature(fn, constexprs), constexprs), target=TARGET,
+    source = ASTSource
+    if getattr(fn, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    return triton.compile(source(fn, signature(fn, constexprs), constexprs), target=TARGET,
                           options={"num_warps": num_warps, "num_stages": 1})
 
 
@@ -108,6 +112,19 @@ def baseline_config(K: int, C: int):
     return kernels.scan_fwd_kernel, consts, launch._num_warps(KP * CP)
 
 
+def configs():
+    """name -> config(K, C) -> (kernel, constexprs, num_warps), for every variant (Gluon ones if importable)."""
+    out = {name: fwd_variants.kernel_config for name in fwd_variants.VARIANTS}
+    out["baseline"] = baseline_config
+    try:
+        from benchmarks.latency import gluon_variants
+    except Exception as e:  # noqa: BLE001  (a triton without Gluon: the table says so)
+        print(f"no Gluon variants: {type(e).__name__}: {e}")
+    else:
+        out.update({name: gluon_variants.kernel_config for name in gluon_variants.GLUON_VARIANTS})
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--K", type=int, default=100)
@@ -116,9 +133,9 @@ def main(argv=None):
     ap.add_argument("--dump", help="write each variant's ttgir/ptx here")
     args = ap.parse_args(argv)
     rows = {}
-    for name in VARIANTS:
+    for name, config in configs().items():
         try:
-            fn, consts, nw = baseline_config(args.K, args.C) if name == "baseline" else kernel_config(name, args.K, args.C)
+            fn, consts, nw = config(args.K, args.C) if name == "baseline" else config(name, args.K, args.C)
             k = compile_sm90(fn, consts, nw)
             rows[name] = dict(num_warps=nw, **measure(k))
             if args.dump:
