@@ -90,7 +90,7 @@ def measure(kernel) -> dict:
         bar_total=count(r"\bbar\.sync\b|\bbarrier\.sync\b", ptx),
         shfl_loop=count(r"\bshfl\.sync", body),
         st_shared_loop=count(r"\bst\.shared", body),
-        ld_shared_loop=count(r"\bld\.shared", body),
+        ld_shared_loop=count(r"\bld\.shared|\bldmatrix", body),
         ld_global_loop=count(r"\bld\.global", body),
         st_global_loop=count(r"\bst\.global", body),
         ex2_loop=count(r"\bex2\.approx", body),
