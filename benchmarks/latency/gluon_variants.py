@@ -2,8 +2,9 @@
 with explicit layouts (idea (b) of issue 11). Cannot run under TRITON_INTERPRET=1: GPU only
 (benchmarks/latency/run_gpu.py); ptx_proxy.py compiles them for sm_90 without a GPU.
 
-Layout P3 of the ring tile (CP labels, KO, LANES=32), slot = ko·32 + lane:
-    labels along warps (CP/W per thread), KO in registers, 32 lanes along slots.
+Layout P3 of the ring tile (CP labels, KO, LS), slot = ko·LS + lane:
+    labels along NW warps and LW lanes (CP/(NW·LW) per thread), KO = KP/LS slots in
+    registers, LS = 32/LW lanes along slots (LW > 1: fewer shuffle levels, more registers).
   * α(c) = logsumexp over the slots: in-thread over KO, then warp shuffles over the lanes —
     no shared memory, no barrier;
   * τ(c) = logsumexp_c' α(c') + trans[c', c] on the (c, c') tile S1 = SliceLayout(1, P3)
@@ -25,8 +26,6 @@ from triton.experimental.gluon import language as gl
 
 from .fwd_variants import _check, _pow2, rotated_durations
 
-LANES = 32
-
 
 @gluon.jit
 def _lse_last(x, AXIS: gl.constexpr):
@@ -39,9 +38,10 @@ def _lse_last(x, AXIS: gl.constexpr):
 
 @gluon.jit(do_not_specialize=["T"])
 def gluon_ring_kernel(cum_ptr, trans_ptr, rot_ptr, tau0_ptr, end_ptr, len_ptr, out_ptr, B, T, C, K,
-                      CP: gl.constexpr, KP: gl.constexpr, NW: gl.constexpr):
-    KO: gl.constexpr = KP // 32
-    P3: gl.constexpr = gl.BlockedLayout([CP // NW, KO, 1], [1, 1, 32], [NW, 1, 1], [2, 1, 0])
+                      CP: gl.constexpr, KP: gl.constexpr, NW: gl.constexpr, LW: gl.constexpr):
+    LS: gl.constexpr = 32 // LW
+    KO: gl.constexpr = KP // LS
+    P3: gl.constexpr = gl.BlockedLayout([CP // (NW * LW), KO, 1], [LW, 1, LS], [NW, 1, 1], [2, 1, 0])
     S1: gl.constexpr = gl.SliceLayout(1, P3)  # (c, lane) / (c, c') tiles
     LC: gl.constexpr = gl.SliceLayout(1, S1)  # a label vector, labels along warps (the ring's)
     LR: gl.constexpr = gl.SliceLayout(0, S1)  # a label vector along lanes, every warp a copy
@@ -52,9 +52,9 @@ def gluon_ring_kernel(cum_ptr, trans_ptr, rot_ptr, tau0_ptr, end_ptr, len_ptr, o
     rot_b = rot_ptr + b * CP * (2 * KP)
     c3 = gl.expand_dims(gl.expand_dims(gl.arange(0, CP, layout=gl.SliceLayout(1, S2)), 1), 2)
     ko3 = gl.expand_dims(gl.expand_dims(gl.arange(0, KO, layout=gl.SliceLayout(0, S2)), 0), 2)
-    l3 = gl.expand_dims(gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, S1)), 0), 1)
-    slot = ko3 * 32 + l3  # (1, KO, 32)
-    rot_off = c3 * (2 * KP) + slot  # (CP, KO, 32)
+    l3 = gl.expand_dims(gl.expand_dims(gl.arange(0, LS, layout=gl.SliceLayout(0, S1)), 0), 1)
+    slot = ko3 * LS + l3  # (1, KO, LS)
+    rot_off = c3 * (2 * KP) + slot  # (CP, KO, LS)
     cl = gl.arange(0, CP, layout=LC)
     cr = gl.arange(0, CP, layout=LR)
     c2 = gl.expand_dims(cl, 1)  # c
@@ -63,7 +63,7 @@ def gluon_ring_kernel(cum_ptr, trans_ptr, rot_ptr, tau0_ptr, end_ptr, len_ptr, o
     tau0 = gl.load(tau0_ptr + b * C + cl, mask=cl < C, other=float("-inf"))
     tau0r = gl.load(tau0_ptr + b * C + cr, mask=cr < C, other=float("-inf"))
     cum0 = gl.load(cum_b + cl, mask=cl < C, other=0.0)
-    zero3 = gl.full([CP, KO, 32], 0.0, gl.float32, layout=P3)
+    zero3 = gl.full([CP, KO, LS], 0.0, gl.float32, layout=P3)
     ring = gl.where(slot == 0, gl.expand_dims(gl.expand_dims(tau0, 1), 1) + zero3, float("-inf"))
     g = gl.where(slot == 0, gl.expand_dims(gl.expand_dims(-cum0, 1), 1) + zero3.to(gl.float64), 0.0)
     m0 = gl.max(tau0r, axis=0)
@@ -100,23 +100,31 @@ def gluon_ring_kernel(cum_ptr, trans_ptr, rot_ptr, tau0_ptr, end_ptr, len_ptr, o
     gl.store(out_ptr + b, z.to(gl.float64) + bl)
 
 
-def gluon_ring(cum, transition, duration, tau0, end, lengths, *, num_warps=4):
-    """log Z (B,) float64 by ``gluon_ring_kernel`` (needs K+1 <= KP with KP a multiple of 32)."""
+def _sizes(K, C, num_warps, label_lanes):
+    """(KP, CP): KP > K a power of two filling the slot lanes; CP covers the label warps x lanes."""
+    return max(32 // label_lanes, _pow2(K + 1)), max(num_warps * label_lanes, _pow2(C))
+
+
+def gluon_ring(cum, transition, duration, tau0, end, lengths, *, num_warps=4, label_lanes=1):
+    """log Z (B,) float64 by ``gluon_ring_kernel``."""
     B, T, K, C = _check(cum, transition, duration, tau0, end, lengths)
-    KP = max(32, _pow2(K + 1))
-    CP = max(num_warps, _pow2(C))
+    KP, CP = _sizes(K, C, num_warps, label_lanes)
     f32 = lambda x: x.detach().to(torch.float32).contiguous()  # noqa: E731
     out = torch.empty(B, dtype=torch.float64, device=cum.device)
     gluon_ring_kernel[(B,)](
         cum.detach().to(torch.float64).contiguous(), f32(transition), rotated_durations(duration, KP, CP), f32(tau0),
         f32(end), lengths.to(device=cum.device, dtype=torch.int64).contiguous(), out, B, T, C, K,
-        CP=CP, KP=KP, NW=num_warps, num_warps=num_warps)
+        CP=CP, KP=KP, NW=num_warps, LW=label_lanes, num_warps=num_warps)
     return out
 
 
 def kernel_config(name: str, K: int, C: int):
-    nw = GLUON_VARIANTS[name].keywords["num_warps"]
-    return gluon_ring_kernel, dict(CP=max(nw, _pow2(C)), KP=max(32, _pow2(K + 1)), NW=nw), nw
+    kw = GLUON_VARIANTS[name].keywords
+    nw, lw = kw["num_warps"], kw.get("label_lanes", 1)
+    KP, CP = _sizes(K, C, nw, lw)
+    return gluon_ring_kernel, dict(CP=CP, KP=KP, NW=nw, LW=lw), nw
 
 
-GLUON_VARIANTS = {f"gluon_w{w}": functools.partial(gluon_ring, num_warps=w) for w in (8, 4, 2, 1)}
+#: gluon_w{warps}[_l{label lanes}]: warps x label lanes = 8 covers C = 8 with one label per thread
+GLUON_VARIANTS = {f"gluon_w{w}" + (f"_l{lw}" if lw > 1 else ""): functools.partial(gluon_ring, num_warps=w, label_lanes=lw)
+                  for w, lw in ((8, 1), (4, 1), (2, 1), (1, 1), (4, 2), (2, 4), (1, 8), (2, 2), (1, 4))}
