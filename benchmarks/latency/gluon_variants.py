@@ -36,9 +36,41 @@ def _lse_last(x, AXIS: gl.constexpr):
     return ms + gl.log(s)
 
 
+# max over the 32 lanes of a warp in one instruction: redux.sync is integer-only on sm_90, so
+# floats go through the order-preserving map x -> x ^ 0x7FFFFFFF for negative bit patterns
+_REDUX_MAX = gl.constexpr("""{ .reg .s32 k; .reg .pred p;
+  setp.lt.s32 p, $1, 0; xor.b32 k, $1, 0x7FFFFFFF; selp.b32 k, k, $1, p;
+  redux.sync.max.s32 k, k, 0xffffffff;
+  setp.lt.s32 p, k, 0; xor.b32 $0, k, 0x7FFFFFFF; selp.b32 $0, $0, k, p; }""")
+
+
+@gluon.jit
+def _warp_max(x):
+    """Element-wise max of x over the warp's 32 lanes (every lane gets it); needs a layout whose
+    lanes all lie along the reduced axis (LW = 1) and −inf/finite values (no NaN)."""
+    r = gl.inline_asm_elementwise(_REDUX_MAX, "=r,r", [x.to(gl.int32, bitcast=True)], dtype=gl.int32,
+                                  is_pure=True, pack=1)
+    return r.to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def _lse_lanes(x, REDUX: gl.constexpr):
+    """logsumexp over axis 1 of a (c, lanes) tile; REDUX: the max by one redux.sync, its 1-D
+    copy (needed only at the end) by shuffles off the exp/sum path."""
+    if REDUX:
+        mw = _warp_max(x)
+        mww = gl.where(mw == float("-inf"), 0.0, mw)
+        s = gl.sum(gl.exp(x - mww), axis=1)
+        ms = gl.max(mww, axis=1)
+        return ms + gl.log(s)
+    else:
+        return _lse_last(x, 1)
+
+
 @gluon.jit(do_not_specialize=["T"])
 def gluon_ring_kernel(cum_ptr, trans_ptr, rot_ptr, tau0_ptr, end_ptr, len_ptr, out_ptr, B, T, C, K,
-                      CP: gl.constexpr, KP: gl.constexpr, NW: gl.constexpr, LW: gl.constexpr):
+                      CP: gl.constexpr, KP: gl.constexpr, NW: gl.constexpr, LW: gl.constexpr,
+                      REDUX: gl.constexpr):
     LS: gl.constexpr = 32 // LW
     KO: gl.constexpr = KP // LS
     P3: gl.constexpr = gl.BlockedLayout([CP // (NW * LW), KO, 1], [LW, 1, LS], [NW, 1, 1], [2, 1, 0])
@@ -78,12 +110,18 @@ def gluon_ring_kernel(cum_ptr, trans_ptr, rot_ptr, tau0_ptr, end_ptr, len_ptr, o
         dw_n = gl.load(rot_b + ((-(t + 1)) & (KP - 1)) + rot_off)
         a_t = gl.expand_dims(gl.expand_dims(cum_t - base, 1), 1)
         cand = ring + (g + a_t).to(gl.float32) + dw
-        m = gl.max(gl.max(cand, axis=1), axis=1)  # (CP,) LC: registers, then shuffles
-        ms = gl.where(m == float("-inf"), 0.0, m)
-        e = gl.exp(cand - gl.expand_dims(gl.expand_dims(ms, 1), 1))
-        alpha = ms + gl.log(gl.sum(gl.sum(e, axis=1), axis=1))
+        if REDUX:  # registers, then one redux.sync per label for the max
+            mw = _warp_max(gl.max(cand, axis=1))  # (CP, LS) S1, equal over the lanes
+            mww = gl.where(mw == float("-inf"), 0.0, mw)
+            s = gl.sum(gl.sum(gl.exp(cand - gl.expand_dims(mww, 1)), axis=1), axis=1)
+            alpha = gl.max(mww, axis=1) + gl.log(s)
+        else:
+            m = gl.max(gl.max(cand, axis=1), axis=1)  # (CP,) LC: registers, then shuffles
+            ms = gl.where(m == float("-inf"), 0.0, m)
+            e = gl.exp(cand - gl.expand_dims(gl.expand_dims(ms, 1), 1))
+            alpha = ms + gl.log(gl.sum(gl.sum(e, axis=1), axis=1))
         ar = gl.convert_layout(alpha, LR)  # the one cross-warp exchange
-        tau = _lse_last(gl.expand_dims(ar, 0) + trT, 1)  # (CP,) LC
+        tau = _lse_lanes(gl.expand_dims(ar, 0) + trT, REDUX)  # (CP,) LC
         sh = gl.max(ar, axis=0)
         new = slot == (t & (KP - 1))
         ring = gl.where(new, gl.expand_dims(gl.expand_dims(tau, 1), 1) + zero3, ring)
@@ -105,16 +143,18 @@ def _sizes(K, C, num_warps, label_lanes):
     return max(32 // label_lanes, _pow2(K + 1)), max(num_warps * label_lanes, _pow2(C))
 
 
-def gluon_ring(cum, transition, duration, tau0, end, lengths, *, num_warps=4, label_lanes=1):
+def gluon_ring(cum, transition, duration, tau0, end, lengths, *, num_warps=4, label_lanes=1, redux=False):
     """log Z (B,) float64 by ``gluon_ring_kernel``."""
     B, T, K, C = _check(cum, transition, duration, tau0, end, lengths)
     KP, CP = _sizes(K, C, num_warps, label_lanes)
+    if redux and label_lanes != 1:
+        raise ValueError(f"redux needs label_lanes=1 (whole warps along the reduced axis), got {label_lanes}")
     f32 = lambda x: x.detach().to(torch.float32).contiguous()  # noqa: E731
     out = torch.empty(B, dtype=torch.float64, device=cum.device)
     gluon_ring_kernel[(B,)](
         cum.detach().to(torch.float64).contiguous(), f32(transition), rotated_durations(duration, KP, CP), f32(tau0),
         f32(end), lengths.to(device=cum.device, dtype=torch.int64).contiguous(), out, B, T, C, K,
-        CP=CP, KP=KP, NW=num_warps, LW=label_lanes, num_warps=num_warps)
+        CP=CP, KP=KP, NW=num_warps, LW=label_lanes, REDUX=redux, num_warps=num_warps)
     return out
 
 
@@ -122,9 +162,11 @@ def kernel_config(name: str, K: int, C: int):
     kw = GLUON_VARIANTS[name].keywords
     nw, lw = kw["num_warps"], kw.get("label_lanes", 1)
     KP, CP = _sizes(K, C, nw, lw)
-    return gluon_ring_kernel, dict(CP=CP, KP=KP, NW=nw, LW=lw), nw
+    return gluon_ring_kernel, dict(CP=CP, KP=KP, NW=nw, LW=lw, REDUX=kw.get("redux", False)), nw
 
 
 #: gluon_w{warps}[_l{label lanes}]: warps x label lanes = 8 covers C = 8 with one label per thread
 GLUON_VARIANTS = {f"gluon_w{w}" + (f"_l{lw}" if lw > 1 else ""): functools.partial(gluon_ring, num_warps=w, label_lanes=lw)
                   for w, lw in ((8, 1), (4, 1), (2, 1), (1, 1), (4, 2), (2, 4), (1, 8), (2, 2), (1, 4))}
+#: _redux: the logsumexp maxima by redux.sync (one instruction instead of a 5-level shuffle tree)
+GLUON_VARIANTS.update({f"gluon_w{w}_redux": functools.partial(gluon_ring, num_warps=w, redux=True) for w in (8, 4, 1)})
