@@ -165,3 +165,24 @@ def test_gpu_script_reference_matches_dense_oracle():
     cum, trans, dur, tau0, end, lengths = _inputs(3, 11, 3, 4, seed=9)
     torch.testing.assert_close(reference_logz(cum, trans, dur, tau0, end, lengths),
                                _oracle(cum, trans, dur, tau0, end, lengths), rtol=1e-12, atol=1e-12)
+
+
+def test_gluon_redux_needs_whole_warps_on_the_reduced_axis():
+    from benchmarks.latency.gluon_variants import gluon_ring
+
+    with pytest.raises(ValueError, match="label_lanes"):
+        gluon_ring(*_inputs(1, 6, 3, 2, seed=0), num_warps=2, label_lanes=2, redux=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, most_barriers", [("gluon_w8", 2), ("gluon_w1_l8", 0), ("gluon_w8_redux", 2)])
+def test_gluon_sm90_loop_barriers(name, most_barriers):
+    """The layouts do what they are for (Gluon cannot run here, but it compiles for sm_90 on CPU;
+    the plain-Triton kernels are interpreted functions in this process, so ptx_proxy.py covers them):
+    at most one cross-warp exchange per step (two barriers), none with one warp; no spills."""
+    from benchmarks.latency import gluon_variants
+    from benchmarks.latency.ptx_proxy import compile_sm90, measure
+
+    fn, consts, nw = gluon_variants.kernel_config(name, 100, 8)
+    row = measure(compile_sm90(fn, consts, nw))
+    assert row["bar_loop"] <= most_barriers and row["local"] == 0
