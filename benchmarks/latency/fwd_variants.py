@@ -7,17 +7,21 @@ lengths (B,)) to log Z (B,) float64. ``VARIANTS`` lists them by name.
 
   baseline        the real kernel (global-memory tape ring, a CTA barrier per step)
   regring*        idea (a): the ring of the last K τ rows lives in registers as a
-                  loop-carried (KP, CP) tile, τ(t) inserted with tl.where at slot
-                  t mod KP; the per-slot duration terms are gathered with loads that
-                  depend only on t and are issued one step ahead (PREFETCH), off the
-                  dependency chain. No tape, no explicit barrier.
+                  loop-carried (CP, KP, 1) tile, τ(t) inserted with tl.where at slot
+                  t mod KP; the per-slot duration terms come from loads that depend
+                  only on t, issued one step ahead (PREFETCH), off the dependency
+                  chain. No tape, no explicit barrier; Triton picks the layout (warps
+                  along slots).
                   _w1/_w2/_w4/_w8: num_warps (idea c); _nopf: no prefetch.
   lanesk*         ideas (a)+(b) within plain Triton: the ring tile is (CP, KO, LANES)
                   with slot = ko·LANES + lane, so Triton's default layout puts lanes
                   along durations and warps along labels (order: last axis first);
                   the reductions over durations are then in-thread + warp shuffles.
+  *_trt           transition tile as (c, c') and one equal copy of BASE per label, so
+                  max_c α comes from the transition's exchanged α (no extra reduction).
   *_online        one-pass (max, sum) logsumexp (one tl.reduce with a pair combine
                   instead of a max pass and a sum pass: half the cross-warp rounds).
+  (gluon_variants.py: the same ring with explicit Gluon layouts.)
 
 Numerics as the real kernel (DESIGN.md "Numerics"): the ring keeps τ(p) in fp32
 relative to BASE(p), plus G(p) = BASE(p) - S[p] in float64; a window term adds
@@ -233,7 +237,6 @@ VARIANTS = {
     "regring_trt_w4": _variant(num_warps=4, trt=True),
 }
 
-#: the plain-Triton variants' compile-time settings (for the PTX proxy): name -> (constexprs, num_warps)
 def kernel_config(name: str, K: int, C: int):
     """(kernel, constexprs, num_warps) of a regring/lanesk variant at sizes K, C."""
     p = VARIANTS[name]
