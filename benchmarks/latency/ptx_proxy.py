@@ -1,0 +1,168 @@
+"""CPU-side latency proxy: compile each Triton variant for sm_90 without a GPU and count
+what costs latency inside the scan loop — CTA barriers (``bar.sync``), warp shuffles,
+shared-memory traffic — plus registers, spills and the layouts Triton chose.
+
+    python benchmarks/latency/ptx_proxy.py [--K 100] [--C 8] [--json out.json] [--dump DIR]
+
+``triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32))``
+needs no driver: the NVIDIA backend ships ptxas, so the cubin (and its resource usage)
+comes too. The loop is found in the PTX as the longest back-edge region (label ... bra label).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from benchmarks.latency import fwd_variants  # noqa: E402
+from benchmarks.latency.fwd_variants import _pow2  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+#: pointer dtypes by argument name (the rest of the *_ptr arguments are fp32 tapes/outputs)
+_PTR_TYPES = {"cum_ptr": "*fp64", "len_ptr": "*i64", "tb_ptr": "*fp64", "ckb_ptr": "*fp64", "ckn_ptr": "*fp64",
+              "out_ptr": "*fp64", "taz_ptr": "*fp64", "ttz_ptr": "*fp64"}
+
+
+def signature(fn, constexprs: dict) -> dict:
+    """Signature of a @triton.jit function from its argument names (robust to added arguments)."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = _PTR_TYPES.get(name, "*fp32")
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def compile_sm90(fn, constexprs: dict, num_warps: int):
+    source = ASTSource
+    if getattr(fn, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    return triton.compile(source(fn, signature(fn, constexprs), constexprs), target=TARGET,
+                          options={"num_warps": num_warps, "num_stages": 1})
+
+
+def loop_body(ptx: str) -> str:
+    """The PTX lines of the longest back-edge region (the scan loop)."""
+    lines = ptx.splitlines()
+    where = {m.group(1): i for i, ln in enumerate(lines) if (m := re.match(r"^\s*(\$L__\w+):", ln))}
+    best = (0, 0)
+    for i, ln in enumerate(lines):
+        m = re.search(r"\bbra(?:\.uni)?\s+(\$L__\w+);", ln)
+        if m and where.get(m.group(1), i + 1) <= i and i - where[m.group(1)] > best[1] - best[0]:
+            best = (where[m.group(1)], i)
+    return "\n".join(lines[best[0]:best[1] + 1])
+
+
+def resources(cubin: bytes) -> dict:
+    """REG / LOCAL (spills) / SHARED from cuobjdump's resource usage of the cubin."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([os.path.join(_BIN, "cuobjdump"), "-res-usage", f.name], capture_output=True,
+                             text=True).stdout
+    return {k.lower(): int(v) for k, v in re.findall(r"\b(REG|LOCAL|SHARED|STACK):(\d+)", out)}
+
+
+def measure(kernel) -> dict:
+    ptx = kernel.asm["ptx"]
+    body = loop_body(ptx)
+    count = lambda pat, s: len(re.findall(pat, s))  # noqa: E731
+    row = dict(
+        bar_loop=count(r"\bbar\.sync\b|\bbarrier\.sync\b", body),
+        bar_total=count(r"\bbar\.sync\b|\bbarrier\.sync\b", ptx),
+        shfl_loop=count(r"\bshfl\.sync", body),
+        st_shared_loop=count(r"\bst\.shared", body),
+        ld_shared_loop=count(r"\bld\.shared|\bldmatrix", body),
+        ld_global_loop=count(r"\bld\.global", body),
+        st_global_loop=count(r"\bst\.global", body),
+        ex2_loop=count(r"\bex2\.approx", body),
+        loop_lines=len(body.splitlines()),
+        layouts=re.findall(r"^#\w+ = (#ttg\.\w+<.*>)$", kernel.asm["ttgir"], re.M),
+    )
+    row.update(resources(kernel.asm["cubin"]))
+    return row
+
+
+def baseline_config(K: int, C: int):
+    """The real forward kernel as the baseline launches it: log, factored, plain forward (tape ring)."""
+    from semiring_flash.ops.triton import kernels, launch
+
+    KP, CP = max(2, _pow2(K)), max(2, _pow2(C))
+    consts = dict(SR=0, KK=1, S=1, CP=CP, KP=KP, SP=1, EDGES=False, HAS_SB=False, SAVE_CK=False, BACKPTR=False,
+                  FULL=False)
+    consts = {k: v for k, v in consts.items() if k in kernels.scan_fwd_kernel.arg_names}
+    return kernels.scan_fwd_kernel, consts, launch._num_warps(KP * CP)
+
+
+def configs():
+    """name -> config(K, C) -> (kernel, constexprs, num_warps), for every variant (Gluon ones if importable)."""
+    out = {name: fwd_variants.kernel_config for name in fwd_variants.VARIANTS}
+    out["baseline"] = baseline_config
+    try:
+        from benchmarks.latency import gluon_variants
+    except Exception as e:  # noqa: BLE001  (a triton without Gluon: the table says so)
+        print(f"no Gluon variants: {type(e).__name__}: {e}")
+    else:
+        out.update({name: gluon_variants.kernel_config for name in gluon_variants.GLUON_VARIANTS})
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--K", type=int, default=100)
+    ap.add_argument("--C", type=int, default=8)
+    ap.add_argument("--json", help="write the table as JSON here")
+    ap.add_argument("--dump", help="write each variant's ttgir/ptx here")
+    args = ap.parse_args(argv)
+    rows = {}
+    for name, config in configs().items():
+        try:
+            fn, consts, nw = config(args.K, args.C) if name == "baseline" else config(name, args.K, args.C)
+            k = compile_sm90(fn, consts, nw)
+            rows[name] = dict(num_warps=nw, **measure(k))
+            if args.dump:
+                os.makedirs(args.dump, exist_ok=True)
+                for ext in ("ttgir", "ptx"):
+                    with open(os.path.join(args.dump, f"{name}.{ext}"), "w") as f:
+                        f.write(k.asm[ext])
+        except Exception as e:  # a variant that does not compile is a result too
+            rows[name] = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    cols = ["num_warps", "bar_loop", "shfl_loop", "st_shared_loop", "ld_shared_loop", "ld_global_loop",
+            "st_global_loop", "ex2_loop", "reg", "local", "shared"]
+    print(f"sm_90 PTX of the scan loop, K={args.K}, C={args.C} (bar_loop: CTA barriers per step)")
+    print(f"{'variant':20s} " + " ".join(f"{c.replace('_loop', ''):>9s}" for c in cols))
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:20s} ERROR {r['error']}")
+        else:
+            print(f"{name:20s} " + " ".join(f"{r.get(c, ''):>9}" for c in cols))
+    print("layouts (ttgir):")
+    for name, r in rows.items():
+        for lay in r.get("layouts", [])[:3]:
+            print(f"  {name:20s} {lay}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(K=args.K, C=args.C, rows=rows), f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The B=1 latency experiments' forward variants (benchmarks/latency/fwd_variants.py) on CPU
+through TRITON_INTERPRET=1, against the float64 dense DP (tiny sizes: T <= 16, K <= 4, C <= 4).
+
+Variants differing only in num_warps run the same code in the interpreter, so each distinct
+compile-time configuration is tested once. Gluon kernels (explicit layouts) cannot run in the
+interpreter; they are checked on the GPU only (benchmarks/latency/run_gpu.py).
+"""
+
+import os
+import sys
+
+import pytest
+import torch
+
+_TRITON_ALREADY_IMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+if _TRITON_ALREADY_IMPORTED:
+    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
+
+triton = pytest.importorskip("triton")
+
+import semiring_flash as sf  # noqa: E402
+from semiring_flash.ops.autograd import entry_value  # noqa: E402
+from semiring_flash.ops.dense import dense_factored  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.latency import fwd_variants as fv  # noqa: E402
+from benchmarks.latency.ptx_proxy import loop_body  # noqa: E402
+
+_INTERPRETED = type(fv.regring_kernel).__name__ == "InterpretedFunction"
+pytestmark = [
+    pytest.mark.triton_interpret,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+    pytest.mark.skipif(not _INTERPRETED, reason="kernels compiled for a GPU (TRITON_INTERPRET unset at import)"),
+]
+
+NEG = float("-inf")
+
+
+def _distinct_configs():
+    """One variant name per distinct (kernel options minus num_warps), plus the baseline."""
+    seen, names = set(), ["baseline"]
+    for name, f in fv.VARIANTS.items():
+        if name == "baseline":
+            continue
+        key = tuple(sorted((k, v) for k, v in f.keywords.items() if k != "num_warps"))
+        if key not in seen:
+            seen.add(key)
+            names.append(name)
+    return names
+
+
+CONFIGS = _distinct_configs()
+
+
+def _inputs(B, T, K, C, seed, neg=True, cum_offset=0.0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    cum = torch.cat([torch.zeros(B, 1, C, dtype=torch.float64), r(B, T, C).cumsum(1)], 1) + cum_offset
+    trans, dur, entry, end = r(B, C, C), r(B, K, C), r(B, C, C), r(B, C)
+    if neg:
+        trans[:, 0, C - 1] = NEG  # forbidden transition
+        trans[:, 1, :] = NEG  # label 1 can never be left
+        dur[:, K - 1, 0] = NEG  # forbidden duration
+        end[:, 0] = NEG
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
+    lengths[-1] = 1
+    tau0 = entry_value(sf.LogSemiring, entry, torch.float64)
+    return cum, trans, dur, tau0, end, lengths
+
+
+def _oracle(cum, trans, dur, tau0, end, lengths):
+    return dense_factored(sf.LogSemiring, cum, trans, dur, tau0, end, lengths)[0]
+
+
+def test_configs_cover_every_option():
+    """The deduplication keeps every kernel option on and off somewhere (a test that covers them)."""
+    kws = [fv.VARIANTS[n].keywords for n in CONFIGS[1:]]
+    for opt in ("lanes", "online", "trt"):
+        assert any(k.get(opt) for k in kws) and any(not k.get(opt) for k in kws), opt
+    assert any(k.get("prefetch") is False for k in kws)
+
+
+# (B, T, K, C): padded labels and slots (C=3 -> CP=4; K=4 -> KP=8), an unpadded ring that wraps
+# every 4 steps (K=3 -> KP=4), K=1, and C=1
+SIZES = [(4, 12, 4, 3), (3, 16, 3, 4), (2, 9, 1, 2), (2, 7, 2, 1)]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "B{}T{}K{}C{}".format(*s))
+def test_variant_matches_dense_oracle(name, size):
+    B, T, K, C = size
+    ins = _inputs(B, T, K, C, seed=hash(size) % 1000, neg=C > 1)
+    ref = _oracle(*ins)
+    got = fv.VARIANTS[name](*ins)
+    assert got.dtype == torch.float64 and got.shape == (B,)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_prefix_difference_taken_in_float64(name):
+    """Prefix sums offset by 1e9: a difference taken in fp32 would be off by ~10^2."""
+    ins = _inputs(2, 10, 3, 2, seed=3, cum_offset=1e9)
+    ref = _oracle(*_inputs(2, 10, 3, 2, seed=3))
+    torch.testing.assert_close(fv.VARIANTS[name](*ins), ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_impossible_sequence_is_minus_inf_not_nan(name):
+    """Every transition forbidden: only single-segment paths (d <= K) remain; longer sequences
+    have no segmentation and give −inf, never NaN; inputs are not mutated."""
+    cum, trans, dur, tau0, end, lengths = _inputs(3, 8, 3, 2, seed=5)
+    trans[:] = NEG
+    lengths = torch.tensor([8, 3, 2])
+    ins = (cum, trans, dur, tau0, end, lengths)
+    before = [x.clone() for x in ins]
+    got = fv.VARIANTS[name](*ins)
+    ref = _oracle(*ins)
+    assert not got.isnan().any()
+    assert got[0] == NEG and torch.isfinite(got[1:]).all()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+    for x, y in zip(ins, before):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("arg, bad", [("duration", torch.zeros(1, 3, 3)), ("lengths", torch.zeros(2, dtype=torch.long)),
+                                      ("tau0", torch.zeros(1, 1, 2, 2))])
+def test_bad_shapes_name_the_argument(arg, bad):
+    cum, trans, dur, tau0, end, lengths = _inputs(1, 6, 3, 2, seed=0)
+    kw = dict(cum=cum, transition=trans, duration=dur, tau0=tau0, end=end, lengths=lengths)
+    kw[arg] = bad
+    with pytest.raises(ValueError, match=arg):
+        fv.VARIANTS["regring_w4"](**kw)
+
+
+def test_rotated_durations_index_rule():
+    """E[c, ((-t) mod KP) + j] = dur[d-1, c] for d = (t - j) mod KP in 1..K, −inf otherwise."""
+    K, C, KP, CP = 3, 2, 4, 4
+    dur = torch.arange(K * C, dtype=torch.float32).view(1, K, C)
+    E = fv.rotated_durations(dur, KP, CP)[0]
+    for t in range(1, 9):
+        for j in range(KP):
+            d = (t - j) % KP
+            for c in range(CP):
+                want = dur[0, d - 1, c].item() if (1 <= d <= K and c < C) else NEG
+                assert E[c, (-t) % KP + j].item() == want
+
+
+def test_loop_body_is_the_longest_back_edge_region():
+    ptx = "\n".join(["a", "$L__BB0_1:", "bar.sync 0;", "$L__BB0_2:", "bar.sync 0;", "@%p1 bra $L__BB0_2;",
+                     "shfl.sync.bfly", "@%p2 bra $L__BB0_1;", "bar.sync 0;", "bra.uni $L__BB0_3;", "$L__BB0_3:"])
+    body = loop_body(ptx)
+    assert body.count("bar.sync") == 2 and "shfl.sync" in body and body.startswith("$L__BB0_1:")
+
+
+def test_gpu_script_reference_matches_dense_oracle():
+    """run_gpu.py's float64 reference (what every variant is judged against on the GPU)."""
+    from benchmarks.latency.run_gpu import make_inputs, reference_logz
+
+    ins = make_inputs(14, K=4, C=3, seed=2, device="cpu")
+    torch.testing.assert_close(reference_logz(*ins), _oracle(*ins), rtol=1e-12, atol=1e-12)
+    cum, trans, dur, tau0, end, lengths = _inputs(3, 11, 3, 4, seed=9)
+    torch.testing.assert_close(reference_logz(cum, trans, dur, tau0, end, lengths),
+                               _oracle(cum, trans, dur, tau0, end, lengths), rtol=1e-12, atol=1e-12)
+
+
+def test_gluon_redux_needs_whole_warps_on_the_reduced_axis():
+    from benchmarks.latency.gluon_variants import gluon_ring
+
+    with pytest.raises(ValueError, match="label_lanes"):
+        gluon_ring(*_inputs(1, 6, 3, 2, seed=0), num_warps=2, label_lanes=2, redux=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, most_barriers", [("gluon_w8", 2), ("gluon_w1_l8", 0), ("gluon_w8_redux", 2)])
+def test_gluon_sm90_loop_barriers(name, most_barriers):
+    """The layouts do what they are for (Gluon cannot run here, but it compiles for sm_90 on CPU;
+    the plain-Triton kernels are interpreted functions in this process, so ptx_proxy.py covers them):
+    at most one cross-warp exchange per step (two barriers), none with one warp; no spills."""
+    from benchmarks.latency import gluon_variants
+    from benchmarks.latency.ptx_proxy import compile_sm90, measure
+
+    fn, consts, nw = gluon_variants.kernel_config(name, 100, 8)
+    row = measure(compile_sm90(fn, consts, nw))
+    assert row["bar_loop"] <= most_barriers and row["local"] == 0
