@@ -239,7 +239,7 @@ HOST_STAGES = [
     ("SegmentPotentials(...)", "semiring_flash/potentials.py", "__init__"),
     ("  .cum (prefix sums)", "semiring_flash/potentials.py", "cum"),
     (".partition (forward)", "semiring_flash/distribution.py", "partition"),
-    ("  autograd.factored_value", "semiring_flash/ops/autograd.py", "factored_value"),
+    ("  dispatch.value", "semiring_flash/ops/dispatch.py", "value"),
     ("  _FactoredScan.forward", "semiring_flash/ops/triton/launch.py", "forward"),
     ("    _fwd (allocations + launch)", "semiring_flash/ops/triton/launch.py", "_fwd"),
     ("torch.autograd.grad (backward)", "torch/autograd/__init__.py", "grad"),

@@ -76,7 +76,7 @@ def launch_us(B=32, T=128, K=8, C=16, reps=300, rounds=5):
     import torch
 
     import semiring_flash as sf
-    from semiring_flash.ops.autograd import entry_value
+    from semiring_flash.ops.dispatch import entry_value
     from semiring_flash.ops.triton import factored_scan_triton, launch
 
     g = torch.Generator().manual_seed(0)

@@ -23,7 +23,7 @@ noop_gpu.install()
 import torch  # noqa: E402
 
 import semiring_flash as sf  # noqa: E402
-from semiring_flash.ops.autograd import entry_value  # noqa: E402
+from semiring_flash.ops.dispatch import entry_value  # noqa: E402
 from semiring_flash.ops.triton import edge_scan_triton, factored_scan_triton, launch, viterbi_triton  # noqa: E402
 
 B, T, K, C = 2, 16, 3, 4
