@@ -21,7 +21,7 @@ if _TRITON_ALREADY_IMPORTED:
 triton = pytest.importorskip("triton")
 
 import semiring_flash as sf  # noqa: E402
-from semiring_flash.ops.autograd import entry_value  # noqa: E402
+from semiring_flash.ops.dispatch import entry_value  # noqa: E402
 from semiring_flash.ops.dense import dense_factored  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -338,7 +338,7 @@ def test_direct_launch_equals_generic_launch_bitwise(edges, monkeypatch):
         misaligned = torch.empty(tr.numel() + 1, device=DEV)[1:].view_as(tr).copy_(tr)
 
         def call(trans):
-            xs = [ins[0].detach(), trans.detach().requires_grad_(), *[x.detach() for x in ins[2:5]]]
+            xs = [ins[0].detach(), *[x.detach().requires_grad_() for x in (trans, *ins[2:5])]]
             v = k.factored_scan_triton(sr, *xs, L)
             return [v, *torch.autograd.grad(v.sum(), xs[1:])]
         variants = [tr, misaligned]
