@@ -91,10 +91,14 @@ def softmax_weights(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None)
     and an adjoint recursion multiplies one weight set per position, so the
     error compounds over T steps (~1e-8 per step in float32: 1e-2 at T = 10^6).
     ``dtype`` computes the weights in a wider type (e.g. float64) from x as it is.
-    torch.softmax normalises exactly so (one kernel: small calls are host-bound);
-    an all −inf row gives NaN there (−inf − (−inf)), mapped to 0.
+    Written out rather than torch.softmax: an all −inf row must give 0 with
+    finite second derivatives (differentiable marginals), where softmax gives NaN.
     """
-    return torch.softmax(x, dim, dtype=dtype).nan_to_num(nan=0.0)
+    if dtype is not None:
+        x = x.to(dtype)
+    e = (x - _finite_or_zero(x.amax(dim, keepdim=True))).exp()
+    z = e.sum(dim, keepdim=True)
+    return e / torch.where(z > 0, z, 1.0)
 
 
 class _SafeLogSumExp(torch.autograd.Function):

@@ -101,7 +101,7 @@ class SemiMarkov:
         ``force_grad`` is torch-struct's argument: the value is always differentiable here.
         """
         pots = self._all(log_potentials, lengths)
-        value = dispatch.value(self.semiring, dispatch.inputs(pots), self.backend)
+        value = dispatch.potentials_value(self.semiring, pots, self.backend)
         return value, [p.public() for p in pots]
 
     def sum(self, log_potentials, lengths: torch.Tensor | None = None, _raw: bool = False) -> torch.Tensor:

@@ -230,3 +230,87 @@ def test_semiring_ids_match_the_kernel_pieces():
     from semiring_flash.semirings import GumbelMaxSemiring, SampledSemiring, TempMax
     for sr in (SampledSemiring, TempMax(1.0), GumbelMaxSemiring(1.0)):
         assert sr.triton_id is None and sr.plus_vjp is None
+
+
+# -- SegmentPotentials as one autograd node on the Triton backend (ops/triton/segment_scan.py) ----
+def _segment_model(shared, option, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B, T, K, C = 3, 7, 3, 4
+    r = lambda *s: torch.randn(*s, generator=g).to(dtype)  # noqa: E731
+    batch = () if shared else (B,)
+    d = dict(transition=r(*batch, C, C), duration=r(*batch, K, C))
+    d["transition"][..., 0, 1] = float("-inf")  # a forbidden transition
+    d["duration"][..., 2, 3] = float("-inf")  # a forbidden duration
+    scores = r(B, T, C)
+    if option == "cum":
+        d["cum_scores"] = torch.cat([torch.zeros(B, 1, C, dtype=torch.float64), scores.double().cumsum(1)], 1)
+    else:
+        d["scores"] = scores
+    if option == "init":
+        d["init"] = r(C)
+    if option == "start":
+        d["start"] = r(B, C)
+    if option in ("init", "start", "cum"):
+        d["end"] = r(*batch, C)
+    return d, torch.tensor([7, 5, 1])
+
+
+def _value_and_grads(semiring, d, lengths, fast, needs=None):
+    from semiring_flash.ops import dispatch
+
+    leaves = {k: v.clone().requires_grad_(needs is None or k in needs) for k, v in d.items()}
+    pots = sf.SegmentPotentials(**leaves, lengths=lengths)
+    v = (dispatch.potentials_value(semiring, [pots], "triton") if fast
+         else dispatch.value(semiring, dispatch.inputs([pots]), "triton"))
+    wrt = [x for x in leaves.values() if x.requires_grad]
+    return v, torch.autograd.grad(v.sum(), wrt)
+
+
+@pytest.mark.parametrize("semiring", [sf.LogSemiring, sf.MaxSemiring], ids=["log", "max"])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_batch"])
+@pytest.mark.parametrize("option", ["plain", "init", "start", "cum"])
+def test_segment_scan_equals_the_general_path(semiring, shared, option, monkeypatch):
+    """The one-node path (hand-written glue VJP) gives the general path's value and gradients
+    (the autograd glue around the same kernels), in the user's shapes and dtypes."""
+    from semiring_flash.ops.triton import segment_scan
+
+    d, L = _segment_model(shared, option)
+    calls = []
+    real = segment_scan.segment_scan_triton
+    monkeypatch.setattr(segment_scan, "segment_scan_triton", lambda *a: calls.append(1) or real(*a))
+    v_fast, g_fast = _value_and_grads(semiring, d, L, True)
+    assert calls, "the one-node path was not taken"
+    v_ref, g_ref = _value_and_grads(semiring, d, L, False)
+    torch.testing.assert_close(v_fast, v_ref, rtol=1e-6, atol=1e-6)
+    for a, b in zip(g_fast, g_ref):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_segment_scan_partial_grads_half_scores_and_inputs_untouched():
+    d, L = _segment_model(True, "init")
+    d["scores"] = d["scores"].half()
+    before = {k: v.clone() for k, v in d.items()}
+    for needs in (("transition",), ("scores", "init"), ("duration", "end")):
+        v_fast, g_fast = _value_and_grads(sf.LogSemiring, d, L, True, needs)
+        v_ref, g_ref = _value_and_grads(sf.LogSemiring, d, L, False, needs)
+        torch.testing.assert_close(v_fast, v_ref)
+        for a, b in zip(g_fast, g_ref):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a.float(), b.float(), rtol=2e-3, atol=2e-3)
+    assert all(torch.equal(d[k], before[k]) for k in d)
+
+
+def test_segment_scan_impossible_sequence_zero_gradients():
+    """Length 1 with duration 1 forbidden: log Z = −inf, every gradient 0 (never NaN), like the general path."""
+    d, _ = _segment_model(True, "init")
+    d["duration"][0] = float("-inf")
+    L = torch.tensor([7, 5, 1])
+    for semiring in (sf.LogSemiring, sf.MaxSemiring):
+        v, grads = _value_and_grads(semiring, d, L, True)
+        assert v[0, 2] == float("-inf") and torch.isfinite(v[0, :2]).all()
+        assert all(torch.isfinite(x).all() for x in grads)
+        assert not grads[list(d).index("scores")][2].any()  # the impossible sequence's scores get no gradient
+        _, ref = _value_and_grads(semiring, d, L, False)
+        for a, b in zip(grads, ref):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

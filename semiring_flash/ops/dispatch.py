@@ -203,6 +203,21 @@ def value(
     return inputs.run(semiring, which, seg_bias=seg_bias, checkpoint_every=checkpoint_every, create_graph=create_graph)
 
 
+def potentials_value(semiring: Semiring, pots: list, backend: str = "auto") -> torch.Tensor:
+    """Semiring value (S, B) of potentials (one, or a pair [p, q]): ``value(semiring, inputs(pots))``,
+    except that on the Triton backend one SegmentPotentials of a log/max semiring runs as a
+    single autograd node over the user's tensors (ops/triton/segment_scan.py: a small batch
+    costs its host-side glue, not its kernels)."""
+    first = pots[0]
+    if len(pots) == 1 and not isinstance(first, EdgePotentials) \
+            and resolve_backend(backend, first.device, semiring) == "triton":
+        from .triton import segment_scan  # the kernels are importable: resolve_backend said so
+
+        if segment_scan.supports(semiring, first):
+            return segment_scan.segment_scan_triton(semiring, first)
+    return value(semiring, inputs(pots), backend)
+
+
 def viterbi(pots, backend: str = "auto"):
     """(labels, starts, lengths) of the best segmentation by a decoder with
     backpointers: the Triton Viterbi kernel (forward + device backtrace), or
