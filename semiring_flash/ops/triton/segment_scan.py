@@ -34,6 +34,15 @@ def _batched(x, B, dims, dtype):
     return (x if x.dim() > dims else x.expand(B, *x.shape)).contiguous()
 
 
+def _entry_weights(semiring, entry):
+    """∂τ(0, c)/∂entry[c', c]: the semiring's closed-form ⊕ gradient over c'. For log, torch.softmax
+    in one kernel (not ``softmax_weights``' seven: no second derivative is taken here, so its NaN on
+    an all −inf column, a label no sequence can start with, is simply mapped to 0)."""
+    if semiring.plus_vjp == "softmax":
+        return torch.softmax(entry, -2).nan_to_num_(nan=0.0)
+    return semiring.plus_grad(entry, -2)
+
+
 class _SegmentScan(torch.autograd.Function):
     """value (S, B) of SegmentPotentials; inputs: the user's tensors (None where not given)."""
 
@@ -41,8 +50,7 @@ class _SegmentScan(torch.autograd.Function):
     def forward(ctx, semiring, m, lengths, scores, cum_scores, transition, duration, init, start, end):
         B, C, dt = m.B, m.C, m.dtype
         if scores is not None:
-            cum = torch.empty(B, m.T + 1, C, dtype=torch.float64, device=m.device)
-            cum[:, 0] = 0
+            cum = torch.zeros(B, m.T + 1, C, dtype=torch.float64, device=m.device)  # one op (a zero row: three)
             torch.cumsum(scores.detach(), 1, dtype=torch.float64, out=cum[:, 1:])
         else:
             cum = cum_scores.detach().to(torch.float64).contiguous()
@@ -83,7 +91,7 @@ class _SegmentScan(torch.autograd.Function):
         gtau0 = g.gtau0[0]  # (B, C)
         g_trans = g.gtr
         if ctx.entry is not None and (need[2] or need[4]):
-            g_entry = ctx.semiring.plus_grad(ctx.entry, -2) * gtau0.unsqueeze(-2)  # (B, C', C)
+            g_entry = _entry_weights(ctx.semiring, ctx.entry) * gtau0.unsqueeze(-2)  # (B, C', C)
             g_trans = g_trans + g_entry
             if need[4]:
                 out[4] = fit(g_entry.sum(-1), s_init)
