@@ -35,7 +35,8 @@ _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin
 
 #: pointer dtypes by argument name (the rest of the *_ptr arguments are fp32 tapes/outputs)
 _PTR_TYPES = {"cum_ptr": "*fp64", "len_ptr": "*i64", "tb_ptr": "*fp64", "ckb_ptr": "*fp64", "ckn_ptr": "*fp64",
-              "out_ptr": "*fp64", "taz_ptr": "*fp64", "ttz_ptr": "*fp64"}
+              "out_ptr": "*fp64", "taz_ptr": "*fp64", "ttz_ptr": "*fp64", "lengths_ptr": "*i64", "bpa_ptr": "*i16",
+              "bpt_ptr": "*i16", "fin_ptr": "*i32", "tra_ptr": "*i32", "trt_ptr": "*i32"}
 
 
 def signature(fn, constexprs: dict) -> dict:
@@ -101,15 +102,43 @@ def measure(kernel) -> dict:
     return row
 
 
-def baseline_config(K: int, C: int):
-    """The real forward kernel as the baseline launches it: log, factored, plain forward (tape ring)."""
+def real_config(K: int, C: int, sr: int = 0, save_ck: bool = False, backptr: bool = False, full: bool = False):
+    """The real forward kernel as ``launch._fwd`` launches it (factored, no start bias): semiring id
+    ``sr`` (0 log, 1 max), options SAVE_CK / BACKPTR / FULL; constexprs the kernel lacks are dropped."""
     from semiring_flash.ops.triton import kernels, launch
 
     KP, CP = max(2, _pow2(K)), max(2, _pow2(C))
-    consts = dict(SR=0, KK=1, S=1, CP=CP, KP=KP, SP=1, EDGES=False, HAS_SB=False, SAVE_CK=False, BACKPTR=False,
-                  FULL=False)
+    consts = dict(SR=sr, KK=1, S=1, CP=CP, KP=KP, KR=max(2, _pow2(K + 1)), SP=1, EDGES=False, HAS_SB=False,
+                  SAVE_CK=save_ck, BACKPTR=backptr, FULL=full)
+    # arrays the launcher passes as None for these options (constexpr None, as in launch._fwd)
+    unused = ["edges_ptr", "sb_ptr", "tp_ptr"] + ([] if backptr else ["bpa_ptr", "bpt_ptr", "fin_ptr"])
+    unused += [] if save_ck else ["ckv_ptr", "ckb_ptr", "ckn_ptr"]
+    unused += [] if full else ["tra_ptr", "trt_ptr", "tam_ptr", "taz_ptr", "ttm_ptr", "ttz_ptr"]
+    unused += ["tam_ptr", "taz_ptr", "ttm_ptr", "ttz_ptr"] if sr == 1 else ["tra_ptr", "trt_ptr"]
+    unused += [] if full else ["tv_ptr", "to_ptr", "tb_ptr"]  # the register ring keeps no tape
+    consts |= dict.fromkeys(unused)
     consts = {k: v for k, v in consts.items() if k in kernels.scan_fwd_kernel.arg_names}
-    return kernels.scan_fwd_kernel, consts, launch._num_warps(KP * CP)
+    return kernels.scan_fwd_kernel, consts, launch._ring_warps(CP, consts["KR"])
+
+
+def baseline_config(K: int, C: int):
+    """The real forward kernel as the baseline launches it: log, factored, plain forward."""
+    return real_config(K, C)
+
+
+#: name -> options of the real kernel's forward compiled by ``real_rows``
+REAL = {"log": dict(sr=0), "log+ck": dict(sr=0, save_ck=True), "log+full": dict(sr=0, full=True),
+        "max": dict(sr=1), "max+bp": dict(sr=1, backptr=True), "max+ck": dict(sr=1, save_ck=True),
+        "max+full": dict(sr=1, full=True)}
+
+
+def real_rows(K: int = 100, C: int = 8) -> dict:
+    """Proxy rows of the real forward kernel under each option set of ``REAL``."""
+    rows = {}
+    for name, kw in REAL.items():
+        fn, consts, nw = real_config(K, C, **kw)
+        rows[name] = dict(num_warps=nw, **measure(compile_sm90(fn, consts, nw)))
+    return rows
 
 
 def configs():

@@ -45,7 +45,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .semiring import ENTROPY, KMAX, LOG, MAX, mul_pot, one_value, plus0, potgrad, shift, vjp, zero_value
+from .semiring import ENTROPY, KMAX, LOG, MAX, mul_pot, one_value, plus0, plus_rows, potgrad, shift, vjp, zero_value
 
 
 # --------------------------------------------------------------------------------------
@@ -173,6 +173,90 @@ def _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
 
 
 @triton.jit
+def _ring_terms(t, L, T, C, K, cum_b, dur_b, sb_b, slot, rc3, c1, one, KR: tl.constexpr, HAS_SB: tl.constexpr):
+    """What ring step t reads that depends on t only (so it is loaded a step ahead, off the
+    dependency chain): S[t] (CP, 1, 1) float64; the duration potential of every ring slot,
+    duration[d-1] with d = (t - slot) mod KR, −inf outside 1..K (this masks the slot about to
+    be overwritten and rows older than K); the start bias sb[t] (CP,)."""
+    # rc3 * one (one = 1, a runtime value) hides the label axis' contiguity from the coalescing
+    # pass: it then keeps the default layout of the ring (lanes on slots, warps on labels)
+    # instead of putting lanes on labels (whose slot sums would then cross warps)
+    tc = tl.minimum(t, L)  # the prefetch one past the end stays in bounds
+    cum_t = tl.load(cum_b + tc * C + rc3 * one, mask=rc3 < C, other=0.0)
+    d = (t - slot) & (KR - 1)
+    dw = tl.load(dur_b + (d - 1) * C + rc3 * one, mask=(d >= 1) & (d <= K) & (rc3 < C), other=float("-inf"))
+    if HAS_SB:
+        sbt = tl.load(sb_b + tc * C + c1, mask=(c1 < C) & (tc < T), other=0.0)
+    else:
+        sbt = 0.0
+    return cum_t, dw, sbt
+
+
+@triton.jit
+def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, zc,
+                   tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                   SR: tl.constexpr, CP: tl.constexpr, SP: tl.constexpr, KR: tl.constexpr,
+                   HAS_SB: tl.constexpr, FULL: tl.constexpr):
+    """``_fac_fwd_step`` (log, max) on the register ring: the last K rows of τ live in the
+    loop-carried tile ``ring`` (CP, KO, LANES), slot = p mod KR (KR > K), with each row's
+    BASE(p) (``bring``) and S[p] (``cring``) in float64. Labels lie across warps and slots on
+    lanes and registers, so the sums over durations are in-thread and warp shuffles; the
+    transition tile is (c, c'), so the label-axis max behind BASE(t+1) comes from the same
+    exchanged α (``base``: one equal copy per label, no cross-warp reduction).
+
+    A window term is formed exactly as the tape step (and the backward) forms it, τ(p) +
+    fp(BASE(p) - BASE(t)) + (fp(S[t] - S[p]) + duration), so the tape rows FULL stores
+    give the backward the very candidates whose max / float64 sum they hold."""
+    off = (bring - base[:, None, None]).to(ring.dtype)
+    cand = (ring + off) + ((cum_t - cring).to(ring.dtype) + dw)
+    alpha, am, az = plus_rows(cand, SR)  # (CP,)
+    if SR == MAX:
+        # ties go to the longest duration (as in _fac_fwd_step)
+        d = (t - slot) & (KR - 1)
+        tie = (cand == alpha[:, None, None]) & (alpha[:, None, None] > float("-inf"))
+        ra = tl.max(tl.max(tl.where(tie, d - 1, 0), axis=1), axis=1).to(tl.int32)
+    ae = tl.expand_dims(alpha, 0)  # α along the transition tile's c' axis: one layout exchange
+    x = ae + tr2
+    tpre, tm, tz = plus_rows(x, SR)
+    if SR == MAX:
+        rt = tl.argmax(x, axis=1, tie_break_left=True).to(tl.int32)  # smallest c', as plus0
+    else:
+        ra = tl.zeros((CP,), dtype=tl.int32)
+        rt = ra
+    sh = tl.max(tl.broadcast_to(ae, (CP, CP)), axis=1)  # max_c α(t, c), one copy per label
+    if HAS_SB:
+        tau = tpre + sbt
+    else:
+        tau = tpre
+    new = slot == (t & (KR - 1))
+    ring = tl.where(new, tau[:, None, None], ring)
+    bring = tl.where(new, base[:, None, None], bring)
+    cring = tl.where(new, cum_t, cring)
+    # tape rows (FULL: the backward reads them; stores from registers, never read back)
+    a2 = tl.expand_dims(alpha, 1)  # (CP, SP), SP = 1
+    v2 = tl.expand_dims(tau, 1)
+    ra2 = tl.expand_dims(ra, 1)
+    rt2 = tl.expand_dims(rt, 1)
+    if FULL:
+        st = t & (R - 1)
+        _store_row2(tv_b, st, R, v2, CP, SP)
+        _store_row2(to_b, st, R, a2, CP, SP)
+        _store_base2(tb_b + zc, st, R, base, base * 0.0)  # equal copies: every label writes the same value
+        if HAS_SB:
+            _store_row(tp_b, st, tl.expand_dims(tpre, 1), CP, SP)
+        if SR == MAX:
+            _store_row2(tra_b, st, R, ra2, CP, SP)
+            _store_row(trt_b, st, rt2, CP, SP)
+        else:
+            _store_row2(tam_b, st, R, tl.expand_dims(am, 1), CP, SP)
+            _store_row2(taz_b, st, R, tl.expand_dims(az, 1), CP, SP)
+            _store_row(ttm_b, st, tl.expand_dims(tm, 1), CP, SP)
+            _store_row(ttz_b, st, tl.expand_dims(tz, 1), CP, SP)
+    base = base + tl.where(sh > float("-inf"), sh, 0.0).to(tl.float64)
+    return ring, bring, cring, base, a2, v2, ra2, rt2
+
+
+@triton.jit
 def _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
                    SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr,
                    KP: tl.constexpr, SP: tl.constexpr, FULL: tl.constexpr):
@@ -226,16 +310,21 @@ def scan_fwd_kernel(
     B, T, C, K, R, DELTA, NBLK,
     SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
     SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, SAVE_CK: tl.constexpr,
-    BACKPTR: tl.constexpr, FULL: tl.constexpr,
+    BACKPTR: tl.constexpr, FULL: tl.constexpr, KR: tl.constexpr,
 ):
     """Value (B, SP) float64 of the scan; optionally checkpoints (SAVE_CK) and, for
     the max semiring, backpointers (BACKPTR: the routes of every α and τ sum,
     (B, T+1, C) int16 each, and the final label, for a device-side backtrace).
-    A None pointer is a constexpr None: its offsets below are never formed."""
+    A None pointer is a constexpr None: its offsets below are never formed.
+
+    Factored log / max (RING) step on the register ring (``_fac_ring_step``, KR = its slots,
+    a power of two > K): the tape is written only when FULL, and there is no barrier per
+    step. Entropy, kmax and the edge path step on the tape (``_fac_fwd_step``, ``_edge_fwd_step``)."""
+    RING: tl.constexpr = (not EDGES) and (SR == LOG or SR == MAX)
     b = tl.cast(tl.program_id(0), tl.int64)
     L = tl.minimum(tl.maximum(tl.load(lengths_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
     tape = b * (2 * R) * (CP * SP)  # rows [0, 2R): slot and mirror slot + R
-    tv_b = tv_ptr + tape
+    tv_b = None if tv_ptr is None else tv_ptr + tape
     to_b = None if to_ptr is None else to_ptr + tape
     tp_b = None if tp_ptr is None else tp_ptr + tape
     tra_b = None if tra_ptr is None else tra_ptr + tape
@@ -244,7 +333,7 @@ def scan_fwd_kernel(
     taz_b = None if taz_ptr is None else taz_ptr + tape
     ttm_b = None if ttm_ptr is None else ttm_ptr + tape
     ttz_b = None if ttz_ptr is None else ttz_ptr + tape
-    tb_b = tb_ptr + b * (2 * R) * 2
+    tb_b = None if tb_ptr is None else tb_ptr + b * (2 * R) * 2
     cum_b = None if cum_ptr is None else cum_ptr + b * (T + 1) * C
     sb_b = None if sb_ptr is None else sb_ptr + b * T * C
     edge_b = None if edges_ptr is None else edges_ptr + b * T * (K + 1) * C * C
@@ -257,18 +346,46 @@ def scan_fwd_kernel(
     s3 = tl.arange(0, SP)[None, None, :]
     c2 = tl.arange(0, CP)[:, None]
     s2 = tl.arange(0, SP)[None, :]
-    if not EDGES:
-        # loop invariants: duration tile (d-1, c) and transition tile (c', c)
-        dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
-        tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
-
+    c1 = tl.arange(0, CP)
     v0 = _row0(tau0_ptr, sb_b, tv_ptr, b, B, C, S, CP, SP, SR, EDGES, HAS_SB)
     zero64 = tl.zeros((), dtype=tl.float64)
-    _store_row2(tv_b, 0, R, v0, CP, SP)
-    _store_base2(tb_b, 0, R, zero64, zero64)
+    if (not RING) or FULL:
+        _store_row2(tv_b, 0, R, v0, CP, SP)
+        _store_base2(tb_b, 0, R, zero64, zero64)
     sh0, sh1 = shift(v0, SR)
     base0 = sh0.to(tl.float64)
     base1 = sh1.to(tl.float64)
+    if RING:
+        # ring tile (CP, KO, LANES), slot = ko·LANES + lane: the slot-contiguous layout Triton
+        # picks puts lanes on slots and warps on labels (benchmarks/latency: lanesk_trt)
+        LANES: tl.constexpr = 32 if KR > 32 else KR
+        KO: tl.constexpr = KR // LANES
+        rc3 = tl.arange(0, CP)[:, None, None]
+        slot = tl.arange(0, KO)[None, :, None] * LANES + tl.arange(0, LANES)[None, None, :]
+        zc = c1 * 0
+        dur_b = dur_ptr + b * K * C
+        rr = tl.arange(0, CP)[:, None]  # c
+        rj = tl.arange(0, CP)[None, :]  # c'
+        tr2 = tl.load(trans_ptr + b * C * C + rj * C + rr, mask=(rr < C) & (rj < C), other=float("-inf"))
+        ring = tl.where(slot == 0, v0[:, :, None], float("-inf"))  # rows p < 0 are 0̄ (SP = 1)
+        one = (L >= 0).to(tl.int32)  # see _ring_terms
+        cum0 = tl.load(cum_b + rc3 * one, mask=rc3 < C, other=0.0)
+        cring = tl.where(slot == 0, cum0, 0.0)
+        bring = tl.zeros((CP, KO, LANES), dtype=tl.float64)  # BASE(0) = 0
+        base0 = base0 + tl.zeros((CP,), dtype=tl.float64)  # one equal copy per label
+        base1 = base0 * 0.0
+        bl = base1  # BASE(L)
+        alpha = tl.full((CP, SP), float("-inf"), v0.dtype)  # α(L)
+        cum_t, dw, sbt = _ring_terms(1, L, T, C, K, cum_b, dur_b, sb_b, slot, rc3, c1, one, KR, HAS_SB)
+    elif not EDGES:
+        # loop invariants: duration tile (d-1, c) and transition tile (c', c)
+        dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
+        tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
+    if RING:
+        lane0 = c1 == 0
+    else:
+        zc = 0
+        lane0 = zc == 0
     tl.debug_barrier()
     for t in range(1, L + 1):
         bt0 = base0
@@ -276,6 +393,13 @@ def scan_fwd_kernel(
         if EDGES:
             base0, base1, v, ra, rt = _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
                                                      SR, KK, S, CP, KP, SP, FULL)
+        elif RING:
+            cum_n, dw_n, sb_n = _ring_terms(t + 1, L, T, C, K, cum_b, dur_b, sb_b, slot, rc3, c1, one, KR, HAS_SB)
+            ring, bring, cring, base0, alpha, v, ra, rt = _fac_ring_step(
+                t, R, ring, bring, cring, base0, cum_t, dw, sbt, slot, tr2, zc,
+                tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b, SR, CP, SP, KR, HAS_SB, FULL)
+            cum_t, dw, sbt = cum_n, dw_n, sb_n
+            bl = bt0
         else:
             base0, base1, v, ra, rt = _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
                                                     tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
@@ -290,26 +414,35 @@ def scan_fwd_kernel(
             ok = (r >= 0) & (j < NBLK)
             ck = tl.cast((j * KP + r), tl.int64)
             tl.store(ckv_b + ck * (CP * SP) + c2 * SP + s2, v, mask=ok & (c2 >= 0))
-            tl.store(ckb_b + ck * 2, bt0, mask=ok)
-            tl.store(ckb_b + ck * 2 + 1, bt1, mask=ok)
-            okn = ok & (r == K - 1)  # t = j·Δ: the base the block after the border starts from
-            tl.store(ckn_ptr + (b * NBLK + j) * 2, base0, mask=okn)
-            tl.store(ckn_ptr + (b * NBLK + j) * 2 + 1, base1, mask=okn)
-        tl.debug_barrier()
+            # RING bases are per-label equal copies: label 0's is stored (zc, lane0)
+            tl.store(ckb_b + ck * 2 + zc, bt0, mask=ok & lane0)
+            tl.store(ckb_b + ck * 2 + 1 + zc, bt1, mask=ok & lane0)
+            okn = ok & (r == K - 1) & lane0  # t = j·Δ: the base the block after the border starts from
+            tl.store(ckn_ptr + (b * NBLK + j) * 2 + zc, base0, mask=okn)
+            tl.store(ckn_ptr + (b * NBLK + j) * 2 + 1 + zc, base1, mask=okn)
+        if not RING:
+            tl.debug_barrier()  # the next step reads the row this one wrote
 
     # value = ⊕_c α(L, c) [⊗ end[c]] + BASE(L)
-    sl = L & (R - 1)
     okf = (cr < C) & (s3 < S)
+    if RING:
+        x = tl.expand_dims(alpha, 1)  # (CP, 1, SP)
+        bl0 = tl.max(bl, axis=0)  # equal copies
+        bl1 = bl0 * 0.0
+    else:
+        sl = L & (R - 1)
+        bl0 = tl.load(tb_b + sl * 2)
+        bl1 = tl.load(tb_b + sl * 2 + 1)
+        if EDGES:
+            x = tl.load(tv_b + sl * (CP * SP) + cr * SP + s3)
+        else:
+            x = tl.load(to_b + sl * (CP * SP) + cr * SP + s3)
     if EDGES:
-        x = tl.load(tv_b + sl * (CP * SP) + cr * SP + s3)
         x = tl.where(okf, x, zero_value(s3, SR))
     else:
-        x = tl.load(to_b + sl * (CP * SP) + cr * SP + s3)
         e3 = tl.load(end_ptr + b * C + cr, mask=cr < C, other=0.0)
         x = tl.where(okf, mul_pot(x, e3, s3, SR), zero_value(s3, SR))
     v, rv, _, _ = plus0(x, SR, KK)  # (1, SP)
-    bl0 = tl.load(tb_b + sl * 2)
-    bl1 = tl.load(tb_b + sl * 2 + 1)
     if SR == ENTROPY:
         vb = v.to(tl.float64) + tl.where(s2 == 1, bl1, bl0)
     else:
