@@ -5,7 +5,9 @@ Each variant maps the factored inputs of the real kernel
 transition (B, C, C) as [c', c], duration (B, K, C), tau0 (1, B, C), end (B, C),
 lengths (B,)) to log Z (B,) float64. ``VARIANTS`` lists them by name.
 
-  baseline        the real kernel (global-memory tape ring, a CTA barrier per step)
+  baseline        the real kernel: since issue 11 step 2 its log/max forward is the
+                  lanesk_trt layout below folded into kernels.py (``_fac_ring_step``);
+                  before, a global-memory tape ring with a CTA barrier per step
   regring*        idea (a): the ring of the last K τ rows lives in registers as a
                   loop-carried (CP, KP, 1) tile, τ(t) inserted with tl.where at slot
                   t mod KP; the per-slot duration terms come from loads that depend
@@ -29,9 +31,8 @@ relative to BASE(p), plus G(p) = BASE(p) - S[p] in float64; a window term adds
 rounded once — and the duration potential. BASE(t+1) = BASE(t) + max_c α(t)
 (float64). −inf potentials give −inf, never NaN (no −inf − −inf is formed).
 
-Log-only experiments; the winner would fold into kernels.py's template by
-replacing the tape window of ``_fac_fwd_step`` (semiring pieces: plus0 -> the
-reduce used here, SR constexpr).
+Log-only experiments. lanesk_trt is folded into kernels.py's template
+(``_fac_ring_step``, log and max), with the rotated table built by the kernel itself.
 """
 
 from __future__ import annotations

@@ -173,18 +173,28 @@ def _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
 
 
 @triton.jit
-def _ring_terms(t, L, T, C, K, cum_b, dur_b, sb_b, slot, rc3, c1, one, KR: tl.constexpr, HAS_SB: tl.constexpr):
+def _rotate_durations(dur_b, rot_b, C, K, CP: tl.constexpr, KR: tl.constexpr):
+    """Write the rotated duration table E (CP, 2·KR): E[c, i] = duration[d-1, c] with
+    d = (-i) mod KR, −inf outside 1..K (and for padded labels). Slot j's term at step t is
+    then E[c, ((-t) mod KR) + j]: contiguous along the slots, so the coalescing pass lays the
+    ring out with lanes on slots and warps on labels (a gather from ``duration`` would put
+    lanes on labels, and the sums over slots would cross warps)."""
+    c2 = tl.arange(0, CP)[:, None]
+    i2 = tl.arange(0, 2 * KR)[None, :]
+    d = (-i2) & (KR - 1)
+    e = tl.load(dur_b + (d - 1) * C + c2, mask=(d >= 1) & (d <= K) & (c2 < C), other=float("-inf"))
+    tl.store(rot_b + c2 * (2 * KR) + i2, e)
+
+
+@triton.jit
+def _ring_terms(t, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR: tl.constexpr, HAS_SB: tl.constexpr):
     """What ring step t reads that depends on t only (so it is loaded a step ahead, off the
-    dependency chain): S[t] (CP, 1, 1) float64; the duration potential of every ring slot,
-    duration[d-1] with d = (t - slot) mod KR, −inf outside 1..K (this masks the slot about to
-    be overwritten and rows older than K); the start bias sb[t] (CP,)."""
-    # rc3 * one (one = 1, a runtime value) hides the label axis' contiguity from the coalescing
-    # pass: it then keeps the default layout of the ring (lanes on slots, warps on labels)
-    # instead of putting lanes on labels (whose slot sums would then cross warps)
+    dependency chain): S[t] (CP,) float64; the duration potential of every ring slot (CP, KO,
+    LANES) from the rotated table (−inf for the slot about to be overwritten and for rows
+    older than K); the start bias sb[t] (CP,)."""
     tc = tl.minimum(t, L)  # the prefetch one past the end stays in bounds
-    cum_t = tl.load(cum_b + tc * C + rc3 * one, mask=rc3 < C, other=0.0)
-    d = (t - slot) & (KR - 1)
-    dw = tl.load(dur_b + (d - 1) * C + rc3 * one, mask=(d >= 1) & (d <= K) & (rc3 < C), other=float("-inf"))
+    cum_t = tl.load(cum_b + tc * C + c1, mask=c1 < C, other=0.0)
+    dw = tl.load(rot_b + rc3 * (2 * KR) + ((-t) & (KR - 1)) + slot)
     if HAS_SB:
         sbt = tl.load(sb_b + tc * C + c1, mask=(c1 < C) & (tc < T), other=0.0)
     else:
@@ -208,7 +218,7 @@ def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, zc
     fp(BASE(p) - BASE(t)) + (fp(S[t] - S[p]) + duration), so the tape rows FULL stores
     give the backward the very candidates whose max / float64 sum they hold."""
     off = (bring - base[:, None, None]).to(ring.dtype)
-    cand = (ring + off) + ((cum_t - cring).to(ring.dtype) + dw)
+    cand = (ring + off) + ((cum_t[:, None, None] - cring).to(ring.dtype) + dw)
     alpha, am, az = plus_rows(cand, SR)  # (CP,)
     if SR == MAX:
         # ties go to the longest duration (as in _fac_fwd_step)
@@ -231,7 +241,7 @@ def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, zc
     new = slot == (t & (KR - 1))
     ring = tl.where(new, tau[:, None, None], ring)
     bring = tl.where(new, base[:, None, None], bring)
-    cring = tl.where(new, cum_t, cring)
+    cring = tl.where(new, cum_t[:, None, None], cring)
     # tape rows (FULL: the backward reads them; stores from registers, never read back)
     a2 = tl.expand_dims(alpha, 1)  # (CP, SP), SP = 1
     v2 = tl.expand_dims(tau, 1)
@@ -307,6 +317,8 @@ def scan_fwd_kernel(
     # tape (launch.Tape, less the adjoint); checkpoints (launch.Checkpoints, SAVE_CK)
     tv_ptr, to_ptr, tp_ptr, tra_ptr, trt_ptr, tb_ptr, tam_ptr, taz_ptr, ttm_ptr, ttz_ptr,
     ckv_ptr, ckb_ptr, ckn_ptr,
+    # RING's rotated duration table (B, CP, 2·KR), written by the kernel (launch._fwd)
+    rot_ptr,
     B, T, C, K, R, DELTA, NBLK,
     SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
     SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, SAVE_CK: tl.constexpr,
@@ -363,20 +375,20 @@ def scan_fwd_kernel(
         rc3 = tl.arange(0, CP)[:, None, None]
         slot = tl.arange(0, KO)[None, :, None] * LANES + tl.arange(0, LANES)[None, None, :]
         zc = c1 * 0
-        dur_b = dur_ptr + b * K * C
+        rot_b = rot_ptr + b * CP * (2 * KR)
+        _rotate_durations(dur_ptr + b * K * C, rot_b, C, K, CP, KR)  # read after the barrier below
         rr = tl.arange(0, CP)[:, None]  # c
         rj = tl.arange(0, CP)[None, :]  # c'
         tr2 = tl.load(trans_ptr + b * C * C + rj * C + rr, mask=(rr < C) & (rj < C), other=float("-inf"))
         ring = tl.where(slot == 0, v0[:, :, None], float("-inf"))  # rows p < 0 are 0̄ (SP = 1)
-        one = (L >= 0).to(tl.int32)  # see _ring_terms
-        cum0 = tl.load(cum_b + rc3 * one, mask=rc3 < C, other=0.0)
+        cum0 = tl.load(cum_b + rc3, mask=rc3 < C, other=0.0)
         cring = tl.where(slot == 0, cum0, 0.0)
         bring = tl.zeros((CP, KO, LANES), dtype=tl.float64)  # BASE(0) = 0
         base0 = base0 + tl.zeros((CP,), dtype=tl.float64)  # one equal copy per label
         base1 = base0 * 0.0
         bl = base1  # BASE(L)
         alpha = tl.full((CP, SP), float("-inf"), v0.dtype)  # α(L)
-        cum_t, dw, sbt = _ring_terms(1, L, T, C, K, cum_b, dur_b, sb_b, slot, rc3, c1, one, KR, HAS_SB)
+        cum_t, dw, sbt = _ring_terms(1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
     elif not EDGES:
         # loop invariants: duration tile (d-1, c) and transition tile (c', c)
         dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
@@ -394,7 +406,7 @@ def scan_fwd_kernel(
             base0, base1, v, ra, rt = _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
                                                      SR, KK, S, CP, KP, SP, FULL)
         elif RING:
-            cum_n, dw_n, sb_n = _ring_terms(t + 1, L, T, C, K, cum_b, dur_b, sb_b, slot, rc3, c1, one, KR, HAS_SB)
+            cum_n, dw_n, sb_n = _ring_terms(t + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
             ring, bring, cring, base0, alpha, v, ra, rt = _fac_ring_step(
                 t, R, ring, bring, cring, base0, cum_t, dw, sbt, slot, tr2, zc,
                 tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b, SR, CP, SP, KR, HAS_SB, FULL)

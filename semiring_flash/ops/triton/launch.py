@@ -275,10 +275,11 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
                          ckb=torch.empty(m.B, m.nblk, m.KP, 2, dtype=torch.float64, device=dev),
                          ckn=torch.empty(m.B, m.nblk, 2, dtype=torch.float64, device=dev))
     value = torch.empty(m.SP, m.B, dtype=m.dtype, device=dev)
+    rot = torch.empty(m.B, m.CP, 2 * m.KR, dtype=m.dtype, device=dev) if m.ring else None
     bp = backptr if backptr is not None else Backpointers(None, None, None)
     flags = dict(SAVE_CK=ck.ckv is not None, BACKPTR=backptr is not None, FULL=full)
     _launch(scan_fwd_kernel, m, (*flags.values(), *_aligned(*ops)), dict(
-        **_pointers(ops, bp, tape, ck, skip=("ta",)), value_ptr=value,
+        **_pointers(ops, bp, tape, ck, skip=("ta",)), value_ptr=value, rot_ptr=rot,
         B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, **flags, KR=m.KR, **m.consts()),
         num_warps=m.fwd_warps)
     return value[: m.S], (ck, tape if full else None)
