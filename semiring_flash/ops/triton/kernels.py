@@ -6,10 +6,34 @@ from float64 prefix sums, or streamed torch-struct edges) and options
 (``HAS_SB``: start bias; ``SAVE_CK``: store checkpoints). T is a runtime
 argument: one compilation serves every length.
 
+Which step runs where:
+  forward, factored log / max (RING)     ``_fac_ring_step``: register ring (below)
+  forward, factored entropy / kmax       ``_fac_fwd_step``: tape window
+  forward and backward recompute, edges  ``_edge_fwd_step``: tape window
+  backward recompute, factored (all)     ``_fac_fwd_step``: tape window
+Both factored steps form a window term bit for bit alike, so the backward
+re-forms from FULL tape rows the very candidates whose max and float64 sum the
+ring step stored (exactly normalised weights). A block the backward recomputes
+from checkpoints may differ from the ring forward in the last bits of α (the
+sums' order), and its own stored normalisers match its own candidates.
+
 Layout. One program scans one sequence (``program_id(0)`` = batch row b) for
 exactly L_b steps. Labels lie across lanes, durations along the other tile
 axis, semiring channels last: a step is a handful of tile ops on
 (KP, CP, SP) (factored) or (KP·CP, CP, SP) (edges) tiles.
+
+Register ring (RING; issue 11, from benchmarks/latency's lanesk_trt). The last K
+τ rows live in a loop-carried (CP, KO, LANES) tile, slot = p mod KR (KR a power
+of two > K), with each row's BASE(p) and S[p] in float64 beside it: labels
+across warps, slots on lanes and registers, so a step's sums over durations
+are in-thread and warp shuffles and no step waits on a barrier of its own
+(the compiler's layout exchanges remain: 6 CTA barriers per step on sm_90 at
+K=100, C=8, against 16 on the tape). What depends on t only (S[t], the
+slots' duration terms from a rotated table the kernel writes first, sb[t])
+is loaded a step ahead. The transition tile is (c, c'), so max_c α for
+BASE(t+1) comes from the exchanged α (one equal copy per label). Tape rows
+(FULL), checkpoints and backpointers are stored from registers in the layout
+each value has (``_put``), never read back.
 
 Tape. Each program owns a circular *tape* in global memory, rows indexed by
 position mod R (R a power of two: ≥ K+1 in a plain forward, ≥ Δ + 2K + 1 in
@@ -23,7 +47,7 @@ K consecutive rows is contiguous (addresses = scalar + loop-invariant tile):
   BASE  (2R, 2) float64 normalisers: every stored value of row t is relative to BASE(t).
 BASE(t+1) = BASE(t) + shift(α(t)) (float64), so fp32 values stay O(1) at
 any T; a window read adds float64 differences BASE(p) - BASE(t) rounded
-once. A step writes one row and reads the K rows before it, so a CTA-wide
+once. A tape step writes one row and reads the K rows before it, so a CTA-wide
 barrier separates steps (besides the compiler's own for cross-warp reductions).
 Short sequences whose whole tape fits ``launch.STORE_ALL_BYTES`` keep every
 row in the forward (FULL) and the backward skips its recompute (RECOMPUTE off).
@@ -203,7 +227,20 @@ def _ring_terms(t, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR: tl.constexpr,
 
 
 @triton.jit
-def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, zc,
+def _put(ptr, v, lab, pos, N, R: tl.constexpr = 0):
+    """Store a per-label vector v (lifted to lab's rank) at ptr + label, labels < N (and at
+    ptr + R + label when R), from the layout v already has: ``lab`` is the label index times an opaque 1 and ``pos``
+    an index contiguous along v's broadcast axes (ring slots, or the transition tile's c'); the
+    coalescing pass then lays the store out like v (no layout exchange, no barrier). Masked to
+    pos == 0: one write per label."""
+    ok = (pos == 0) & (lab < N)
+    tl.store(ptr + lab + pos, v, mask=ok)
+    if R != 0:
+        tl.store(ptr + R + lab + pos, v, mask=ok)
+
+
+@triton.jit
+def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
                    tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
                    SR: tl.constexpr, CP: tl.constexpr, SP: tl.constexpr, KR: tl.constexpr,
                    HAS_SB: tl.constexpr, FULL: tl.constexpr):
@@ -242,28 +279,27 @@ def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, zc
     ring = tl.where(new, tau[:, None, None], ring)
     bring = tl.where(new, base[:, None, None], bring)
     cring = tl.where(new, cum_t[:, None, None], cring)
-    # tape rows (FULL: the backward reads them; stores from registers, never read back)
-    a2 = tl.expand_dims(alpha, 1)  # (CP, SP), SP = 1
-    v2 = tl.expand_dims(tau, 1)
-    ra2 = tl.expand_dims(ra, 1)
-    rt2 = tl.expand_dims(rt, 1)
+    # tape rows (FULL: the backward reads them; stores from registers, never read back):
+    # α's family from the ring's layout (lab3, pos3), τ's from the transition tile's (lab2, pos2)
     if FULL:
-        st = t & (R - 1)
-        _store_row2(tv_b, st, R, v2, CP, SP)
-        _store_row2(to_b, st, R, a2, CP, SP)
-        _store_base2(tb_b + zc, st, R, base, base * 0.0)  # equal copies: every label writes the same value
+        st = (t & (R - 1)) * CP  # SP = 1
+        _put(tv_b + st, tau[:, None], lab2, pos2, CP, R * CP)
+        _put(to_b + st, alpha[:, None, None], lab3, pos3, CP, R * CP)
+        sb = (t & (R - 1)) * 2
+        _put(tb_b + sb, base[:, None], lab2 * 0, pos2, 1, R * 2)  # equal copies: label 0's
+        _put(tb_b + sb + 1, base[:, None] * 0.0, lab2 * 0, pos2, 1, R * 2)
         if HAS_SB:
-            _store_row(tp_b, st, tl.expand_dims(tpre, 1), CP, SP)
+            _put(tp_b + st, tpre[:, None], lab2, pos2, CP)
         if SR == MAX:
-            _store_row2(tra_b, st, R, ra2, CP, SP)
-            _store_row(trt_b, st, rt2, CP, SP)
+            _put(tra_b + st, ra[:, None, None], lab3, pos3, CP, R * CP)
+            _put(trt_b + st, rt[:, None], lab2, pos2, CP)
         else:
-            _store_row2(tam_b, st, R, tl.expand_dims(am, 1), CP, SP)
-            _store_row2(taz_b, st, R, tl.expand_dims(az, 1), CP, SP)
-            _store_row(ttm_b, st, tl.expand_dims(tm, 1), CP, SP)
-            _store_row(ttz_b, st, tl.expand_dims(tz, 1), CP, SP)
+            _put(tam_b + st, am[:, None, None], lab3, pos3, CP, R * CP)
+            _put(taz_b + st, az[:, None, None], lab3, pos3, CP, R * CP)
+            _put(ttm_b + st, tm[:, None], lab2, pos2, CP)
+            _put(ttz_b + st, tz[:, None], lab2, pos2, CP)
     base = base + tl.where(sh > float("-inf"), sh, 0.0).to(tl.float64)
-    return ring, bring, cring, base, a2, v2, ra2, rt2
+    return ring, bring, cring, base, alpha, tau, ra, rt
 
 
 @triton.jit
@@ -374,7 +410,6 @@ def scan_fwd_kernel(
         KO: tl.constexpr = KR // LANES
         rc3 = tl.arange(0, CP)[:, None, None]
         slot = tl.arange(0, KO)[None, :, None] * LANES + tl.arange(0, LANES)[None, None, :]
-        zc = c1 * 0
         rot_b = rot_ptr + b * CP * (2 * KR)
         _rotate_durations(dur_ptr + b * K * C, rot_b, C, K, CP, KR)  # read after the barrier below
         rr = tl.arange(0, CP)[:, None]  # c
@@ -382,22 +417,24 @@ def scan_fwd_kernel(
         tr2 = tl.load(trans_ptr + b * C * C + rj * C + rr, mask=(rr < C) & (rj < C), other=float("-inf"))
         ring = tl.where(slot == 0, v0[:, :, None], float("-inf"))  # rows p < 0 are 0̄ (SP = 1)
         cum0 = tl.load(cum_b + rc3, mask=rc3 < C, other=0.0)
+        # store indices for _put: label times an opaque 1 (L >= 0 always holds), positions
+        # contiguous along the ring's slots / the transition tile's c' (minus an opaque 0)
+        one = (L >= 0).to(tl.int32)
+        lab3 = rc3 * one
+        pos3 = slot - (one - 1)
+        lab2 = rr * one
+        pos2 = rj - (one - 1)
         cring = tl.where(slot == 0, cum0, 0.0)
         bring = tl.zeros((CP, KO, LANES), dtype=tl.float64)  # BASE(0) = 0
         base0 = base0 + tl.zeros((CP,), dtype=tl.float64)  # one equal copy per label
         base1 = base0 * 0.0
         bl = base1  # BASE(L)
-        alpha = tl.full((CP, SP), float("-inf"), v0.dtype)  # α(L)
+        alpha = tl.full((CP,), float("-inf"), v0.dtype)  # α(L)
         cum_t, dw, sbt = _ring_terms(1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
     elif not EDGES:
         # loop invariants: duration tile (d-1, c) and transition tile (c', c)
         dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
         tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
-    if RING:
-        lane0 = c1 == 0
-    else:
-        zc = 0
-        lane0 = zc == 0
     tl.debug_barrier()
     for t in range(1, L + 1):
         bt0 = base0
@@ -408,7 +445,7 @@ def scan_fwd_kernel(
         elif RING:
             cum_n, dw_n, sb_n = _ring_terms(t + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
             ring, bring, cring, base0, alpha, v, ra, rt = _fac_ring_step(
-                t, R, ring, bring, cring, base0, cum_t, dw, sbt, slot, tr2, zc,
+                t, R, ring, bring, cring, base0, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
                 tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b, SR, CP, SP, KR, HAS_SB, FULL)
             cum_t, dw, sbt = cum_n, dw_n, sb_n
             bl = bt0
@@ -417,28 +454,40 @@ def scan_fwd_kernel(
                                                     tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
                                                     SR, KK, S, CP, KP, SP, HAS_SB, FULL)
         if BACKPTR:
-            bo = (b * (T + 1) + t) * C + c2
-            tl.store(bpa_ptr + bo + s2 * 0, ra.to(tl.int16), mask=(c2 < C) & (s2 == 0))
-            tl.store(bpt_ptr + bo + s2 * 0, rt.to(tl.int16), mask=(c2 < C) & (s2 == 0))
+            bo = (b * (T + 1) + t) * C
+            if RING:
+                _put(bpa_ptr + bo, ra[:, None, None].to(tl.int16), lab3, pos3, C)
+                _put(bpt_ptr + bo, rt[:, None].to(tl.int16), lab2, pos2, C)
+            else:
+                tl.store(bpa_ptr + bo + c2 + s2 * 0, ra.to(tl.int16), mask=(c2 < C) & (s2 == 0))
+                tl.store(bpt_ptr + bo + c2 + s2 * 0, rt.to(tl.int16), mask=(c2 < C) & (s2 == 0))
         if SAVE_CK:
             j = (t + DELTA - 1) // DELTA
             r = t - j * DELTA + K - 1
-            ok = (r >= 0) & (j < NBLK)
-            ck = tl.cast((j * KP + r), tl.int64)
-            tl.store(ckv_b + ck * (CP * SP) + c2 * SP + s2, v, mask=ok & (c2 >= 0))
-            # RING bases are per-label equal copies: label 0's is stored (zc, lane0)
-            tl.store(ckb_b + ck * 2 + zc, bt0, mask=ok & lane0)
-            tl.store(ckb_b + ck * 2 + 1 + zc, bt1, mask=ok & lane0)
-            okn = ok & (r == K - 1) & lane0  # t = j·Δ: the base the block after the border starts from
-            tl.store(ckn_ptr + (b * NBLK + j) * 2 + zc, base0, mask=okn)
-            tl.store(ckn_ptr + (b * NBLK + j) * 2 + 1 + zc, base1, mask=okn)
+            if (r >= 0) & (j < NBLK):  # the K steps before a block border
+                ck = tl.cast((j * KP + r), tl.int64)
+                cn = (b * NBLK + j) * 2
+                if RING:  # SP = 1; the bases are per-label equal copies: label 0's
+                    _put(ckv_b + ck * CP, v[:, None], lab2, pos2, CP)
+                    _put(ckb_b + ck * 2, bt0[:, None], lab2 * 0, pos2, 1)
+                    _put(ckb_b + ck * 2 + 1, bt0[:, None] * 0.0, lab2 * 0, pos2, 1)
+                    if r == K - 1:  # t = j·Δ: the base the block after the border starts from
+                        _put(ckn_ptr + cn, base0[:, None], lab2 * 0, pos2, 1)
+                        _put(ckn_ptr + cn + 1, base0[:, None] * 0.0, lab2 * 0, pos2, 1)
+                else:
+                    tl.store(ckv_b + ck * (CP * SP) + c2 * SP + s2, v)
+                    tl.store(ckb_b + ck * 2, bt0)
+                    tl.store(ckb_b + ck * 2 + 1, bt1)
+                    if r == K - 1:
+                        tl.store(ckn_ptr + cn, base0)
+                        tl.store(ckn_ptr + cn + 1, base1)
         if not RING:
             tl.debug_barrier()  # the next step reads the row this one wrote
 
     # value = ⊕_c α(L, c) [⊗ end[c]] + BASE(L)
     okf = (cr < C) & (s3 < S)
     if RING:
-        x = tl.expand_dims(alpha, 1)  # (CP, 1, SP)
+        x = alpha[:, None, None]  # (CP, 1, SP), SP = 1
         bl0 = tl.max(bl, axis=0)  # equal copies
         bl1 = bl0 * 0.0
     else:
