@@ -161,6 +161,8 @@ def configs():
     """name -> config(K, C) -> (kernel, constexprs, num_warps), for every variant (Gluon ones if importable)."""
     out = {name: fwd_variants.kernel_config for name in fwd_variants.VARIANTS}
     out["baseline"] = baseline_config
+    out["baseline_full"] = lambda K, C: real_config(K, C, full=True)
+    out["baseline_ck"] = lambda K, C: real_config(K, C, save_ck=True)
     try:
         from benchmarks.latency import gluon_variants
     except Exception as e:  # noqa: BLE001  (a triton without Gluon: the table says so)
@@ -183,7 +185,7 @@ def main(argv=None):
     rows = {}
     for name, config in configs().items():
         try:
-            fn, consts, nw = config(args.K, args.C) if name == "baseline" else config(name, args.K, args.C)
+            fn, consts, nw = config(args.K, args.C) if name.startswith("baseline") else config(name, args.K, args.C)
             k = compile_sm90(fn, consts, nw)
             rows[name] = dict(num_warps=nw, **measure(k))
             if args.dump:
