@@ -227,16 +227,20 @@ def _ring_terms(t, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR: tl.constexpr,
 
 
 @triton.jit
-def _put(ptr, v, lab, pos, N, R: tl.constexpr = 0):
-    """Store a per-label vector v (lifted to lab's rank) at ptr + label, labels < N (and at
-    ptr + R + label when R), from the layout v already has: ``lab`` is the label index times an opaque 1 and ``pos``
-    an index contiguous along v's broadcast axes (ring slots, or the transition tile's c'); the
-    coalescing pass then lays the store out like v (no layout exchange, no barrier). Masked to
+def _put(ptr, v, lab, pos, N):
+    """Store a per-label vector v (lifted to lab's rank) at ptr + label, labels < N, from the
+    layout v already has: ``lab`` is the label index times an opaque 1 and ``pos`` an index
+    contiguous along v's broadcast axes (ring slots, or the transition tile's c'), so the
+    coalescing pass lays the store out like v (no layout exchange, no barrier). Masked to
     pos == 0: one write per label."""
-    ok = (pos == 0) & (lab < N)
-    tl.store(ptr + lab + pos, v, mask=ok)
-    if R != 0:
-        tl.store(ptr + R + lab + pos, v, mask=ok)
+    tl.store(ptr + lab + pos, v, mask=(pos == 0) & (lab < N))
+
+
+@triton.jit
+def _put2(ptr, R, v, lab, pos, N):
+    """``_put`` at ptr and at its mirror ptr + R (a tape row's two slots)."""
+    _put(ptr, v, lab, pos, N)
+    _put(ptr + R, v, lab, pos, N)
 
 
 @triton.jit
@@ -257,17 +261,16 @@ def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, la
     off = (bring - base[:, None, None]).to(ring.dtype)
     cand = (ring + off) + ((cum_t[:, None, None] - cring).to(ring.dtype) + dw)
     alpha, am, az = plus_rows(cand, SR)  # (CP,)
-    if SR == MAX:
-        # ties go to the longest duration (as in _fac_fwd_step)
-        d = (t - slot) & (KR - 1)
-        tie = (cand == alpha[:, None, None]) & (alpha[:, None, None] > float("-inf"))
-        ra = tl.max(tl.max(tl.where(tie, d - 1, 0), axis=1), axis=1).to(tl.int32)
     ae = tl.expand_dims(alpha, 0)  # α along the transition tile's c' axis: one layout exchange
     x = ae + tr2
     tpre, tm, tz = plus_rows(x, SR)
     if SR == MAX:
-        rt = tl.argmax(x, axis=1, tie_break_left=True).to(tl.int32)  # smallest c', as plus0
-    else:
+        # ties: the longest duration (as _fac_fwd_step), the smallest c' (as plus0)
+        d = (t - slot) & (KR - 1)
+        tie = (cand == alpha[:, None, None]) & (alpha[:, None, None] > float("-inf"))
+        ra = tl.max(tl.max(tl.where(tie, d - 1, 0), axis=1), axis=1).to(tl.int32)
+        rt = tl.argmax(x, axis=1, tie_break_left=True).to(tl.int32)
+    else:  # no routes
         ra = tl.zeros((CP,), dtype=tl.int32)
         rt = ra
     sh = tl.max(tl.broadcast_to(ae, (CP, CP)), axis=1)  # max_c α(t, c), one copy per label
@@ -283,19 +286,19 @@ def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, la
     # α's family from the ring's layout (lab3, pos3), τ's from the transition tile's (lab2, pos2)
     if FULL:
         st = (t & (R - 1)) * CP  # SP = 1
-        _put(tv_b + st, tau[:, None], lab2, pos2, CP, R * CP)
-        _put(to_b + st, alpha[:, None, None], lab3, pos3, CP, R * CP)
-        sb = (t & (R - 1)) * 2
-        _put(tb_b + sb, base[:, None], lab2 * 0, pos2, 1, R * 2)  # equal copies: label 0's
-        _put(tb_b + sb + 1, base[:, None] * 0.0, lab2 * 0, pos2, 1, R * 2)
+        _put2(tv_b + st, R * CP, tau[:, None], lab2, pos2, CP)
+        _put2(to_b + st, R * CP, alpha[:, None, None], lab3, pos3, CP)
+        sl = (t & (R - 1)) * 2
+        _put2(tb_b + sl, R * 2, base[:, None], lab2 * 0, pos2, 1)  # equal copies: label 0's
+        _put2(tb_b + sl + 1, R * 2, base[:, None] * 0.0, lab2 * 0, pos2, 1)
         if HAS_SB:
             _put(tp_b + st, tpre[:, None], lab2, pos2, CP)
         if SR == MAX:
-            _put(tra_b + st, ra[:, None, None], lab3, pos3, CP, R * CP)
+            _put2(tra_b + st, R * CP, ra[:, None, None], lab3, pos3, CP)
             _put(trt_b + st, rt[:, None], lab2, pos2, CP)
         else:
-            _put(tam_b + st, am[:, None, None], lab3, pos3, CP, R * CP)
-            _put(taz_b + st, az[:, None, None], lab3, pos3, CP, R * CP)
+            _put2(tam_b + st, R * CP, am[:, None, None], lab3, pos3, CP)
+            _put2(taz_b + st, R * CP, az[:, None, None], lab3, pos3, CP)
             _put(ttm_b + st, tm[:, None], lab2, pos2, CP)
             _put(ttz_b + st, tz[:, None], lab2, pos2, CP)
     base = base + tl.where(sh > float("-inf"), sh, 0.0).to(tl.float64)
