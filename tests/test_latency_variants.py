@@ -156,6 +156,43 @@ def test_loop_body_is_the_longest_back_edge_region():
     assert body.count("bar.sync") == 2 and "shfl.sync" in body and body.startswith("$L__BB0_1:")
 
 
+def test_loop_body_follows_llvm_loop_comments():
+    """With LLVM's loop comments the body is every block of the largest loop, wherever laid out
+    (here the latch block comes before the header, and a long label puts its comment on the next line)."""
+    ptx = "\n".join(["$L__BB0_1:", "bar.sync 0;",  # before the loop
+                     "$L__BB0_5:                // %x.exit", "   //   in Loop: Header=BB0_2 Depth=1", "shfl.sync.bfly",
+                     "@%p1 bra $L__BB0_2;", "bra.uni $L__BB0_6;",
+                     "$L__BB0_2:                // =>This Inner Loop Header: Depth=1", "bar.sync 0;", "ex2.approx.f32",
+                     "// %bb.3:                 //   in Loop: Header=BB0_2 Depth=1", "bar.sync 0;", "bra.uni $L__BB0_5;",
+                     "$L__BB0_6:                // %._crit_edge", "bar.sync 0;"])
+    body = loop_body(ptx)
+    assert body.count("bar.sync") == 2 and "shfl.sync" in body and "ex2" in body
+
+
+@pytest.mark.slow
+def test_real_forward_kernel_sm90_barriers():
+    """The real forward kernel compiled for sm_90 (in a process without the interpreter): the
+    register ring keeps at most 8 CTA barriers per step under every option set (the tape step
+    had 10-22), and nothing spills."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "rows.json")
+        subprocess.run([sys.executable, os.path.join(root, "benchmarks", "latency", "ptx_proxy.py"), "--real",
+                        "--json", out], check=True, env=env, cwd=root, capture_output=True)
+        with open(out) as f:
+            rows = json.load(f)["rows"]
+    assert set(rows) >= {"log", "log+ck", "log+full", "max", "max+bp", "max+ck", "max+full"}
+    for name, row in rows.items():
+        assert row["bar_loop"] <= 8 and row["local"] == 0, (name, row)
+
+
 def test_gpu_script_reference_matches_dense_oracle():
     """run_gpu.py's float64 reference (what every variant is judged against on the GPU)."""
     from benchmarks.latency.run_gpu import make_inputs, reference_logz

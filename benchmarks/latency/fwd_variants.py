@@ -5,7 +5,9 @@ Each variant maps the factored inputs of the real kernel
 transition (B, C, C) as [c', c], duration (B, K, C), tau0 (1, B, C), end (B, C),
 lengths (B,)) to log Z (B,) float64. ``VARIANTS`` lists them by name.
 
-  baseline        the real kernel (global-memory tape ring, a CTA barrier per step)
+  baseline        the real kernel (_full: with grad, FULL tape stores; _ck: checkpoints); since issue 11 step 2 its log/max forward is the
+                  lanesk_trt layout below folded into kernels.py (``_fac_ring_step``);
+                  before, a global-memory tape ring with a CTA barrier per step
   regring*        idea (a): the ring of the last K τ rows lives in registers as a
                   loop-carried (CP, KP, 1) tile, τ(t) inserted with tl.where at slot
                   t mod KP; the per-slot duration terms come from loads that depend
@@ -29,9 +31,8 @@ relative to BASE(p), plus G(p) = BASE(p) - S[p] in float64; a window term adds
 rounded once — and the duration potential. BASE(t+1) = BASE(t) + max_c α(t)
 (float64). −inf potentials give −inf, never NaN (no −inf − −inf is formed).
 
-Log-only experiments; the winner would fold into kernels.py's template by
-replacing the tape window of ``_fac_fwd_step`` (semiring pieces: plus0 -> the
-reduce used here, SR constexpr).
+Log-only experiments. lanesk_trt is folded into kernels.py's template
+(``_fac_ring_step``, log and max), with the rotated table built by the kernel itself.
 """
 
 from __future__ import annotations
@@ -183,17 +184,23 @@ def _check(cum, transition, duration, tau0, end, lengths):
     return B, T1 - 1, K, C
 
 
-def baseline(cum, transition, duration, tau0, end, lengths):
-    """The real kernel's forward (log semiring, compute dtype fp32)."""
+def baseline(cum, transition, duration, tau0, end, lengths, *, tape=None):
+    """The real kernel's forward (log semiring, compute dtype fp32). ``tape``: None, a pure
+    forward (no grad); "full": with grad, so a sequence whose tape fits ``launch.STORE_ALL_BYTES``
+    stores every row (FULL); "ck": with grad and checkpoints every ⌈√(T·K)⌉ steps (SAVE_CK).
+    Only the forward runs (the saved state is dropped)."""
+    import math
+
     import semiring_flash as sf
     from semiring_flash.ops.triton import factored_scan_triton
 
-    _check(cum, transition, duration, tau0, end, lengths)
-    f32 = lambda x: x.to(torch.float32)  # noqa: E731
-    with torch.no_grad():
+    _, T, K, _ = _check(cum, transition, duration, tau0, end, lengths)
+    f32 = lambda x: x.detach().to(torch.float32).requires_grad_(tape is not None)  # noqa: E731
+    every = math.ceil(math.sqrt(T * K)) if tape == "ck" else None
+    with torch.set_grad_enabled(tape is not None):
         v = factored_scan_triton(sf.LogSemiring, cum.to(torch.float64), f32(transition), f32(duration), f32(tau0),
-                                 f32(end), lengths)
-    return v[0].to(torch.float64)
+                                 f32(end), lengths, checkpoint_every=every)
+    return v[0].detach().to(torch.float64)
 
 
 def regring(cum, transition, duration, tau0, end, lengths, *, num_warps=4, lanes=False, prefetch=True,
@@ -220,6 +227,8 @@ def _variant(**kw):
 #: name -> callable(cum, transition, duration, tau0, end, lengths) -> log Z (B,) float64
 VARIANTS = {
     "baseline": baseline,
+    "baseline_full": functools.partial(baseline, tape="full"),
+    "baseline_ck": functools.partial(baseline, tape="ck"),
     "regring_w4": _variant(num_warps=4),
     "regring_w2": _variant(num_warps=2),
     "regring_w1": _variant(num_warps=1),

@@ -3,6 +3,7 @@ what costs latency inside the scan loop — CTA barriers (``bar.sync``), warp sh
 shared-memory traffic — plus registers, spills and the layouts Triton chose.
 
     python benchmarks/latency/ptx_proxy.py [--K 100] [--C 8] [--json out.json] [--dump DIR]
+    python benchmarks/latency/ptx_proxy.py --real [--K 100] [--C 8]   # the real kernel's options only
 
 ``triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32))``
 needs no driver: the NVIDIA backend ships ptxas, so the cubin (and its resource usage)
@@ -35,7 +36,8 @@ _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin
 
 #: pointer dtypes by argument name (the rest of the *_ptr arguments are fp32 tapes/outputs)
 _PTR_TYPES = {"cum_ptr": "*fp64", "len_ptr": "*i64", "tb_ptr": "*fp64", "ckb_ptr": "*fp64", "ckn_ptr": "*fp64",
-              "out_ptr": "*fp64", "taz_ptr": "*fp64", "ttz_ptr": "*fp64"}
+              "out_ptr": "*fp64", "taz_ptr": "*fp64", "ttz_ptr": "*fp64", "lengths_ptr": "*i64", "bpa_ptr": "*i16",
+              "bpt_ptr": "*i16", "fin_ptr": "*i32", "tra_ptr": "*i32", "trt_ptr": "*i32"}
 
 
 def signature(fn, constexprs: dict) -> dict:
@@ -60,8 +62,21 @@ def compile_sm90(fn, constexprs: dict, num_warps: int):
 
 
 def loop_body(ptx: str) -> str:
-    """The PTX lines of the longest back-edge region (the scan loop)."""
+    """The PTX lines of the scan loop: the blocks LLVM's comments put in the largest loop
+    ("=>This Inner Loop Header" / "in Loop: Header=BBx"), wherever they are laid out (a
+    branch inside the loop may put its latch before the header); without those comments,
+    the longest back-edge region (label ... bra label)."""
     lines = ptx.splitlines()
+    starts = [i for i, ln in enumerate(lines) if re.match(r"^(\$L__BB\w+:|// %bb\.\d+:)", ln)]
+    loops: dict = {}
+    for a, b in zip(starts, starts[1:] + [len(lines)]):
+        head = " ".join(lines[a:a + 2])  # a long label comment puts "in Loop" on the next line
+        m = re.search(r"Header=(BB\w+)", head)
+        h = m.group(1) if m else (re.match(r"^\$L__(BB\w+):", head).group(1) if "Inner Loop Header" in head else None)
+        if h:
+            loops.setdefault(h, []).extend(lines[a:b])
+    if loops:
+        return "\n".join(max(loops.values(), key=len))
     where = {m.group(1): i for i, ln in enumerate(lines) if (m := re.match(r"^\s*(\$L__\w+):", ln))}
     best = (0, 0)
     for i, ln in enumerate(lines):
@@ -101,21 +116,53 @@ def measure(kernel) -> dict:
     return row
 
 
-def baseline_config(K: int, C: int):
-    """The real forward kernel as the baseline launches it: log, factored, plain forward (tape ring)."""
+def real_config(K: int, C: int, sr: int = 0, save_ck: bool = False, backptr: bool = False, full: bool = False):
+    """The real forward kernel as ``launch._fwd`` launches it (factored, no start bias): semiring id
+    ``sr`` (0 log, 1 max), options SAVE_CK / BACKPTR / FULL; constexprs the kernel lacks are dropped."""
     from semiring_flash.ops.triton import kernels, launch
 
     KP, CP = max(2, _pow2(K)), max(2, _pow2(C))
-    consts = dict(SR=0, KK=1, S=1, CP=CP, KP=KP, SP=1, EDGES=False, HAS_SB=False, SAVE_CK=False, BACKPTR=False,
-                  FULL=False)
+    consts = dict(SR=sr, KK=1, S=1, CP=CP, KP=KP, KR=max(2, _pow2(K + 1)), SP=1, EDGES=False, HAS_SB=False,
+                  SAVE_CK=save_ck, BACKPTR=backptr, FULL=full)
+    # arrays the launcher passes as None for these options (constexpr None, as in launch._fwd)
+    unused = ["edges_ptr", "sb_ptr", "tp_ptr"] + ([] if backptr else ["bpa_ptr", "bpt_ptr", "fin_ptr"])
+    unused += [] if save_ck else ["ckv_ptr", "ckb_ptr", "ckn_ptr"]
+    unused += [] if full else ["tra_ptr", "trt_ptr", "tam_ptr", "taz_ptr", "ttm_ptr", "ttz_ptr"]
+    unused += ["tam_ptr", "taz_ptr", "ttm_ptr", "ttz_ptr"] if sr == 1 else ["tra_ptr", "trt_ptr"]
+    if "rot_ptr" in kernels.scan_fwd_kernel.arg_names and not full:
+        unused += ["tv_ptr", "to_ptr", "tb_ptr"]  # the register ring keeps no tape
+    consts |= dict.fromkeys(unused)
     consts = {k: v for k, v in consts.items() if k in kernels.scan_fwd_kernel.arg_names}
-    return kernels.scan_fwd_kernel, consts, launch._num_warps(KP * CP)
+    ring = hasattr(launch, "_ring_warps")  # False: a checkout from before the register ring
+    return kernels.scan_fwd_kernel, consts, launch._ring_warps(CP, _pow2(K + 1)) if ring else launch._num_warps(KP * CP)
+
+
+def baseline_config(K: int, C: int):
+    """The real forward kernel as the baseline launches it: log, factored, plain forward."""
+    return real_config(K, C)
+
+
+#: name -> options of the real kernel's forward compiled by ``real_rows``
+REAL = {"log": dict(sr=0), "log+ck": dict(sr=0, save_ck=True), "log+full": dict(sr=0, full=True),
+        "max": dict(sr=1), "max+bp": dict(sr=1, backptr=True), "max+ck": dict(sr=1, save_ck=True),
+        "max+full": dict(sr=1, full=True)}
+
+
+def real_rows(K: int = 100, C: int = 8) -> dict:
+    """Proxy rows of the real forward kernel under each option set of ``REAL``."""
+    rows = {}
+    for name, kw in REAL.items():
+        fn, consts, nw = real_config(K, C, **kw)
+        rows[name] = dict(num_warps=nw, **measure(compile_sm90(fn, consts, nw)))
+    return rows
 
 
 def configs():
     """name -> config(K, C) -> (kernel, constexprs, num_warps), for every variant (Gluon ones if importable)."""
     out = {name: fwd_variants.kernel_config for name in fwd_variants.VARIANTS}
     out["baseline"] = baseline_config
+    out["baseline_full"] = lambda K, C: real_config(K, C, full=True)
+    out["baseline_ck"] = lambda K, C: real_config(K, C, save_ck=True)
     try:
         from benchmarks.latency import gluon_variants
     except Exception as e:  # noqa: BLE001  (a triton without Gluon: the table says so)
@@ -131,11 +178,14 @@ def main(argv=None):
     ap.add_argument("--C", type=int, default=8)
     ap.add_argument("--json", help="write the table as JSON here")
     ap.add_argument("--dump", help="write each variant's ttgir/ptx here")
+    ap.add_argument("--real", action="store_true", help="only the real forward kernel, per option set (REAL)")
     args = ap.parse_args(argv)
+    if args.real:
+        return _table(real_rows(args.K, args.C), args, "real forward kernel")
     rows = {}
     for name, config in configs().items():
         try:
-            fn, consts, nw = config(args.K, args.C) if name == "baseline" else config(name, args.K, args.C)
+            fn, consts, nw = config(args.K, args.C) if name.startswith("baseline") else config(name, args.K, args.C)
             k = compile_sm90(fn, consts, nw)
             rows[name] = dict(num_warps=nw, **measure(k))
             if args.dump:
@@ -145,9 +195,14 @@ def main(argv=None):
                         f.write(k.asm[ext])
         except Exception as e:  # a variant that does not compile is a result too
             rows[name] = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    return _table(rows, args, "variant")
+
+
+def _table(rows: dict, args, what: str) -> dict:
+    """Print the proxy table (and the layouts), write --json; returns rows."""
     cols = ["num_warps", "bar_loop", "shfl_loop", "st_shared_loop", "ld_shared_loop", "ld_global_loop",
             "st_global_loop", "ex2_loop", "reg", "local", "shared"]
-    print(f"sm_90 PTX of the scan loop, K={args.K}, C={args.C} (bar_loop: CTA barriers per step)")
+    print(f"sm_90 PTX of the scan loop, K={args.K}, C={args.C} (bar_loop: CTA barriers per step); rows: {what}")
     print(f"{'variant':20s} " + " ".join(f"{c.replace('_loop', ''):>9s}" for c in cols))
     for name, r in rows.items():
         if "error" in r:

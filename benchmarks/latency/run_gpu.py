@@ -36,7 +36,7 @@ import torch  # noqa: E402
 K_, C_ = 100, 8
 REL_TOL = 1e-6  # DESIGN.md "Numerics": log Z relative error vs a float64 reference
 #: run first (fewest barriers in the sm_90 proxy, and the warp-count sweep of the register ring)
-LEADING = ["baseline", "regring_w4", "regring_w2", "regring_w1", "lanesk_trt_w8", "lanesk_trt_w4"]
+LEADING = ["baseline", "baseline_full", "baseline_ck", "regring_w4", "regring_w2", "regring_w1", "lanesk_trt_w8", "lanesk_trt_w4"]
 
 
 def make_inputs(T: int, K: int = K_, C: int = C_, seed: int = 0, device="cuda"):

@@ -6,10 +6,34 @@ from float64 prefix sums, or streamed torch-struct edges) and options
 (``HAS_SB``: start bias; ``SAVE_CK``: store checkpoints). T is a runtime
 argument: one compilation serves every length.
 
+Which step runs where:
+  forward, factored log / max (RING)     ``_fac_ring_step``: register ring (below)
+  forward, factored entropy / kmax       ``_fac_fwd_step``: tape window
+  forward and backward recompute, edges  ``_edge_fwd_step``: tape window
+  backward recompute, factored (all)     ``_fac_fwd_step``: tape window
+Both factored steps form a window term bit for bit alike, so the backward
+re-forms from FULL tape rows the very candidates whose max and float64 sum the
+ring step stored (exactly normalised weights). A block the backward recomputes
+from checkpoints may differ from the ring forward in the last bits of α (the
+sums' order), and its own stored normalisers match its own candidates.
+
 Layout. One program scans one sequence (``program_id(0)`` = batch row b) for
 exactly L_b steps. Labels lie across lanes, durations along the other tile
 axis, semiring channels last: a step is a handful of tile ops on
 (KP, CP, SP) (factored) or (KP·CP, CP, SP) (edges) tiles.
+
+Register ring (RING; issue 11, from benchmarks/latency's lanesk_trt). The last K
+τ rows live in a loop-carried (CP, KO, LANES) tile, slot = p mod KR (KR a power
+of two > K), with each row's BASE(p) and S[p] in float64 beside it: labels
+across warps, slots on lanes and registers, so a step's sums over durations
+are in-thread and warp shuffles and no step waits on a barrier of its own
+(the compiler's layout exchanges remain: 6 CTA barriers per step on sm_90 at
+K=100, C=8, against 16 on the tape). What depends on t only (S[t], the
+slots' duration terms from a rotated table the kernel writes first, sb[t])
+is loaded a step ahead. The transition tile is (c, c'), so max_c α for
+BASE(t+1) comes from the exchanged α (one equal copy per label). Tape rows
+(FULL), checkpoints and backpointers are stored from registers in the layout
+each value has (``_put``), never read back.
 
 Tape. Each program owns a circular *tape* in global memory, rows indexed by
 position mod R (R a power of two: ≥ K+1 in a plain forward, ≥ Δ + 2K + 1 in
@@ -23,7 +47,7 @@ K consecutive rows is contiguous (addresses = scalar + loop-invariant tile):
   BASE  (2R, 2) float64 normalisers: every stored value of row t is relative to BASE(t).
 BASE(t+1) = BASE(t) + shift(α(t)) (float64), so fp32 values stay O(1) at
 any T; a window read adds float64 differences BASE(p) - BASE(t) rounded
-once. A step writes one row and reads the K rows before it, so a CTA-wide
+once. A tape step writes one row and reads the K rows before it, so a CTA-wide
 barrier separates steps (besides the compiler's own for cross-warp reductions).
 Short sequences whose whole tape fits ``launch.STORE_ALL_BYTES`` keep every
 row in the forward (FULL) and the backward skips its recompute (RECOMPUTE off).
@@ -45,7 +69,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .semiring import ENTROPY, KMAX, LOG, MAX, mul_pot, one_value, plus0, potgrad, shift, vjp, zero_value
+from .semiring import ENTROPY, KMAX, LOG, MAX, mul_pot, one_value, plus0, plus_rows, potgrad, shift, vjp, zero_value
 
 
 # --------------------------------------------------------------------------------------
@@ -173,6 +197,115 @@ def _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
 
 
 @triton.jit
+def _rotate_durations(dur_b, rot_b, C, K, CP: tl.constexpr, KR: tl.constexpr):
+    """Write the rotated duration table E (CP, 2·KR): E[c, i] = duration[d-1, c] with
+    d = (-i) mod KR, −inf outside 1..K (and for padded labels). Slot j's term at step t is
+    then E[c, ((-t) mod KR) + j]: contiguous along the slots, so the coalescing pass lays the
+    ring out with lanes on slots and warps on labels (a gather from ``duration`` would put
+    lanes on labels, and the sums over slots would cross warps)."""
+    c2 = tl.arange(0, CP)[:, None]
+    i2 = tl.arange(0, 2 * KR)[None, :]
+    d = (-i2) & (KR - 1)
+    e = tl.load(dur_b + (d - 1) * C + c2, mask=(d >= 1) & (d <= K) & (c2 < C), other=float("-inf"))
+    tl.store(rot_b + c2 * (2 * KR) + i2, e)
+
+
+@triton.jit
+def _ring_terms(t, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR: tl.constexpr, HAS_SB: tl.constexpr):
+    """What ring step t reads that depends on t only (so it is loaded a step ahead, off the
+    dependency chain): S[t] (CP,) float64; the duration potential of every ring slot (CP, KO,
+    LANES) from the rotated table (−inf for the slot about to be overwritten and for rows
+    older than K); the start bias sb[t] (CP,)."""
+    tc = tl.minimum(t, L)  # the prefetch one past the end stays in bounds
+    cum_t = tl.load(cum_b + tc * C + c1, mask=c1 < C, other=0.0)
+    dw = tl.load(rot_b + rc3 * (2 * KR) + ((-t) & (KR - 1)) + slot)
+    if HAS_SB:
+        sbt = tl.load(sb_b + tc * C + c1, mask=(c1 < C) & (tc < T), other=0.0)
+    else:
+        sbt = 0.0
+    return cum_t, dw, sbt
+
+
+@triton.jit
+def _put(ptr, v, lab, pos, N):
+    """Store a per-label vector v (lifted to lab's rank) at ptr + label, labels < N, from the
+    layout v already has: ``lab`` is the label index times an opaque 1 and ``pos`` an index
+    contiguous along v's broadcast axes (ring slots, or the transition tile's c'), so the
+    coalescing pass lays the store out like v (no layout exchange, no barrier). Masked to
+    pos == 0: one write per label."""
+    tl.store(ptr + lab + pos, v, mask=(pos == 0) & (lab < N))
+
+
+@triton.jit
+def _put2(ptr, R, v, lab, pos, N):
+    """``_put`` at ptr and at its mirror ptr + R (a tape row's two slots)."""
+    _put(ptr, v, lab, pos, N)
+    _put(ptr + R, v, lab, pos, N)
+
+
+@triton.jit
+def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
+                   tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                   SR: tl.constexpr, CP: tl.constexpr, SP: tl.constexpr, KR: tl.constexpr,
+                   HAS_SB: tl.constexpr, FULL: tl.constexpr):
+    """``_fac_fwd_step`` (log, max) on the register ring: the last K rows of τ live in the
+    loop-carried tile ``ring`` (CP, KO, LANES), slot = p mod KR (KR > K), with each row's
+    BASE(p) (``bring``) and S[p] (``cring``) in float64. Labels lie across warps and slots on
+    lanes and registers, so the sums over durations are in-thread and warp shuffles; the
+    transition tile is (c, c'), so the label-axis max behind BASE(t+1) comes from the same
+    exchanged α (``base``: one equal copy per label, no cross-warp reduction).
+
+    A window term is formed exactly as the tape step (and the backward) forms it, τ(p) +
+    fp(BASE(p) - BASE(t)) + (fp(S[t] - S[p]) + duration), so the tape rows FULL stores
+    give the backward the very candidates whose max / float64 sum they hold."""
+    off = (bring - base[:, None, None]).to(ring.dtype)
+    cand = (ring + off) + ((cum_t[:, None, None] - cring).to(ring.dtype) + dw)
+    alpha, am, az = plus_rows(cand, SR)  # (CP,)
+    ae = tl.expand_dims(alpha, 0)  # α along the transition tile's c' axis: one layout exchange
+    x = ae + tr2
+    tpre, tm, tz = plus_rows(x, SR)
+    if SR == MAX:
+        # ties: the longest duration (as _fac_fwd_step), the smallest c' (as plus0)
+        d = (t - slot) & (KR - 1)
+        tie = (cand == alpha[:, None, None]) & (alpha[:, None, None] > float("-inf"))
+        ra = tl.max(tl.max(tl.where(tie, d - 1, 0), axis=1), axis=1).to(tl.int32)
+        rt = tl.argmax(x, axis=1, tie_break_left=True).to(tl.int32)
+    else:  # no routes
+        ra = tl.zeros((CP,), dtype=tl.int32)
+        rt = ra
+    sh = tl.max(tl.broadcast_to(ae, (CP, CP)), axis=1)  # max_c α(t, c), one copy per label
+    if HAS_SB:
+        tau = tpre + sbt
+    else:
+        tau = tpre
+    new = slot == (t & (KR - 1))
+    ring = tl.where(new, tau[:, None, None], ring)
+    bring = tl.where(new, base[:, None, None], bring)
+    cring = tl.where(new, cum_t[:, None, None], cring)
+    # tape rows (FULL: the backward reads them; stores from registers, never read back):
+    # α's family from the ring's layout (lab3, pos3), τ's from the transition tile's (lab2, pos2)
+    if FULL:
+        st = (t & (R - 1)) * CP  # SP = 1
+        _put2(tv_b + st, R * CP, tau[:, None], lab2, pos2, CP)
+        _put2(to_b + st, R * CP, alpha[:, None, None], lab3, pos3, CP)
+        sl = (t & (R - 1)) * 2
+        _put2(tb_b + sl, R * 2, base[:, None], lab2 * 0, pos2, 1)  # equal copies: label 0's
+        _put2(tb_b + sl + 1, R * 2, base[:, None] * 0.0, lab2 * 0, pos2, 1)
+        if HAS_SB:
+            _put(tp_b + st, tpre[:, None], lab2, pos2, CP)
+        if SR == MAX:
+            _put2(tra_b + st, R * CP, ra[:, None, None], lab3, pos3, CP)
+            _put(trt_b + st, rt[:, None], lab2, pos2, CP)
+        else:
+            _put2(tam_b + st, R * CP, am[:, None, None], lab3, pos3, CP)
+            _put2(taz_b + st, R * CP, az[:, None, None], lab3, pos3, CP)
+            _put(ttm_b + st, tm[:, None], lab2, pos2, CP)
+            _put(ttz_b + st, tz[:, None], lab2, pos2, CP)
+    base = base + tl.where(sh > float("-inf"), sh, 0.0).to(tl.float64)
+    return ring, bring, cring, base, alpha, tau, ra, rt
+
+
+@triton.jit
 def _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
                    SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr,
                    KP: tl.constexpr, SP: tl.constexpr, FULL: tl.constexpr):
@@ -223,19 +356,26 @@ def scan_fwd_kernel(
     # tape (launch.Tape, less the adjoint); checkpoints (launch.Checkpoints, SAVE_CK)
     tv_ptr, to_ptr, tp_ptr, tra_ptr, trt_ptr, tb_ptr, tam_ptr, taz_ptr, ttm_ptr, ttz_ptr,
     ckv_ptr, ckb_ptr, ckn_ptr,
+    # RING's rotated duration table (B, CP, 2·KR), written by the kernel (launch._fwd)
+    rot_ptr,
     B, T, C, K, R, DELTA, NBLK,
     SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
     SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, SAVE_CK: tl.constexpr,
-    BACKPTR: tl.constexpr, FULL: tl.constexpr,
+    BACKPTR: tl.constexpr, FULL: tl.constexpr, KR: tl.constexpr,
 ):
     """Value (B, SP) float64 of the scan; optionally checkpoints (SAVE_CK) and, for
     the max semiring, backpointers (BACKPTR: the routes of every α and τ sum,
     (B, T+1, C) int16 each, and the final label, for a device-side backtrace).
-    A None pointer is a constexpr None: its offsets below are never formed."""
+    A None pointer is a constexpr None: its offsets below are never formed.
+
+    Factored log / max (RING) step on the register ring (``_fac_ring_step``, KR = its slots,
+    a power of two > K): the tape is written only when FULL, and there is no barrier per
+    step. Entropy, kmax and the edge path step on the tape (``_fac_fwd_step``, ``_edge_fwd_step``)."""
+    RING: tl.constexpr = (not EDGES) and (SR == LOG or SR == MAX)
     b = tl.cast(tl.program_id(0), tl.int64)
     L = tl.minimum(tl.maximum(tl.load(lengths_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
     tape = b * (2 * R) * (CP * SP)  # rows [0, 2R): slot and mirror slot + R
-    tv_b = tv_ptr + tape
+    tv_b = None if tv_ptr is None else tv_ptr + tape
     to_b = None if to_ptr is None else to_ptr + tape
     tp_b = None if tp_ptr is None else tp_ptr + tape
     tra_b = None if tra_ptr is None else tra_ptr + tape
@@ -244,7 +384,7 @@ def scan_fwd_kernel(
     taz_b = None if taz_ptr is None else taz_ptr + tape
     ttm_b = None if ttm_ptr is None else ttm_ptr + tape
     ttz_b = None if ttz_ptr is None else ttz_ptr + tape
-    tb_b = tb_ptr + b * (2 * R) * 2
+    tb_b = None if tb_ptr is None else tb_ptr + b * (2 * R) * 2
     cum_b = None if cum_ptr is None else cum_ptr + b * (T + 1) * C
     sb_b = None if sb_ptr is None else sb_ptr + b * T * C
     edge_b = None if edges_ptr is None else edges_ptr + b * T * (K + 1) * C * C
@@ -257,18 +397,47 @@ def scan_fwd_kernel(
     s3 = tl.arange(0, SP)[None, None, :]
     c2 = tl.arange(0, CP)[:, None]
     s2 = tl.arange(0, SP)[None, :]
-    if not EDGES:
-        # loop invariants: duration tile (d-1, c) and transition tile (c', c)
-        dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
-        tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
-
+    c1 = tl.arange(0, CP)
     v0 = _row0(tau0_ptr, sb_b, tv_ptr, b, B, C, S, CP, SP, SR, EDGES, HAS_SB)
     zero64 = tl.zeros((), dtype=tl.float64)
-    _store_row2(tv_b, 0, R, v0, CP, SP)
-    _store_base2(tb_b, 0, R, zero64, zero64)
+    if (not RING) or FULL:
+        _store_row2(tv_b, 0, R, v0, CP, SP)
+        _store_base2(tb_b, 0, R, zero64, zero64)
     sh0, sh1 = shift(v0, SR)
     base0 = sh0.to(tl.float64)
     base1 = sh1.to(tl.float64)
+    if RING:
+        # ring tile (CP, KO, LANES), slot = ko·LANES + lane: the slot-contiguous layout Triton
+        # picks puts lanes on slots and warps on labels (benchmarks/latency: lanesk_trt)
+        LANES: tl.constexpr = 32 if KR > 32 else KR
+        KO: tl.constexpr = KR // LANES
+        rc3 = tl.arange(0, CP)[:, None, None]
+        slot = tl.arange(0, KO)[None, :, None] * LANES + tl.arange(0, LANES)[None, None, :]
+        rot_b = rot_ptr + b * CP * (2 * KR)
+        _rotate_durations(dur_ptr + b * K * C, rot_b, C, K, CP, KR)  # read after the barrier below
+        rr = tl.arange(0, CP)[:, None]  # c
+        rj = tl.arange(0, CP)[None, :]  # c'
+        tr2 = tl.load(trans_ptr + b * C * C + rj * C + rr, mask=(rr < C) & (rj < C), other=float("-inf"))
+        ring = tl.where(slot == 0, v0[:, :, None], float("-inf"))  # rows p < 0 are 0̄ (SP = 1)
+        cum0 = tl.load(cum_b + rc3, mask=rc3 < C, other=0.0)
+        # store indices for _put: label times an opaque 1 (L >= 0 always holds), positions
+        # contiguous along the ring's slots / the transition tile's c' (minus an opaque 0)
+        one = (L >= 0).to(tl.int32)
+        lab3 = rc3 * one
+        pos3 = slot - (one - 1)
+        lab2 = rr * one
+        pos2 = rj - (one - 1)
+        cring = tl.where(slot == 0, cum0, 0.0)
+        bring = tl.zeros((CP, KO, LANES), dtype=tl.float64)  # BASE(0) = 0
+        base0 = base0 + tl.zeros((CP,), dtype=tl.float64)  # one equal copy per label
+        base1 = base0 * 0.0
+        bl = base1  # BASE(L)
+        alpha = tl.full((CP,), float("-inf"), v0.dtype)  # α(L)
+        cum_t, dw, sbt = _ring_terms(1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
+    elif not EDGES:
+        # loop invariants: duration tile (d-1, c) and transition tile (c', c)
+        dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
+        tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
     tl.debug_barrier()
     for t in range(1, L + 1):
         bt0 = base0
@@ -276,40 +445,68 @@ def scan_fwd_kernel(
         if EDGES:
             base0, base1, v, ra, rt = _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
                                                      SR, KK, S, CP, KP, SP, FULL)
+        elif RING:
+            cum_n, dw_n, sb_n = _ring_terms(t + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
+            ring, bring, cring, base0, alpha, v, ra, rt = _fac_ring_step(
+                t, R, ring, bring, cring, base0, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
+                tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b, SR, CP, SP, KR, HAS_SB, FULL)
+            cum_t, dw, sbt = cum_n, dw_n, sb_n
+            bl = bt0
         else:
             base0, base1, v, ra, rt = _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
                                                     tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
                                                     SR, KK, S, CP, KP, SP, HAS_SB, FULL)
         if BACKPTR:
-            bo = (b * (T + 1) + t) * C + c2
-            tl.store(bpa_ptr + bo + s2 * 0, ra.to(tl.int16), mask=(c2 < C) & (s2 == 0))
-            tl.store(bpt_ptr + bo + s2 * 0, rt.to(tl.int16), mask=(c2 < C) & (s2 == 0))
+            bo = (b * (T + 1) + t) * C
+            if RING:
+                _put(bpa_ptr + bo, ra[:, None, None].to(tl.int16), lab3, pos3, C)
+                _put(bpt_ptr + bo, rt[:, None].to(tl.int16), lab2, pos2, C)
+            else:
+                tl.store(bpa_ptr + bo + c2 + s2 * 0, ra.to(tl.int16), mask=(c2 < C) & (s2 == 0))
+                tl.store(bpt_ptr + bo + c2 + s2 * 0, rt.to(tl.int16), mask=(c2 < C) & (s2 == 0))
         if SAVE_CK:
             j = (t + DELTA - 1) // DELTA
             r = t - j * DELTA + K - 1
-            ok = (r >= 0) & (j < NBLK)
-            ck = tl.cast((j * KP + r), tl.int64)
-            tl.store(ckv_b + ck * (CP * SP) + c2 * SP + s2, v, mask=ok & (c2 >= 0))
-            tl.store(ckb_b + ck * 2, bt0, mask=ok)
-            tl.store(ckb_b + ck * 2 + 1, bt1, mask=ok)
-            okn = ok & (r == K - 1)  # t = j·Δ: the base the block after the border starts from
-            tl.store(ckn_ptr + (b * NBLK + j) * 2, base0, mask=okn)
-            tl.store(ckn_ptr + (b * NBLK + j) * 2 + 1, base1, mask=okn)
-        tl.debug_barrier()
+            if (r >= 0) & (j < NBLK):  # the K steps before a block border
+                ck = tl.cast((j * KP + r), tl.int64)
+                cn = (b * NBLK + j) * 2
+                if RING:  # SP = 1; the bases are per-label equal copies: label 0's
+                    _put(ckv_b + ck * CP, v[:, None], lab2, pos2, CP)
+                    _put(ckb_b + ck * 2, bt0[:, None], lab2 * 0, pos2, 1)
+                    _put(ckb_b + ck * 2 + 1, bt0[:, None] * 0.0, lab2 * 0, pos2, 1)
+                    if r == K - 1:  # t = j·Δ: the base the block after the border starts from
+                        _put(ckn_ptr + cn, base0[:, None], lab2 * 0, pos2, 1)
+                        _put(ckn_ptr + cn + 1, base0[:, None] * 0.0, lab2 * 0, pos2, 1)
+                else:
+                    tl.store(ckv_b + ck * (CP * SP) + c2 * SP + s2, v)
+                    tl.store(ckb_b + ck * 2, bt0)
+                    tl.store(ckb_b + ck * 2 + 1, bt1)
+                    if r == K - 1:
+                        tl.store(ckn_ptr + cn, base0)
+                        tl.store(ckn_ptr + cn + 1, base1)
+        if not RING:
+            tl.debug_barrier()  # the next step reads the row this one wrote
 
     # value = ⊕_c α(L, c) [⊗ end[c]] + BASE(L)
-    sl = L & (R - 1)
     okf = (cr < C) & (s3 < S)
+    if RING:
+        x = alpha[:, None, None]  # (CP, 1, SP), SP = 1
+        bl0 = tl.max(bl, axis=0)  # equal copies
+        bl1 = bl0 * 0.0
+    else:
+        sl = L & (R - 1)
+        bl0 = tl.load(tb_b + sl * 2)
+        bl1 = tl.load(tb_b + sl * 2 + 1)
+        if EDGES:
+            x = tl.load(tv_b + sl * (CP * SP) + cr * SP + s3)
+        else:
+            x = tl.load(to_b + sl * (CP * SP) + cr * SP + s3)
     if EDGES:
-        x = tl.load(tv_b + sl * (CP * SP) + cr * SP + s3)
         x = tl.where(okf, x, zero_value(s3, SR))
     else:
-        x = tl.load(to_b + sl * (CP * SP) + cr * SP + s3)
         e3 = tl.load(end_ptr + b * C + cr, mask=cr < C, other=0.0)
         x = tl.where(okf, mul_pot(x, e3, s3, SR), zero_value(s3, SR))
     v, rv, _, _ = plus0(x, SR, KK)  # (1, SP)
-    bl0 = tl.load(tb_b + sl * 2)
-    bl1 = tl.load(tb_b + sl * 2 + 1)
     if SR == ENTROPY:
         vb = v.to(tl.float64) + tl.where(s2 == 1, bl1, bl0)
     else:

@@ -60,6 +60,15 @@ def _num_warps(elems: int) -> int:
     return 8
 
 
+def _ring_warps(CP: int, KR: int) -> int:
+    """Warps of the register-ring forward (kernels._fac_ring_step): labels lie across warps and
+    ring slots on lanes, so at most one warp per label (a label's slot sums stay in one warp);
+    fewer for small rings (benchmarks/latency: lanesk_trt_w8 at K=100, C=8)."""
+    if NUM_WARPS_OVERRIDE:
+        return int(NUM_WARPS_OVERRIDE)
+    return max(1, min(8, CP, CP * KR // 128))
+
+
 class _Meta:
     """Compile-time shape of one call: semiring, padded sizes, options."""
 
@@ -91,6 +100,10 @@ class _Meta:
         self.nblk = -(-T // self.delta)
         step = self.KP * self.CP * (self.CP if edges else 1) * self.SP
         self.num_warps = _num_warps(max(step, self.CP * self.CP * self.SP))
+        # factored log / max forward: register ring of KR > K slots (kernels.scan_fwd_kernel, RING)
+        self.ring = not edges and self.sr in (LOG.value, MAX.value)
+        self.KR = max(2, _pow2(K + 1))
+        self.fwd_warps = _ring_warps(self.CP, self.KR) if self.ring else self.num_warps
         # kernels index within one sequence with int32 (the batch offset is int64)
         per_seq = max((T + 1) * C, T * (K + 1) * C * C if edges else 0,
                       2 * _pow2(self.delta + 2 * K + 1) * self.CP * self.SP)
@@ -192,7 +205,7 @@ def _aligned(*tensors) -> tuple:
     return tuple(x is not None and x.data_ptr() & 15 == 0 for x in tensors)
 
 
-def _launch(kernel, m: _Meta, variant: tuple, kw: dict):
+def _launch(kernel, m: _Meta, variant: tuple, kw: dict, num_warps: Optional[int] = None):
     """``kernel[(B,)](**kw)`` with m's launch options.
 
     Compiled kernels (a GPU, no launch hooks) are launched directly after the first call of a
@@ -202,16 +215,17 @@ def _launch(kernel, m: _Meta, variant: tuple, kw: dict):
     specialises on that m does not fix (constexpr switches, alignment of caller-owned operands,
     integer arguments that vary); dtypes come from m, and the kernel's own buffers come from
     the caching allocator, aligned. The interpreter, stubs and hooked launches (profilers)
-    take the plain path."""
+    take the plain path. num_warps: m.num_warps unless given."""
+    num_warps = num_warps or m.num_warps
     hooks = knobs.runtime.launch_enter_hook.calls or knobs.runtime.launch_exit_hook.calls
     if not (DIRECT_LAUNCH and isinstance(kernel, JITFunction)) or hooks:
-        kernel[(m.B,)](**kw, num_warps=m.num_warps, num_stages=1)
+        kernel[(m.B,)](**kw, num_warps=num_warps, num_stages=1)
         return
     device = driver.active.get_current_device()
     key = (kernel, device, variant)
     compiled = m.compiled.get(key)
     if compiled is None:
-        compiled = kernel[(m.B,)](**kw, num_warps=m.num_warps, num_stages=1)
+        compiled = kernel[(m.B,)](**kw, num_warps=num_warps, num_stages=1)
         if not hasattr(compiled, "result"):  # not an async-compile future
             m.compiled[key] = compiled
         return
@@ -248,6 +262,9 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
     if full:
         R = _pow2(m.delta + 2 * m.K + 1)
         tape = _bwd_tape(m, R)
+    elif m.ring:  # the ring lives in registers: no tape
+        R = 1
+        tape = Tape(tv=None)
     else:
         R = _pow2(m.K + 1)
         rings = m.tapes(R, 1 if m.edges else 2)
@@ -258,11 +275,13 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
                          ckb=torch.empty(m.B, m.nblk, m.KP, 2, dtype=torch.float64, device=dev),
                          ckn=torch.empty(m.B, m.nblk, 2, dtype=torch.float64, device=dev))
     value = torch.empty(m.SP, m.B, dtype=m.dtype, device=dev)
+    rot = torch.empty(m.B, m.CP, 2 * m.KR, dtype=m.dtype, device=dev) if m.ring else None
     bp = backptr if backptr is not None else Backpointers(None, None, None)
     flags = dict(SAVE_CK=ck.ckv is not None, BACKPTR=backptr is not None, FULL=full)
     _launch(scan_fwd_kernel, m, (*flags.values(), *_aligned(*ops)), dict(
-        **_pointers(ops, bp, tape, ck, skip=("ta",)), value_ptr=value,
-        B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, **flags, **m.consts()))
+        **_pointers(ops, bp, tape, ck, skip=("ta",)), value_ptr=value, rot_ptr=rot,
+        B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, **flags, KR=m.KR, **m.consts()),
+        num_warps=m.fwd_warps)
     return value[: m.S], (ck, tape if full else None)
 
 

@@ -16,6 +16,7 @@ to pick channels.
 Pieces:
   * ``zero_value`` / ``one_value``  0̄ / 1̄ broadcast like ``s_idx``
   * ``mul_pot``     x ⊗ convert(w) for a plain potential w (entropy: channel 0 only)
+  * ``plus_rows``   ⊕ of a single-channel (log, max) tile over its trailing axes
   * ``plus0``       ⊕ over axis 0 of a 3-D candidate tile (N, M, SP) -> (M, SP),
                     with the *route* (argmax index n·SP + s of each output
                     channel; used by max/kmax backward, zeros otherwise)
@@ -138,6 +139,53 @@ def plus0(x, SR: tl.constexpr, KK: tl.constexpr):
         nm = tl.zeros((M, SP), dtype=x.dtype)
         nz = nm
     return out, route, nm, nz
+
+
+@triton.jit
+def _rows(x, OP: tl.constexpr):
+    """max (OP 0) or sum (OP 1) of a 2-D or 3-D tile over every axis but the first; a 3-D
+    tile is reduced along axis 1 first (the register-ring layout keeps that axis in-thread)."""
+    if len(x.shape) == 3:
+        if OP == 0:
+            x = tl.max(x, axis=1)
+        else:
+            x = tl.sum(x, axis=1)
+    if OP == 0:
+        return tl.max(x, axis=1)
+    else:
+        return tl.sum(x, axis=1)
+
+
+@triton.jit
+def _lift(v, x):
+    """A per-row vector v (M,) broadcastable against x (M, ...)."""
+    if len(x.shape) == 3:
+        return v[:, None, None]
+    else:
+        return v[:, None]
+
+
+@triton.jit
+def plus_rows(x, SR: tl.constexpr):
+    """⊕ of a single-channel tile (log or max) over every axis but the first -> (value, nm, nz), each (M,).
+
+    As ``plus0`` (same two-pass logsumexp and float64 ``nz``, the max over *all* the
+    candidates, so the backward's weights exp(x - nm) / nz stay exactly normalised), for
+    tiles whose reduced axes lie on lanes and registers (the forward's register ring and
+    its (c, c') transition tile). Routes are the caller's (their tie rules differ)."""
+    if SR == LOG:
+        m = _rows(x, 0)
+        ms = tl.where(m == float("-inf"), 0.0, m)
+        e = tl.exp(x - _lift(ms, x))
+        out = ms + tl.log(_rows(e, 1))
+        nm = ms
+        nz = _rows(e.to(tl.float64), 1)
+    else:
+        tl.static_assert(SR == MAX, "plus_rows: log or max")
+        out = _rows(x, 0)
+        nm = out * 0.0
+        nz = nm
+    return out, nm, nz
 
 
 @triton.jit
