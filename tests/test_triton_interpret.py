@@ -117,6 +117,14 @@ def _grid():
                                    marks=() if smoke else pytest.mark.slow)
 
 
+@pytest.fixture
+def ring(monkeypatch):
+    """The log/max forward on the register ring (launch.RING_FORWARD, off by default until run on a GPU)."""
+    from semiring_flash.ops.triton import launch
+
+    monkeypatch.setattr(launch, "RING_FORWARD", True)
+
+
 @pytest.mark.parametrize("si, neg, mode", list(_grid()))
 def test_factored_fwd_bwd_vs_dense(si, neg, mode):
     sr = SEMIRINGS[si]
@@ -125,6 +133,14 @@ def test_factored_fwd_bwd_vs_dense(si, neg, mode):
     b = dense_factored(sr, *ins[:5], L, start_bias=ins[5])
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     _check_grads(sr, a, b, ins, si, 1e-9)
+
+
+@pytest.mark.parametrize("si, neg, mode", [p for p in _grid() if p.values[0] in (0, 1)])
+def test_factored_register_ring_fwd_bwd_vs_dense(si, neg, mode, ring):
+    """The same grid on the register-ring forward (log, max)."""
+    test_factored_fwd_bwd_vs_dense(si, neg, mode)
+    from semiring_flash.ops.triton import launch
+    assert launch._meta(SEMIRINGS[si], 3, 9, 3, 3, torch.float64, torch.device("cpu"), False, True, None).ring
 
 
 @pytest.mark.parametrize("si, neg, mode", list(_grid()))
@@ -150,7 +166,7 @@ def test_factored_no_start_bias_single_block_k_gt_t(si):
 
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
-def test_factored_register_ring_with_several_slots_per_lane(si, mode):
+def test_factored_register_ring_with_several_slots_per_lane(si, mode, ring):
     """K = 40: the log/max forward's register ring has KR = 64 slots, two per lane (KO = 2),
     and T < K cuts every window; "stored": the backward reads the ring step's tape rows,
     "ckpt": it recomputes them with the tape step."""
@@ -163,7 +179,7 @@ def test_factored_register_ring_with_several_slots_per_lane(si, mode):
 
 
 @pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
-def test_factored_checkpointed_ring_vs_dense_and_bitwise_repeatable(si):
+def test_factored_checkpointed_ring_vs_dense_and_bitwise_repeatable(si, ring):
     """The ring wraps (T = 16 > KR = 4) and the forward stores checkpoints from registers
     (every 4 steps); values and gradients match the dense DP, and two runs give the same bits."""
     sr = SEMIRINGS[si]

@@ -123,7 +123,7 @@ def real_config(K: int, C: int, sr: int = 0, save_ck: bool = False, backptr: boo
 
     KP, CP = max(2, _pow2(K)), max(2, _pow2(C))
     consts = dict(SR=sr, KK=1, S=1, CP=CP, KP=KP, KR=max(2, _pow2(K + 1)), SP=1, EDGES=False, HAS_SB=False,
-                  SAVE_CK=save_ck, BACKPTR=backptr, FULL=full)
+                  SAVE_CK=save_ck, BACKPTR=backptr, FULL=full, USE_RING=True)
     # arrays the launcher passes as None for these options (constexpr None, as in launch._fwd)
     unused = ["edges_ptr", "sb_ptr", "tp_ptr"] + ([] if backptr else ["bpa_ptr", "bpt_ptr", "fin_ptr"])
     unused += [] if save_ck else ["ckv_ptr", "ckb_ptr", "ckn_ptr"]

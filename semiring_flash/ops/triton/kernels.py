@@ -361,7 +361,7 @@ def scan_fwd_kernel(
     B, T, C, K, R, DELTA, NBLK,
     SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
     SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, SAVE_CK: tl.constexpr,
-    BACKPTR: tl.constexpr, FULL: tl.constexpr, KR: tl.constexpr,
+    BACKPTR: tl.constexpr, FULL: tl.constexpr, KR: tl.constexpr, USE_RING: tl.constexpr,
 ):
     """Value (B, SP) float64 of the scan; optionally checkpoints (SAVE_CK) and, for
     the max semiring, backpointers (BACKPTR: the routes of every α and τ sum,
@@ -371,7 +371,7 @@ def scan_fwd_kernel(
     Factored log / max (RING) step on the register ring (``_fac_ring_step``, KR = its slots,
     a power of two > K): the tape is written only when FULL, and there is no barrier per
     step. Entropy, kmax and the edge path step on the tape (``_fac_fwd_step``, ``_edge_fwd_step``)."""
-    RING: tl.constexpr = (not EDGES) and (SR == LOG or SR == MAX)
+    RING: tl.constexpr = USE_RING and (not EDGES) and (SR == LOG or SR == MAX)  # launch.RING_FORWARD
     b = tl.cast(tl.program_id(0), tl.int64)
     L = tl.minimum(tl.maximum(tl.load(lengths_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
     tape = b * (2 * R) * (CP * SP)  # rows [0, 2R): slot and mirror slot + R

@@ -45,6 +45,12 @@ DIRECT_LAUNCH = True
 #: 128 MiB since the float64 adjoint tapes (B=1, T=10^5, K=100, C=8 needs 84 MB: 0.49 s kept vs 0.62 s recomputed, H200)
 STORE_ALL_BYTES = 128 << 20
 
+#: The factored log/max forward on the register ring (kernels._fac_ring_step: 6 CTA barriers per
+#: step instead of 16 in its sm_90 code). Off by default until it has been timed and checked on a
+#: GPU: the interpreter tests and the sm_90 compile check it on CPU, but the device run that would
+#: confirm it on real hardware could not be made on 2026-12-06 (docs/gpu.md). True turns it on.
+RING_FORWARD = False
+
 
 def _num_warps(elems: int) -> int:
     if NUM_WARPS_OVERRIDE:
@@ -101,7 +107,7 @@ class _Meta:
         step = self.KP * self.CP * (self.CP if edges else 1) * self.SP
         self.num_warps = _num_warps(max(step, self.CP * self.CP * self.SP))
         # factored log / max forward: register ring of KR > K slots (kernels.scan_fwd_kernel, RING)
-        self.ring = not edges and self.sr in (LOG.value, MAX.value)
+        self.ring = RING_FORWARD and not edges and self.sr in (LOG.value, MAX.value)
         self.KR = max(2, _pow2(K + 1))
         self.fwd_warps = _ring_warps(self.CP, self.KR) if self.ring else self.num_warps
         # kernels index within one sequence with int32 (the batch offset is int64)
@@ -129,7 +135,7 @@ class _Meta:
 
 @functools.lru_cache(maxsize=512)
 def _cached_meta(*key):
-    return _Meta(*key[:-2])
+    return _Meta(*key[:-3])  # the tuning globals end the key
 
 
 def _meta(*args) -> _Meta:
@@ -137,7 +143,7 @@ def _meta(*args) -> _Meta:
     torch.compile traces the plain constructor (it warns about lru_cache wrappers)."""
     if torch.compiler.is_compiling():
         return _Meta(*args)
-    return _cached_meta(*args, NUM_WARPS_OVERRIDE, STORE_ALL_BYTES)
+    return _cached_meta(*args, NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD)
 
 
 class Operands(NamedTuple):
@@ -280,7 +286,7 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
     flags = dict(SAVE_CK=ck.ckv is not None, BACKPTR=backptr is not None, FULL=full)
     _launch(scan_fwd_kernel, m, (*flags.values(), *_aligned(*ops)), dict(
         **_pointers(ops, bp, tape, ck, skip=("ta",)), value_ptr=value, rot_ptr=rot,
-        B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, **flags, KR=m.KR, **m.consts()),
+        B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, **flags, KR=m.KR, USE_RING=m.ring, **m.consts()),
         num_warps=m.fwd_warps)
     return value[: m.S], (ck, tape if full else None)
 
