@@ -117,6 +117,14 @@ def _grid():
                                    marks=() if smoke else pytest.mark.slow)
 
 
+def _check_factored_vs_dense(sr, si, ins, L, every):
+    """The factored kernels' value and gradients against the dense float64 DP."""
+    a = kernels.factored_scan_triton(sr, *ins[:5], L, start_bias=ins[5], checkpoint_every=every)
+    b = dense_factored(sr, *ins[:5], L, start_bias=ins[5])
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    _check_grads(sr, a, b, ins, si, 1e-9)
+
+
 @pytest.fixture
 def ring(monkeypatch):
     """The log/max forward on the register ring (launch.RING_FORWARD, off by default until run on a GPU)."""
@@ -129,10 +137,7 @@ def ring(monkeypatch):
 def test_factored_fwd_bwd_vs_dense(si, neg, mode):
     sr = SEMIRINGS[si]
     ins, L = _factored(sr, 3, 9, 3, 3, seed=10 + si, neg=neg)
-    a = kernels.factored_scan_triton(sr, *ins[:5], L, start_bias=ins[5], checkpoint_every=MODES[mode])
-    b = dense_factored(sr, *ins[:5], L, start_bias=ins[5])
-    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    _check_grads(sr, a, b, ins, si, 1e-9)
+    _check_factored_vs_dense(sr, si, ins, L, MODES[mode])
 
 
 @pytest.mark.parametrize("si, neg, mode", [p for p in _grid() if p.values[0] in (0, 1)])
@@ -172,10 +177,7 @@ def test_factored_register_ring_with_several_slots_per_lane(si, mode, ring):
     "ckpt": it recomputes them with the tape step."""
     sr = SEMIRINGS[si]
     ins, L = _factored(sr, 2, 12, 40, 2, seed=30 + si, neg=True)
-    a = kernels.factored_scan_triton(sr, *ins[:5], L, start_bias=ins[5], checkpoint_every=MODES[mode])
-    b = dense_factored(sr, *ins[:5], L, start_bias=ins[5])
-    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    _check_grads(sr, a, b, ins, si, 1e-9)
+    _check_factored_vs_dense(sr, si, ins, L, MODES[mode])
 
 
 @pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
@@ -189,10 +191,7 @@ def test_factored_checkpointed_ring_vs_dense_and_bitwise_repeatable(si, ring):
         v = kernels.factored_scan_triton(sr, *ins[:5], L, start_bias=ins[5], checkpoint_every=4)
         return [v.detach()] + list(torch.autograd.grad(v.sum(), ins))
 
-    a = kernels.factored_scan_triton(sr, *ins[:5], L, start_bias=ins[5], checkpoint_every=4)
-    b = dense_factored(sr, *ins[:5], L, start_bias=ins[5])
-    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    _check_grads(sr, a, b, ins, si, 1e-9)
+    _check_factored_vs_dense(sr, si, ins, L, 4)
     for x, y in zip(run(), run()):
         assert torch.equal(x, y)
 

@@ -95,9 +95,13 @@ class FactoredInputs:
         bias = torch.zeros(B, T1 - 1, C, dtype=self.transition.dtype, device=self.device, requires_grad=True)
         return replace(self, start_bias=bias)
 
-    def run(self, semiring, which, seg_bias=None, checkpoint_every=None, create_graph=False):
+    def engine_args(self, semiring) -> tuple:
+        """(cum, transition, duration, τ(0), end, lengths): what every factored engine takes."""
         tau0 = entry_value(semiring, self.entry, self.transition.dtype)
-        args = (self.cum, self.transition, self.duration, tau0, self.end, self.lengths)
+        return self.cum, self.transition, self.duration, tau0, self.end, self.lengths
+
+    def run(self, semiring, which, seg_bias=None, checkpoint_every=None, create_graph=False):
+        args = self.engine_args(semiring)
         if which == "triton":
             return _triton_module()[0].factored_scan_triton(semiring, *args, start_bias=self.start_bias)
         if seg_bias is None and checkpoint_every is None and linear_chain.supports(semiring, self.duration):
@@ -232,6 +236,5 @@ def viterbi(pots, backend: str = "auto"):
     decode = _triton_module()[0].viterbi_triton if triton else linear_chain.viterbi
     with torch.no_grad():  # no graph, and no detached copy of the potentials
         inp = inputs([pots])
-        tau0 = entry_value(MaxSemiring, inp.entry, inp.transition.dtype)
-        _, labels, starts = decode(inp.cum, inp.transition, inp.duration, tau0, inp.end, inp.lengths)
+        _, labels, starts = decode(*inp.engine_args(MaxSemiring))
     return labels, starts, inp.lengths
