@@ -127,10 +127,12 @@ def _check_factored_vs_dense(sr, si, ins, L, every):
 
 @pytest.fixture
 def ring(monkeypatch):
-    """The log/max forward on the register ring (launch.RING_FORWARD, off by default until run on a GPU)."""
+    """The log/max forward on the register ring for every shape, tape and checkpoint stores included
+    (by default only in the GPU-checked regime, and never when the forward stores for the backward)."""
     from semiring_flash.ops.triton import launch
 
     monkeypatch.setattr(launch, "RING_FORWARD", True)
+    monkeypatch.setattr(launch, "RING_TAPES", True)
 
 
 @pytest.mark.parametrize("si, neg, mode", list(_grid()))
@@ -146,6 +148,38 @@ def test_factored_register_ring_fwd_bwd_vs_dense(si, neg, mode, ring):
     test_factored_fwd_bwd_vs_dense(si, neg, mode)
     from semiring_flash.ops.triton import launch
     assert launch._meta(SEMIRINGS[si], 3, 9, 3, 3, torch.float64, torch.device("cpu"), False, True, None).ring
+
+
+@pytest.mark.parametrize("K, C, want", [(100, 8, True), (32, 2, True), (31, 8, False), (100, 9, False), (30, 39, False)])
+def test_register_ring_default_regime(K, C, want):
+    """By default the ring runs where it was checked on a GPU (K >= 32, C <= 8), log/max only."""
+    from semiring_flash.ops.triton import launch
+    assert launch.RING_FORWARD == "measured" and not launch.RING_TAPES
+    m = lambda sr: launch._meta(sr, 1, 50, K, C, torch.float32, torch.device("cpu"), False, False, None)  # noqa: E731
+    assert m(SEMIRINGS[0]).ring is want and m(SEMIRINGS[1]).ring is want
+    assert not m(SEMIRINGS[2]).ring  # entropy steps on the tape
+
+
+@pytest.mark.parametrize("every", [None, 12])
+def test_register_ring_only_for_forwards_that_store_nothing(every, monkeypatch):
+    """Default RING_TAPES: the value-only forward takes the ring, a forward that stores the
+    backward's tape (every=None: all of it) or checkpoints (every=12) takes the tape step."""
+    from semiring_flash.ops.triton import launch
+    monkeypatch.setattr(launch, "RING_FORWARD", True)
+    seen = []
+    real = launch._launch
+    monkeypatch.setattr(launch, "_launch", lambda kernel, m, variant, kw, **o: (
+        seen.append(kw.get("USE_RING")), real(kernel, m, variant, kw, **o))[1])
+    sr = SEMIRINGS[0]
+    ins, L = _factored(sr, 2, 40, 3, 2, seed=5, neg=True)
+    with torch.no_grad():
+        v0 = kernels.factored_scan_triton(sr, *ins[:5], L, checkpoint_every=every)
+    xs = [x.detach().requires_grad_() for x in ins[:5]]
+    v1 = kernels.factored_scan_triton(sr, *xs, L, checkpoint_every=every)
+    v1.sum().backward()
+    assert seen[:2] == [True, False], seen
+    torch.testing.assert_close(v0, v1.detach(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(v1.detach(), dense_factored(sr, *ins[:5], L), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("si, neg, mode", list(_grid()))

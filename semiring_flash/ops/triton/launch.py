@@ -46,10 +46,16 @@ DIRECT_LAUNCH = True
 STORE_ALL_BYTES = 128 << 20
 
 #: The factored log/max forward on the register ring (kernels._fac_ring_step: 6 CTA barriers per
-#: step instead of 16 in its sm_90 code). Off by default until it has been timed and checked on a
-#: GPU: the interpreter tests and the sm_90 compile check it on CPU, but the device run that would
-#: confirm it on real hardware could not be made on 2026-12-06 (docs/gpu.md). True turns it on.
-RING_FORWARD = False
+#: step instead of 16 in its sm_90 code). H100, 2026-12-07 (docs/gpu.md): B=1, K=100, C=8, 0.71 vs
+#: 1.48 us/step, log Z within 2e-8 of float64, Viterbi at T=10^6 the same path bitwise in 0.82 s vs
+#: 1.72 s. "measured": where it was timed and checked on a GPU (K >= 32 and C <= 8, a warp per
+#: label and the slots on lanes); True: every factored log/max forward; False: never.
+RING_FORWARD = "measured"
+#: ... also for forwards that store the backward's tape or checkpoints (FULL / SAVE_CK). Off: on the
+#: H100 those runs gave gradients up to 5e-2 (of the largest) away from the tape step's at T=10^5,
+#: K=100, C=8, while the interpreter agrees to 1e-6: a GPU-only fault in the ring's tape stores, not
+#: found yet (docs/gpu.md). The interpreter tests turn it on.
+RING_TAPES = False
 
 
 def _num_warps(elems: int) -> int:
@@ -64,6 +70,13 @@ def _num_warps(elems: int) -> int:
     if elems <= 2048:
         return 4
     return 8
+
+
+def _ring_regime(K: int, C: int) -> bool:
+    """Whether RING_FORWARD sends this shape's log/max forward to the register ring."""
+    if RING_FORWARD == "measured":
+        return K >= 32 and C <= 8
+    return bool(RING_FORWARD)
 
 
 def _ring_warps(CP: int, KR: int) -> int:
@@ -107,9 +120,9 @@ class _Meta:
         step = self.KP * self.CP * (self.CP if edges else 1) * self.SP
         self.num_warps = _num_warps(max(step, self.CP * self.CP * self.SP))
         # factored log / max forward: register ring of KR > K slots (kernels.scan_fwd_kernel, RING)
-        self.ring = RING_FORWARD and not edges and self.sr in (LOG.value, MAX.value)
+        self.ring = _ring_regime(K, C) and not edges and self.sr in (LOG.value, MAX.value)
         self.KR = max(2, _pow2(K + 1))
-        self.fwd_warps = _ring_warps(self.CP, self.KR) if self.ring else self.num_warps
+        self.ring_warps = _ring_warps(self.CP, self.KR)
         # kernels index within one sequence with int32 (the batch offset is int64)
         per_seq = max((T + 1) * C, T * (K + 1) * C * C if edges else 0,
                       2 * _pow2(self.delta + 2 * K + 1) * self.CP * self.SP)
@@ -265,10 +278,11 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
     Checkpoints, then the Tape when the forward kept all of it)."""
     dev = m.device
     full = bool(save_ck and m.store_all)
+    ring = m.ring and (RING_TAPES or not (full or (save_ck and m.nblk > 1)))  # see RING_TAPES
     if full:
         R = _pow2(m.delta + 2 * m.K + 1)
         tape = _bwd_tape(m, R)
-    elif m.ring:  # the ring lives in registers: no tape
+    elif ring:  # the ring lives in registers: no tape
         R = 1
         tape = Tape(tv=None)
     else:
@@ -281,13 +295,13 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
                          ckb=torch.empty(m.B, m.nblk, m.KP, 2, dtype=torch.float64, device=dev),
                          ckn=torch.empty(m.B, m.nblk, 2, dtype=torch.float64, device=dev))
     value = torch.empty(m.SP, m.B, dtype=m.dtype, device=dev)
-    rot = torch.empty(m.B, m.CP, 2 * m.KR, dtype=m.dtype, device=dev) if m.ring else None
+    rot = torch.empty(m.B, m.CP, 2 * m.KR, dtype=m.dtype, device=dev) if ring else None
     bp = backptr if backptr is not None else Backpointers(None, None, None)
     flags = dict(SAVE_CK=ck.ckv is not None, BACKPTR=backptr is not None, FULL=full)
-    _launch(scan_fwd_kernel, m, (*flags.values(), *_aligned(*ops)), dict(
+    _launch(scan_fwd_kernel, m, (*flags.values(), ring, *_aligned(*ops)), dict(
         **_pointers(ops, bp, tape, ck, skip=("ta",)), value_ptr=value, rot_ptr=rot,
-        B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, **flags, KR=m.KR, USE_RING=m.ring, **m.consts()),
-        num_warps=m.fwd_warps)
+        B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, **flags, KR=m.KR, USE_RING=ring, **m.consts()),
+        num_warps=m.ring_warps if ring else m.num_warps)
     return value[: m.S], (ck, tape if full else None)
 
 
@@ -320,6 +334,10 @@ def _empty_like(tensors, dtype):
     sizes = [x.numel() for x in tensors]
     parts = torch.empty(sum(sizes), dtype=dtype, device=tensors[0].device).split(sizes)
     return [p.view(x.shape) for p, x in zip(parts, tensors)]
+
+
+def _edge_operands(m: _Meta, edges, lengths) -> Operands:
+    return Operands(edges=edges.detach().to(m.dtype).contiguous(), lengths=_lengths(lengths, edges.device))
 
 
 def _operands(m: _Meta, cum, trans, dur, tau0, end, sb, lengths) -> Operands:
@@ -372,7 +390,7 @@ class _FactoredScan(torch.autograd.Function):
 class _EdgeScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, m, edges, lengths):
-        ops = Operands(edges=edges.detach().to(m.dtype).contiguous(), lengths=_lengths(lengths, edges.device))
+        ops = _edge_operands(m, edges, lengths)
         value, saved = _fwd(m, ops, any(ctx.needs_input_grad))
         _save(ctx, m, ops, saved)
         return value
@@ -395,9 +413,28 @@ def _eager(apply):
     return lambda *args: disabled(*args) if torch.compiler.is_compiling() else apply(*args)
 
 
+def _wants_grad(*tensors) -> bool:
+    """Whether autograd will ask for a backward. Inside a Function's forward grad mode is off and
+    ``needs_input_grad`` ignores torch.no_grad, so this is decided before ``apply``: a forward
+    that will get no backward stores no tape nor checkpoints (and may take the register ring)."""
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
+
+
+def _factored_value(m, cum, trans, dur, tau0, end, lengths, sb):
+    if _wants_grad(cum, trans, dur, tau0, end, sb):
+        return _FactoredScan.apply(m, cum, trans, dur, tau0, end, lengths, sb)
+    return _fwd(m, _operands(m, cum, trans, dur, tau0, end, sb, lengths), False)[0]
+
+
+def _edge_value(m, edges, lengths):
+    if _wants_grad(edges):
+        return _EdgeScan.apply(m, edges, lengths)
+    return _fwd(m, _edge_operands(m, edges, lengths), False)[0]
+
+
 # settle_impossible inside the same region: one graph break, not a second graph after it
-_factored_apply = _eager(lambda sr, *args: sr.settle_impossible(_FactoredScan.apply(*args)))
-_edge_apply = _eager(lambda sr, *args: sr.settle_impossible(_EdgeScan.apply(*args)))
+_factored_apply = _eager(lambda sr, *args: sr.settle_impossible(_factored_value(*args)))
+_edge_apply = _eager(lambda sr, *args: sr.settle_impossible(_edge_value(*args)))
 
 
 def factored_scan_triton(semiring, cum, transition, duration, tau0, end, lengths, start_bias=None,
