@@ -12,14 +12,8 @@ from .edges import EdgePotentials
 from .potentials import SegmentPotentials
 from .segmentation import FactoredMarginals, Segmentation
 from .semirings import (
-    CrossEntropySemiring,
-    EntropySemiring,
-    KLDivergenceSemiring,
-    KMaxSemiring,
-    LogSemiring,
-    MaxSemiring,
-    SampledSemiring,
-    Semiring,
+    CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, KMaxSemiring, LogSemiring, MaxSemiring,
+    SampledSemiring, Semiring,
 )
 from .struct import SemiMarkov
 from .validation import get_validation, set_validation, validation_mode
@@ -28,23 +22,7 @@ from . import nn, tags  # noqa: E402  (submodules: sf.nn.SemiCRFHead, sf.tags.se
 __version__ = "0.1.0"
 
 __all__ = [
-    "SemiMarkovCRF",
-    "SemiMarkov",
-    "SegmentPotentials",
-    "EdgePotentials",
-    "Segmentation",
-    "FactoredMarginals",
-    "Semiring",
-    "LogSemiring",
-    "MaxSemiring",
-    "EntropySemiring",
-    "KMaxSemiring",
-    "CrossEntropySemiring",
-    "KLDivergenceSemiring",
-    "SampledSemiring",
-    "set_validation",
-    "get_validation",
-    "validation_mode",
-    "nn",
-    "tags",
+    "SemiMarkovCRF", "SemiMarkov", "SegmentPotentials", "EdgePotentials", "Segmentation", "FactoredMarginals",
+    "Semiring", "LogSemiring", "MaxSemiring", "EntropySemiring", "KMaxSemiring", "CrossEntropySemiring",
+    "KLDivergenceSemiring", "SampledSemiring", "set_validation", "get_validation", "validation_mode", "nn", "tags",
 ]

@@ -12,12 +12,7 @@ from .ops.dispatch import check_backend
 from .potentials import SegmentPotentials
 from .segmentation import FactoredMarginals, Segmentation
 from .semirings import (
-    CrossEntropySemiring,
-    EntropySemiring,
-    KLDivergenceSemiring,
-    KMaxSemiring,
-    LogSemiring,
-    MaxSemiring,
+    CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, KMaxSemiring, LogSemiring, MaxSemiring,
     SampledSemiring,
 )
 from .struct import SemiMarkov, as_potentials
@@ -31,13 +26,13 @@ def _lazy_property(fn):
     A plain ``property`` underneath, so help() lists it with the properties
     (pydoc files ``functools.cached_property`` under the methods).
     """
-    name = fn.__name__
+    key = fn.__qualname__  # an override in a subclass is cached apart from the property it wraps
 
     @functools.wraps(fn)
     def get(self):
-        if name not in self.__dict__:
-            self.__dict__[name] = fn(self)
-        return self.__dict__[name]
+        if key not in self.__dict__:
+            self.__dict__[key] = fn(self)
+        return self.__dict__[key]
 
     return property(get)
 

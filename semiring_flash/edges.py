@@ -69,15 +69,16 @@ class EdgePotentials:
     def tensors(self) -> list:
         return [self.edges, self.lengths]
 
-    def detach(self) -> "EdgePotentials":
-        """The same potentials cut from the autograd graph (already validated: no checks, no sync)."""
+    def map_tensors(self, fn) -> "EdgePotentials":
+        """The same model with ``fn`` (keeping shape, dtype and device: clone, detach) applied to its edges
+        and lengths; already validated: no checks, no sync."""
         out = copy.copy(self)
-        out.edges = self.edges.detach()
+        out.edges, out.lengths = fn(self.edges), fn(self.lengths)
         return out
 
-    def map_tensors(self, fn) -> "EdgePotentials":
-        """The same model with ``fn`` applied to its edges and (position) lengths."""
-        return EdgePotentials(fn(self.edges), fn(self.lengths + 1))
+    def detach(self) -> "EdgePotentials":
+        """The same potentials cut from the autograd graph."""
+        return self.map_tensors(torch.Tensor.detach)
 
     # -- structures ---------------------------------------------------------------
     def score(self, parts: torch.Tensor) -> torch.Tensor:
@@ -157,8 +158,8 @@ def check_parts(parts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     inside = n < L
     gap = ~empty.view(M, 1) & inside & (has != reached[:, :N1])
     gap |= ~empty.view(M, 1) & (n == 0) & ~has
-    if gap.any() or (~empty & ~reached.gather(1, L).squeeze(1)).any():
-        bad = gap.any(-1) | (~empty & ~reached.gather(1, L).squeeze(1))
+    bad = gap.any(-1) | (~empty & ~reached.gather(1, L).squeeze(1))  # a hole, or the last segment ends short
+    if bad.any():
         raise ValueError(f"value must be one-hot edges of a segmentation: in {where(bad)} the segments do not tile [0, length) end to end")
     chain = has & (n > 0) & (cp != label_at[:, :N1])
     if chain.any():

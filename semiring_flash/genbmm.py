@@ -21,38 +21,21 @@ samplebmm draws its k's in the forward pass from torch's default generator, so
 
 from __future__ import annotations
 
-import os
+import functools
 
 import torch
 
 from .ops import bmm_torch
-from .ops.dispatch import check_backend
+from .ops.dispatch import choose_backend, optional_module
 from .validation import check_same_device, check_tensor, compute_dtype
 
 __all__ = ["logbmm", "maxbmm", "samplebmm", "prodmaxbmm"]
 
 
-def _triton_bmm():
-    try:
-        from .ops.triton import bmm as kernels  # noqa: WPS433 (optional dependency)
-    except Exception as err:  # ImportError, or triton failing to initialise
-        return None, err
-    return kernels, None
-
-
 def _implementation(backend: str, device: torch.device):
     """The module (bmm_torch or ops.triton.bmm) that runs this call; both have the same functions."""
-    check_backend(backend)
-    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
-        return bmm_torch
-    kernels, err = _triton_bmm()
-    if backend == "auto":
-        return kernels if kernels is not None else bmm_torch
-    if kernels is None:
-        raise NotImplementedError(f"backend='triton' is unavailable: {err}")
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
-    return kernels
+    kernels = functools.partial(optional_module, "semiring_flash.ops.triton.bmm")
+    return kernels()[0] if choose_backend(backend, device, kernels) == "triton" else bmm_torch
 
 
 def _check_operands(a, b) -> None:

@@ -97,13 +97,11 @@ class StateLayout:
                 if p >= 0 and s >= 0:
                     cont[p, s] = True
         self.cont = cont
-        bnd = torch.zeros(self.S, self.S, dtype=torch.bool)
-        for c in range(C):
-            for c2 in range(C):
-                for e in self.ending[c]:
-                    for i in self.entry[c2]:
-                        bnd[e, i] = True
-        self.boundary = bnd
+        # every boundary between user segments: (ending state, entry state, label before, label after)
+        self.boundaries = [(e, i, c, c2) for c in range(C) for c2 in range(C) for e in self.ending[c] for i in self.entry[c2]]
+        self.boundary = torch.zeros(self.S, self.S, dtype=torch.bool)
+        for e, i, _, _ in self.boundaries:
+            self.boundary[e, i] = True
 
     # segments ---------------------------------------------------------------------------
     def split(self, segments: list) -> list:
@@ -190,25 +188,17 @@ class StateLayout:
         """User-level (masked) transition (C, C), duration (K_user, C), chunk (C,), start (.., C), end (.., C)
         -> internal transition (S, S), duration (K, S), start (.., S), end (.., S)."""
         C, S, K = self.C, self.S, self.K
-        ninf = float("-inf")
         dev, dt = trans.device, trans.dtype
+        zero, ninf = torch.zeros((), device=dev, dtype=dt), torch.full((), float("-inf"), device=dev, dtype=dt)
         one = dur[0]  # (C,) duration score of a 1-token segment: paid when a first piece ends the segment
         # transitions: boundaries and continuations
-        src, dst, cs, c2s, first_src = [], [], [], [], []
-        for c in range(C):
-            for c2 in range(C):
-                for e in self.ending[c]:
-                    for i in self.entry[c2]:
-                        src.append(e), dst.append(i), cs.append(c), c2s.append(c2), first_src.append(self.kind[e] == "first")
-        cs_t, c2_t = torch.tensor(cs, device=dev), torch.tensor(c2s, device=dev)
-        first_t = torch.tensor(first_src, device=dev)
-        vals = trans[cs_t, c2_t] + torch.where(first_t, one[cs_t], torch.zeros((), device=dev, dtype=dt))
-        T_int = torch.full((S, S), ninf, device=dev, dtype=dt)
-        T_int = T_int.index_put((torch.tensor(src, device=dev), torch.tensor(dst, device=dev)), vals)
-        T_int = torch.where(self.cont.to(dev), torch.zeros((), device=dev, dtype=dt), T_int)
+        src, dst, cs, c2s = (torch.tensor(v, device=dev) for v in zip(*self.boundaries))
+        first_src = torch.tensor([self.kind[e] == "first" for e, _, _, _ in self.boundaries], device=dev)
+        vals = trans[cs, c2s] + torch.where(first_src, one[cs], zero)
+        T_int = torch.full((S, S), float("-inf"), device=dev, dtype=dt).index_put((src, dst), vals)
+        T_int = torch.where(self.cont.to(dev), zero, T_int)
         # durations
-        pad = torch.full((K + 1, C), ninf, device=dev, dtype=dt)
-        shifted = torch.cat([dur, pad], 0)
+        shifted = torch.cat([dur, ninf.expand(K + 1, C)], 0)
         off = 1 if self.first_token else 0  # a tail of d tokens after a first token is a segment of d + 1
         rows = torch.arange(K, device=dev)
         cols = []
@@ -217,23 +207,21 @@ class StateLayout:
             if kind == "tail":
                 cols.append(shifted[off:off + K, c])
             elif kind == "chunk":
-                cols.append(torch.where(rows == self.chunk_len[c] - 1, chunk[c], torch.full_like(chunk[c], ninf)))
+                cols.append(torch.where(rows == self.chunk_len[c] - 1, chunk[c], ninf))
             else:
-                cols.append(torch.where(rows == 0, torch.zeros((), device=dev, dtype=dt), torch.full((), ninf, device=dev, dtype=dt)))
+                cols.append(torch.where(rows == 0, zero, ninf))
         D_int = torch.stack(cols, 1)
         base = torch.tensor(self.base, device=dev)
         is_entry = torch.zeros(S, dtype=torch.bool, device=dev)
         is_end = torch.zeros(S, dtype=torch.bool, device=dev)
-        end_extra = torch.zeros(S, device=dev, dtype=dt)
+        end_first = torch.zeros(S, dtype=torch.bool, device=dev)  # a first piece ending a segment pays ``one``
         for c in range(C):
             is_entry[self.entry[c]] = True
             for e in self.ending[c]:
                 is_end[e] = True
-                if self.kind[e] == "first":
-                    end_extra[e] = 1.0
-        start_i = torch.where(is_entry, start[..., base], torch.full((), ninf, device=dev, dtype=dt))
-        end_i = end[..., base] + torch.where(end_extra > 0, one[base], torch.zeros((), device=dev, dtype=dt))
-        end_i = torch.where(is_end, end_i, torch.full((), ninf, device=dev, dtype=dt))
+                end_first[e] = self.kind[e] == "first"
+        start_i = torch.where(is_entry, start[..., base], ninf)
+        end_i = torch.where(is_end, end[..., base] + torch.where(end_first, one[base], zero), ninf)
         return T_int, D_int, start_i, end_i
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .collate import mask_to_lengths
-from .distribution import SemiMarkovCRF
+from .distribution import SemiMarkovCRF, _lazy_property
 from .layout import StateLayout, to_segmentation
 from .potentials import SegmentPotentials
 from .segmentation import FactoredMarginals, Segmentation
@@ -188,15 +188,9 @@ class SegmentCRF(SemiMarkovCRF):
                               num_labels=self.layout.C, runs=not self.layout.single_token)
         return super().log_prob(self.layout.to_internal(seg))
 
-    @property
+    @_lazy_property
     def argmax(self) -> Segmentation:
-        if "_user_argmax" not in self.__dict__:
-            self.__dict__["_user_argmax"] = self.layout.to_user(SemiMarkovCRF.argmax.__get__(self, type(self)))
-        return self.__dict__["_user_argmax"]
-
-    @property
-    def mode(self) -> Segmentation:
-        return self.argmax
+        return self.layout.to_user(super().argmax)
 
     def topk(self, k: int) -> Segmentation:
         return self.layout.to_user(super().topk(k))
@@ -204,7 +198,7 @@ class SegmentCRF(SemiMarkovCRF):
     def sample(self, sample_shape=torch.Size(), generator=None) -> Segmentation:
         return self.layout.to_user(super().sample(sample_shape, generator))
 
-    @property
+    @_lazy_property
     def marginals(self) -> FactoredMarginals:
         """Posteriors in user labels.
 
@@ -213,12 +207,7 @@ class SegmentCRF(SemiMarkovCRF):
         boundaries c' -> c. ``duration`` counts internal pieces of d ≤ K
         (with long_segments a long segment contributes its tail piece there).
         """
-        if "_user_marginals" in self.__dict__:
-            return self.__dict__["_user_marginals"]
-        m = SemiMarkovCRF.marginals.__get__(self, type(self))
-        out = self.layout.user_marginals(m)
-        self.__dict__["_user_marginals"] = out
-        return out
+        return self.layout.user_marginals(super().marginals)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from .validation import (
 
 __all__ = ["SegmentPotentials"]
 
+_TENSORS = ("scores", "cum_scores", "transition", "duration", "init", "start", "end", "lengths")
+
 
 class SegmentPotentials:
     """Per-token scores (or their prefix sums) + transition, duration, entry and exit scores.
@@ -71,17 +73,12 @@ class SegmentPotentials:
     ):
         if (scores is None) == (cum_scores is None):
             raise ValueError("give exactly one of scores (B, T, C) and cum_scores (B, T+1, C)")
-        if scores is not None:
-            check_tensor("scores", scores, 3)
-            B, T, C = scores.shape
-            base = scores
-        else:
-            check_tensor("cum_scores", cum_scores, 3)
-            B, T1, C = cum_scores.shape
-            T = T1 - 1
-            base = cum_scores
+        base_name, base = ("scores", scores) if scores is not None else ("cum_scores", cum_scores)
+        check_tensor(base_name, base, 3)
+        B, T, C = base.shape
+        T -= 1 if cum_scores is not None else 0  # prefix sums have T+1 rows
         if B < 1 or T < 1 or C < 1:
-            raise ValueError(f"{'scores' if scores is not None else 'cum_scores'} needs B, T, C >= 1, got shape {tuple(base.shape)}")
+            raise ValueError(f"{base_name} needs B, T, C >= 1, got shape {tuple(base.shape)}")
         check_tensor("transition", transition, (2, 3))
         check_tensor("duration", duration, (2, 3))
         if duration.shape[-2] < 1:
@@ -89,22 +86,19 @@ class SegmentPotentials:
         K = duration.shape[-2]
         check_shape("transition", transition, (B, C, C)[3 - transition.dim():], "(C, C) or (B, C, C)")
         check_shape("duration", duration, (B, K, C)[3 - duration.dim():], "(K, C) or (B, K, C)")
-        for name, v in (("init", init), ("start", start), ("end", end)):
+        optional = (("init", init), ("start", start), ("end", end))
+        for name, v in optional:
             if v is not None:
                 check_tensor(name, v, (1, 2))
                 check_shape(name, v, (B, C)[2 - v.dim():], "(C,) or (B, C)")
-        device = check_same_device(
-            scores=scores, cum_scores=cum_scores, transition=transition, duration=duration,
-            init=init, start=start, end=end,
-        )
+        device = check_same_device(scores=scores, cum_scores=cum_scores, transition=transition, duration=duration,
+                                   init=init, start=start, end=end)
         if center not in (None, "mean"):
             raise ValueError(f"center must be None or 'mean', got {center!r}")
         if init is not None and start is not None:
             raise ValueError("give at most one of init and start (start replaces init ⊗ transition)")
         given_lengths = lengths is not None
         lengths = lengths_tensor("lengths", lengths, B, T, device)
-        base_name = "scores" if scores is not None else "cum_scores"
-        optional = (("init", init), ("start", start), ("end", end))
         host_lengths = given_lengths and lengths.device.type == "cpu" and device.type != "cpu"  # GPU potentials
 
         def value_checks():
@@ -172,10 +166,6 @@ class SegmentPotentials:
             cum = cum - t * mean.unsqueeze(1)
         return cum
 
-    def token_scores(self) -> torch.Tensor:
-        """(B, T, C) float64 per-token scores of the model (centred if requested)."""
-        return self.cum().diff(dim=1)
-
     def transition_b(self) -> torch.Tensor:
         return self._per_batch(self.transition, (self.C, self.C))
 
@@ -186,12 +176,6 @@ class SegmentPotentials:
         e = self._per_batch(self.end, (self.C,))
         return e if e is not None else torch.zeros(self.batch, self.C, dtype=self.dtype, device=self.device)
 
-    def init_b(self) -> torch.Tensor | None:
-        return self._per_batch(self.init, (self.C,))
-
-    def start_b(self) -> torch.Tensor | None:
-        return self._per_batch(self.start, (self.C,))
-
     def entry_potential(self, transition_b: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C', C) plain potential of entering the first segment with label c.
 
@@ -199,11 +183,10 @@ class SegmentPotentials:
         fixed initial label). Else init[c'] + transition[c', c]. This is
         exactly slot ``edge[:, 0, d, c, c']`` minus the segment's own score.
         """
-        start = self.start_b()
-        if start is not None:
+        if self.start is not None:
             pot = torch.full((self.batch, self.C, self.C), float("-inf"), dtype=self.dtype, device=self.device)
-            return torch.cat([start.unsqueeze(1), pot[:, 1:]], 1)
-        init = self.init_b()
+            return torch.cat([self._per_batch(self.start, (self.C,)).unsqueeze(1), pot[:, 1:]], 1)
+        init = self._per_batch(self.init, (self.C,))
         trans = self.transition_b() if transition_b is None else transition_b
         return trans if init is None else trans + init.unsqueeze(-1)
 
@@ -234,29 +217,22 @@ class SegmentPotentials:
         zero_k = torch.zeros(B, T, 1, C, C, dtype=self.dtype, device=self.device)
         return torch.cat([zero_k, edge], 2)
 
-    def detach(self) -> "SegmentPotentials":
-        """The same potentials cut from the autograd graph (already validated: no checks, no sync)."""
+    def map_tensors(self, fn) -> "SegmentPotentials":
+        """The same model with ``fn`` (keeping shape, dtype and device: clone, detach) applied to each of its
+        tensors, lengths included; already validated: no checks, no sync."""
         out = copy.copy(self)
-        for name in ("scores", "cum_scores", "transition", "duration", "init", "start", "end"):
+        for name in _TENSORS:
             v = getattr(self, name)
-            setattr(out, name, None if v is None else v.detach())
+            setattr(out, name, None if v is None else fn(v))
         return out
 
-    def map_tensors(self, fn) -> "SegmentPotentials":
-        """The same model with ``fn`` applied to each of its tensors (lengths included)."""
-        def f(x):
-            return None if x is None else fn(x)
-
-        return SegmentPotentials(
-            f(self.scores), cum_scores=f(self.cum_scores), transition=f(self.transition),
-            duration=f(self.duration), init=f(self.init), start=f(self.start), end=f(self.end),
-            lengths=f(self.lengths), center=self.center,
-        )
+    def detach(self) -> "SegmentPotentials":
+        """The same potentials cut from the autograd graph."""
+        return self.map_tensors(torch.Tensor.detach)
 
     def tensors(self) -> list:
         """The tensors given (scores or cum_scores, transition, duration, init, start, end, lengths)."""
-        xs = (self.scores, self.cum_scores, self.transition, self.duration, self.init, self.start, self.end, self.lengths)
-        return [x for x in xs if x is not None]
+        return [getattr(self, n) for n in _TENSORS if getattr(self, n) is not None]
 
     # -- structures ---------------------------------------------------------------
     def score(self, seg: Segmentation) -> torch.Tensor:
@@ -282,7 +258,7 @@ class SegmentPotentials:
         t = torch.arange(T, device=dev).view(1, 1, T)
         valid = t < L
 
-        tok = self.token_scores().unsqueeze(0).expand(R, B, T, C)
+        tok = self.cum().diff(dim=1).unsqueeze(0).expand(R, B, T, C)  # float64 per-token scores (centred if asked)
         total = torch.where(valid, tok.gather(-1, labels.unsqueeze(-1)).squeeze(-1), tok.new_zeros(())).sum(-1)
 
         # duration of the segment starting at t: next start (or L) - t

@@ -55,27 +55,10 @@ from torch.utils.checkpoint import checkpoint
 NEG_INF = float("-inf")
 
 __all__ = [
-    "Semiring",
-    "LogSemiring",
-    "MaxSemiring",
-    "EntropySemiring",
-    "KMaxSemiring",
-    "CrossEntropySemiring",
-    "KLDivergenceSemiring",
-    "SampledSemiring",
-    "MultiSampledSemiring",
-    "StdSemiring",
-    "SparseMaxSemiring",
-    "TempMax",
-    "GumbelMaxSemiring",
-    "GumbelCRFSemiring",
-    "CheckpointSemiring",
-    "CheckpointShardSemiring",
-    "FastLogSemiring",
-    "FastMaxSemiring",
-    "FastSampleSemiring",
-    "logsumexp",
-    "softmax_weights",
+    "Semiring", "LogSemiring", "MaxSemiring", "EntropySemiring", "KMaxSemiring", "CrossEntropySemiring",
+    "KLDivergenceSemiring", "SampledSemiring", "MultiSampledSemiring", "StdSemiring", "SparseMaxSemiring",
+    "TempMax", "GumbelMaxSemiring", "GumbelCRFSemiring", "CheckpointSemiring", "CheckpointShardSemiring",
+    "FastLogSemiring", "FastMaxSemiring", "FastSampleSemiring", "logsumexp", "softmax_weights",
 ]
 
 
@@ -126,10 +109,6 @@ def logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return _SafeLogSumExp.apply(x, dim % x.dim())
     return torch.logsumexp(x, dim)
-
-
-def _move_to_last(x: torch.Tensor, dim: int) -> torch.Tensor:
-    return x.movedim(dim, -1)
 
 
 class Semiring:
@@ -371,7 +350,7 @@ class KMaxSemiring(Semiring):
     def _top(self, x, dim):
         """(values, flat indices) of the k best over (channel, dim), channel-first."""
         k = self.k
-        x = _move_to_last(x, dim % x.dim())  # (k, ..., n)
+        x = x.movedim(dim % x.dim(), -1)  # (k, ..., n)
         x = x.movedim(0, -1)  # (..., n, k): flat index = i * k + channel
         x = x.reshape(*x.shape[:-2], -1)
         if x.shape[-1] < k:
@@ -421,7 +400,24 @@ def _gather_at_argmax(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return _finite_or_zero(x.detach().flatten(1).gather(1, idx).squeeze(1))
 
 
-class _EntropySemiring(Semiring):
+class _StatisticSemiring(Semiring):
+    """Base of the semirings whose value is P log-weights (one per distribution) then a statistic;
+    potentials are (P, ...), P = ``n_potentials``."""
+
+    def unconvert(self, v):
+        return v[self.n_potentials]
+
+    def mul_potential(self, x, w):
+        head = x[: self.n_potentials] + w
+        return torch.cat([head, x[self.n_potentials:].expand(-1, *head.shape[1:])], 0)
+
+    def shift(self, x):
+        P = self.n_potentials
+        logs = [_finite_or_zero(x[i].detach().flatten(1).amax(1)) for i in range(P)]
+        return torch.stack(logs + [_gather_at_argmax(x[P], x[0])], 0)
+
+
+class _EntropySemiring(_StatisticSemiring):
     """(log-weight, entropy) pairs; equals torch-struct's EntropySemiring."""
 
     name = "entropy"
@@ -429,48 +425,25 @@ class _EntropySemiring(Semiring):
     _zero = (NEG_INF, 0.0)
     _one = (0.0, 0.0)
 
-    def unconvert(self, v):
-        return v[1]
-
-    def mul_potential(self, x, w):
-        head = x[:1] + w
-        return torch.cat([head, x[1:].expand(-1, *head.shape[1:])], 0)
-
     def sum(self, x, dim=-1):
-        if dim < 0:
-            dim = x.dim() + dim
-        d = dim - 1
+        d = dim % x.dim() - 1
         part, log_p, p = _normalised(x[0], d)
         h = (p * (x[1] - log_p)).sum(d)
         return torch.stack([part, h], 0)
 
-    def shift(self, x):
-        m0 = _finite_or_zero(x[0].detach().flatten(1).amax(1))
-        m1 = _gather_at_argmax(x[1], x[0])
-        return torch.stack([m0, m1], 0)
 
-
-class _TwoDistributionSemiring(Semiring):
+class _TwoDistributionSemiring(_StatisticSemiring):
     """Base of (log p, log q, statistic) semirings; potentials are (2, ...)."""
 
     n_potentials = 2
     _zero = (NEG_INF, NEG_INF, 0.0)
     _one = (0.0, 0.0, 0.0)
 
-    def unconvert(self, v):
-        return v[2]
-
-    def mul_potential(self, x, w):
-        head = x[:2] + w
-        return torch.cat([head, x[2:].expand(-1, *head.shape[1:])], 0)
-
     def _stat(self, x2, log_p, p, log_q):  # pragma: no cover
         raise NotImplementedError
 
     def sum(self, x, dim=-1):
-        if dim < 0:
-            dim = x.dim() + dim
-        d = dim - 1
+        d = dim % x.dim() - 1
         part_p, log_p, p = _normalised(x[0], d)
         part_q = logsumexp(x[1], d)
         log_q = x[1] - _finite_or_zero(part_q).unsqueeze(d)
@@ -481,12 +454,6 @@ class _TwoDistributionSemiring(Semiring):
         x2 = torch.where(p > 0, x[2], zero)
         stat = self._stat(x2, log_p, p, log_q).sum(d)
         return torch.stack([part_p, part_q, stat], 0)
-
-    def shift(self, x):
-        m0 = _finite_or_zero(x[0].detach().flatten(1).amax(1))
-        m1 = _finite_or_zero(x[1].detach().flatten(1).amax(1))
-        m2 = _gather_at_argmax(x[2], x[0])
-        return torch.stack([m0, m1, m2], 0)
 
 
 class _CrossEntropySemiring(_TwoDistributionSemiring):
@@ -565,20 +532,13 @@ class _SampledSemiring(_LogSemiring):
 MULTI_SAMPLES = 16
 
 
-class _MultiSampleLSE(torch.autograd.Function):
+class _MultiSampleLSE(_SampleLSE):
     """logsumexp forward; backward draws ``MULTI_SAMPLES`` children per parent, one per bit.
 
     The adjoint is an integer bit mask: bit i+1 set means sample i passes
     through this cell; bit 0 (the adjoint 1 that starts the backward) means
     every sample does. torch-struct's MultiSampledSemiring uses this encoding.
     """
-
-    @staticmethod
-    def forward(ctx, x, dim):
-        out = logsumexp(x, dim)
-        ctx.save_for_backward(x, out)
-        ctx.dim = dim
-        return out
 
     @staticmethod
     def backward(ctx, g):

@@ -63,11 +63,6 @@ def _recordable(pots):
     return pots.map_tensors(torch.Tensor.clone) if any(t.is_inference() for t in pots.tensors()) else pots
 
 
-def _wants_graph(pots) -> bool:
-    """Differentiable marginals: grad mode on and some potential requires grad."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in pots.tensors())
-
-
 class SemiMarkov:
     """Semi-Markov struct over a semiring (torch-struct's ``SemiMarkov``).
 
@@ -125,8 +120,10 @@ class SemiMarkov:
         """
         sr = self.semiring
         pots = as_potentials(log_potentials, lengths)
-        # argmax indicators (max) are piecewise constant: no graph for them
-        create_graph = not _raw and not sr.indicator_gradient and _wants_graph(pots)
+        # differentiable marginals: grad mode on and some potential requires grad; argmax indicators (max)
+        # are piecewise constant: no graph for them
+        create_graph = (not _raw and not sr.indicator_gradient and torch.is_grad_enabled()
+                        and any(t.requires_grad for t in pots.tensors()))
         if create_graph and self.backend == "triton":
             raise NotImplementedError(
                 "differentiable marginals (potentials that require grad, grad mode on) need backend='torch' "

@@ -60,39 +60,19 @@ except ImportError:  # pragma: no cover - exercised by tests that hide torch_str
 version = "0.5"  # the torch-struct API this module mirrors
 EXTRA = "torch-struct"  # pyproject extra that installs the real package
 
-Semiring = _sr.Semiring
-LogSemiring = _sr.LogSemiring
-MaxSemiring = _sr.MaxSemiring
-EntropySemiring = _sr.EntropySemiring
-CrossEntropySemiring = _sr.CrossEntropySemiring
-KLDivergenceSemiring = _sr.KLDivergenceSemiring
-SampledSemiring = _sr.SampledSemiring
-MultiSampledSemiring = _sr.MultiSampledSemiring
-StdSemiring = _sr.StdSemiring
-SparseMaxSemiring = _sr.SparseMaxSemiring
-KMaxSemiring = _sr.KMaxSemiring  # KMaxSemiring(k): a semiring, as torch-struct's factory returns
-TempMax = _sr.TempMax
-GumbelMaxSemiring = _sr.GumbelMaxSemiring
-GumbelCRFSemiring = _sr.GumbelCRFSemiring
-CheckpointSemiring = _sr.CheckpointSemiring
-CheckpointShardSemiring = _sr.CheckpointShardSemiring
-FastLogSemiring = _sr.FastLogSemiring
-FastMaxSemiring = _sr.FastMaxSemiring
-FastSampleSemiring = _sr.FastSampleSemiring
+from .semirings import (  # noqa: F401 (ours, under torch-struct's names; KMaxSemiring(k) builds a semiring)
+    CheckpointSemiring, CheckpointShardSemiring, CrossEntropySemiring, EntropySemiring, FastLogSemiring,
+    FastMaxSemiring, FastSampleSemiring, GumbelCRFSemiring, GumbelMaxSemiring, KLDivergenceSemiring, KMaxSemiring,
+    LogSemiring, MaxSemiring, MultiSampledSemiring, SampledSemiring, Semiring, SparseMaxSemiring, StdSemiring,
+    TempMax,
+)
 
-_BY_NAME = {
-    "LogSemiring": LogSemiring,
-    "MaxSemiring": MaxSemiring,
-    "EntropySemiring": EntropySemiring,
-    "CrossEntropySemiring": CrossEntropySemiring,
-    "KLDivergenceSemiring": KLDivergenceSemiring,
-    "SampledSemiring": SampledSemiring,
-    "MultiSampledSemiring": MultiSampledSemiring,
-    "SparseMaxSemiring": SparseMaxSemiring,
-    "FastLogSemiring": FastLogSemiring,
-    "FastMaxSemiring": FastMaxSemiring,
-    "FastSampleSemiring": FastSampleSemiring,
-}
+#: torch-struct's semiring classes that stand for one of our instances, by name
+_BY_NAME = {name: getattr(_sr, name) for name in (
+    "LogSemiring", "MaxSemiring", "EntropySemiring", "CrossEntropySemiring", "KLDivergenceSemiring",
+    "SampledSemiring", "MultiSampledSemiring", "SparseMaxSemiring", "FastLogSemiring", "FastMaxSemiring",
+    "FastSampleSemiring",
+)}
 
 #: torch-struct 0.5's public names that are not ours: taken from the installed package
 REEXPORTED = (
@@ -210,14 +190,8 @@ def _missing(name: str) -> str:
     )
 
 
-_OURS = [
-    "SemiMarkovCRF", "SemiMarkov", "StructDistribution", "Semiring", "LogSemiring", "MaxSemiring",
-    "EntropySemiring", "KMaxSemiring", "CrossEntropySemiring", "KLDivergenceSemiring", "SampledSemiring",
-    "MultiSampledSemiring", "StdSemiring", "SparseMaxSemiring", "TempMax", "GumbelMaxSemiring",
-    "GumbelCRFSemiring", "CheckpointSemiring",
-    "CheckpointShardSemiring", "FastLogSemiring", "FastMaxSemiring", "FastSampleSemiring", "SegmentPotentials",
-    "NotProvidedError", "version",
-]
+_OURS = ["SemiMarkovCRF", "SemiMarkov", "StructDistribution", "SegmentPotentials", "NotProvidedError", "version",
+         *(n for n in _sr.__all__ if n[0].isupper())]  # every semiring (not the logsumexp helpers)
 __all__ = _OURS + ([n for n in REEXPORTED if hasattr(_ts, n)] if _ts is not None else [])
 
 

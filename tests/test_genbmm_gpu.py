@@ -3,19 +3,13 @@ than the interpreter affords vs the float64 broadcasts, gradients, bitwise deter
 and peak memory O(B·n·m) where the broadcast needs O(B·n·k·m).
 """
 
-import os
-
 import pytest
 import torch
 
+from conftest import require_gpu_kernels
+
 pytestmark = [pytest.mark.gpu]
-
-if not torch.cuda.is_available():
-    pytest.skip("needs CUDA", allow_module_level=True)
-if os.environ.get("TRITON_INTERPRET") == "1":
-    pytest.skip("TRITON_INTERPRET=1 set", allow_module_level=True)
-
-pytest.importorskip("triton")
+require_gpu_kernels()
 
 from genbmm_checks import (  # noqa: E402
     OPS,

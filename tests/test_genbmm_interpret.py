@@ -1,24 +1,15 @@
 """genbmm's Triton kernels on CPU through TRITON_INTERPRET=1 (tiny sizes), against the
 float64 broadcasts and the PyTorch path. Checks shared with test_genbmm.py (genbmm_checks).
 
-TRITON_INTERPRET=1 must be set before triton is first imported (see
-test_triton_interpret.py); tests/conftest.py sets it on machines without CUDA.
+TRITON_INTERPRET=1 must be set before triton is first imported (see ``conftest.require_interpreter``).
 """
-
-import os
-import sys
 
 import pytest
 import torch
 
-_TRITON_ALREADY_IMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-if _TRITON_ALREADY_IMPORTED:
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set: export it (or set it in "
-                "tests/conftest.py) to run the interpreter tests", allow_module_level=True)
+from conftest import interpreter_marks, require_interpreter
 
-pytest.importorskip("triton")
+require_interpreter()
 bmm = pytest.importorskip("semiring_flash.ops.triton.bmm")
 
 from genbmm_checks import (  # noqa: E402
@@ -32,13 +23,7 @@ from genbmm_checks import (  # noqa: E402
 )
 from semiring_flash import genbmm  # noqa: E402
 
-pytestmark = [
-    pytest.mark.triton_interpret,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
-    pytest.mark.skipif(type(bmm._reduce_k_kernel).__name__ != "InterpretedFunction",
-                       reason="kernels compiled for a GPU (TRITON_INTERPRET unset at import)"),
-]
+pytestmark = interpreter_marks(bmm._reduce_k_kernel)
 
 
 def _set_tiles(monkeypatch, which):

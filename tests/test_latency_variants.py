@@ -12,13 +12,9 @@ import sys
 import pytest
 import torch
 
-_TRITON_ALREADY_IMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-if _TRITON_ALREADY_IMPORTED:
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
+from conftest import interpreter_marks, require_interpreter
 
-triton = pytest.importorskip("triton")
+triton = require_interpreter()
 
 import semiring_flash as sf  # noqa: E402
 from semiring_flash.ops.dispatch import entry_value  # noqa: E402
@@ -28,13 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.latency import fwd_variants as fv  # noqa: E402
 from benchmarks.latency.ptx_proxy import loop_body  # noqa: E402
 
-_INTERPRETED = type(fv.regring_kernel).__name__ == "InterpretedFunction"
-pytestmark = [
-    pytest.mark.triton_interpret,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
-    pytest.mark.skipif(not _INTERPRETED, reason="kernels compiled for a GPU (TRITON_INTERPRET unset at import)"),
-]
+pytestmark = interpreter_marks(fv.regring_kernel)
 
 NEG = float("-inf")
 

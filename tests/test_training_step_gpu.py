@@ -5,18 +5,13 @@ The step: a Linear layer's output as per-token scores, SegmentPotentials, partit
 backward, an optimizer step.
 """
 
-import os
-
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu]
+from conftest import require_gpu_kernels
 
-if not torch.cuda.is_available():
-    pytest.skip("needs CUDA", allow_module_level=True)
-if os.environ.get("TRITON_INTERPRET") == "1":
-    pytest.skip("TRITON_INTERPRET=1 set", allow_module_level=True)
-pytest.importorskip("triton")
+pytestmark = [pytest.mark.gpu]
+require_gpu_kernels()
 
 import semiring_flash as sf  # noqa: E402
 

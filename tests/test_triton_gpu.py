@@ -7,21 +7,13 @@ differentiated by autograd), bitwise determinism, Viterbi at T = 10^6,
 torch-struct parity on materialized edges.
 """
 
-import os
-
 import pytest
 import torch
 
+from conftest import require_gpu_kernels
+
 pytestmark = [pytest.mark.gpu]
-
-# Skip before importing triton: the interpreter (tests/test_triton_interpret.py) only
-# works when TRITON_INTERPRET=1 is set before triton is first imported.
-if not torch.cuda.is_available():
-    pytest.skip("needs CUDA", allow_module_level=True)
-if os.environ.get("TRITON_INTERPRET") == "1":
-    pytest.skip("TRITON_INTERPRET=1 set", allow_module_level=True)
-
-triton = pytest.importorskip("triton")
+triton = require_gpu_kernels()  # before triton is imported (see conftest.require_interpreter)
 
 import semiring_flash as sf  # noqa: E402
 from semiring_flash.ops.dispatch import entry_value  # noqa: E402

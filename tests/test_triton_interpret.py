@@ -2,30 +2,16 @@
 
 Every semiring x input kind (factored / materialized edges) x mixed lengths x
 -inf structural zeros, forward and backward, with checkpoints small enough to
-force several blocks.
-
-TRITON_INTERPRET=1 must be in the environment before *triton itself* is first
-imported (setting it later gives "Cannot call @triton.jit'd outside of the
-scope of a kernel" from nested jit functions). Export it, or set it in
-tests/conftest.py; failing that this module sets it at collection time, which
-works when no earlier test module imported triton, and otherwise skips with
-that reason.
+force several blocks. TRITON_INTERPRET=1 must be set before triton is first
+imported (see ``conftest.require_interpreter``).
 """
-
-import os
-import sys
 
 import pytest
 import torch
 
-_TRITON_ALREADY_IMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-if _TRITON_ALREADY_IMPORTED:
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set: export it (or set it in "
-                "tests/conftest.py) to run the interpreter tests", allow_module_level=True)
+from conftest import interpreter_marks, require_interpreter
 
-triton = pytest.importorskip("triton")
+triton = require_interpreter()
 
 import semiring_flash as sf  # noqa: E402
 from semiring_flash.ops.dispatch import entry_value  # noqa: E402
@@ -34,13 +20,7 @@ from semiring_flash.ops.dense import dense_edges, dense_factored  # noqa: E402
 kernels = pytest.importorskip("semiring_flash.ops.triton")
 from semiring_flash.ops.triton.kernels import scan_fwd_kernel  # noqa: E402
 
-_INTERPRETED = type(scan_fwd_kernel).__name__ == "InterpretedFunction"
-pytestmark = [
-    pytest.mark.triton_interpret,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
-    pytest.mark.skipif(not _INTERPRETED, reason="kernels compiled for a GPU (TRITON_INTERPRET unset at import)"),
-]
+pytestmark = interpreter_marks(scan_fwd_kernel)
 
 NEG = float("-inf")
 SEMIRINGS = [sf.LogSemiring, sf.MaxSemiring, sf.EntropySemiring, sf.KMaxSemiring(3)]

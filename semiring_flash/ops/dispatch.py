@@ -10,6 +10,7 @@ dedicated decoder exists. This is the only module that imports the engines
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from dataclasses import dataclass, replace
 
@@ -24,15 +25,16 @@ BACKENDS = ("auto", "torch", "triton")
 
 
 @functools.cache  # looked up once: the import machinery costs host time on every call
-def _triton_module():
-    """(kernels module, None), or (None, the error) when Triton is unusable."""
+def optional_module(name: str):
+    """(module, None), or (None, the error) when it does not import (no Triton, or Triton failing to start)."""
     try:
-        from . import triton as kernels  # noqa: WPS433 (optional dependency)
+        return importlib.import_module(name), None
     except Exception as err:  # ImportError, or triton failing to initialise
         return None, err
-    if not hasattr(kernels, "factored_scan_triton"):
-        return None, ImportError("semiring_flash.ops.triton has no kernels")
-    return kernels, None
+
+
+def _triton_module():
+    return optional_module("semiring_flash.ops.triton")
 
 
 def check_backend(backend: str) -> str:
@@ -41,27 +43,33 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def resolve_backend(backend: str, device: torch.device, semiring: Semiring, extras: bool = False) -> str:
-    """'torch' or 'triton' for this call.
+def choose_backend(backend: str, device: torch.device, kernels, supported: bool = True, unsupported: str = "") -> str:
+    """'torch' or 'triton' for this call; ``kernels()`` gives (Triton module, None) or (None, its import error).
 
-    'auto' takes Triton for CUDA tensors when it imports and supports the
-    semiring (and no torch-only extra such as per-segment biases is asked
-    for); 'triton' insists, and runs on CPU tensors under TRITON_INTERPRET=1.
+    'auto' takes Triton for CUDA tensors when it imports and is ``supported``;
+    'triton' insists, and runs on CPU tensors under TRITON_INTERPRET=1.
     """
     check_backend(backend)
     if backend == "torch" or (backend == "auto" and device.type != "cuda"):
         return "torch"  # auto on CPU never imports Triton
-    kernels, err = _triton_module()
-    supported = semiring.triton_id is not None and semiring.n_potentials == 1 and not extras
+    module, err = kernels()
     if backend == "auto":
-        return "triton" if (kernels is not None and supported) else "torch"
-    if kernels is None:
+        return "triton" if (module is not None and supported) else "torch"
+    if module is None:
         raise NotImplementedError(f"backend='triton' is unavailable: {err}")
     if not supported:
-        raise NotImplementedError(f"backend='triton' does not support {semiring!r} with these options; use backend='torch'")
+        raise NotImplementedError(unsupported)
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
     return "triton"
+
+
+def resolve_backend(backend: str, device: torch.device, semiring: Semiring, extras: bool = False) -> str:
+    """:func:`choose_backend` for the scans: Triton supports the semirings with a kernel (``triton_id``),
+    one distribution, and no torch-only extra (per-segment biases, checkpoints, double backward)."""
+    supported = semiring.triton_id is not None and semiring.n_potentials == 1 and not extras
+    return choose_backend(backend, device, _triton_module, supported,
+                          f"backend='triton' does not support {semiring!r} with these options; use backend='torch'")
 
 
 # -- engine inputs -------------------------------------------------------------------------------
@@ -100,15 +108,6 @@ class FactoredInputs:
         tau0 = entry_value(semiring, self.entry, self.transition.dtype)
         return self.cum, self.transition, self.duration, tau0, self.end, self.lengths
 
-    def run(self, semiring, which, seg_bias=None, checkpoint_every=None, create_graph=False):
-        args = self.engine_args(semiring)
-        if which == "triton":
-            return _triton_module()[0].factored_scan_triton(semiring, *args, start_bias=self.start_bias)
-        if seg_bias is None and checkpoint_every is None and linear_chain.supports(semiring, self.duration):
-            return linear_chain.linear_chain_scan(semiring, *args, start_bias=self.start_bias)  # K = 1: a linear chain
-        return streaming.factored_scan(semiring, *args, start_bias=self.start_bias, seg_bias=seg_bias,
-                                       checkpoint_every=checkpoint_every, create_graph=create_graph)
-
 
 @dataclass
 class EdgeInputs:
@@ -126,14 +125,6 @@ class EdgeInputs:
 
     def indicator(self) -> torch.Tensor:
         return self.edges
-
-    def run(self, semiring, which, seg_bias=None, checkpoint_every=None, create_graph=False):
-        if seg_bias is not None:
-            raise ValueError("per-segment biases need factored potentials")
-        if which == "triton":
-            return _triton_module()[0].edge_scan_triton(semiring, self.edges, self.lengths)
-        return streaming.edge_scan(semiring, self.edges, self.lengths, checkpoint_every=checkpoint_every,
-                                   create_graph=create_graph)
 
 
 def _prepared(x, repeat=1, leaf=False, keep_graph=False):
@@ -204,7 +195,26 @@ def value(
     """
     extras = seg_bias is not None or checkpoint_every is not None or create_graph
     which = resolve_backend(backend, inputs.device, semiring, extras=extras)
-    return inputs.run(semiring, which, seg_bias=seg_bias, checkpoint_every=checkpoint_every, create_graph=create_graph)
+    return _run(semiring, inputs, which, seg_bias, checkpoint_every, create_graph)
+
+
+def _run(semiring, inp, which, seg_bias=None, checkpoint_every=None, create_graph=False) -> torch.Tensor:
+    """The engine ``which`` names on these inputs: Triton, the linear chain (K = 1), or the streaming scan."""
+    triton = _triton_module()[0] if which == "triton" else None
+    if isinstance(inp, EdgeInputs):
+        if seg_bias is not None:
+            raise ValueError("per-segment biases need factored potentials")
+        if triton is not None:
+            return triton.edge_scan_triton(semiring, inp.edges, inp.lengths)
+        return streaming.edge_scan(semiring, inp.edges, inp.lengths, checkpoint_every=checkpoint_every,
+                                   create_graph=create_graph)
+    args, sb = inp.engine_args(semiring), inp.start_bias
+    if triton is not None:
+        return triton.factored_scan_triton(semiring, *args, start_bias=sb)
+    if seg_bias is None and checkpoint_every is None and linear_chain.supports(semiring, inp.duration):
+        return linear_chain.linear_chain_scan(semiring, *args, start_bias=sb)  # K = 1: a linear chain
+    return streaming.factored_scan(semiring, *args, start_bias=sb, seg_bias=seg_bias,
+                                   checkpoint_every=checkpoint_every, create_graph=create_graph)
 
 
 def potentials_value(semiring: Semiring, pots: list, backend: str = "auto") -> torch.Tensor:
@@ -213,13 +223,13 @@ def potentials_value(semiring: Semiring, pots: list, backend: str = "auto") -> t
     single autograd node over the user's tensors (ops/triton/segment_scan.py: a small batch
     costs its host-side glue, not its kernels)."""
     first = pots[0]
-    if len(pots) == 1 and not isinstance(first, EdgePotentials) \
-            and resolve_backend(backend, first.device, semiring) == "triton":
+    which = resolve_backend(backend, first.device, semiring)
+    if which == "triton" and len(pots) == 1 and not isinstance(first, EdgePotentials):
         from .triton import segment_scan  # the kernels are importable: resolve_backend said so
 
         if segment_scan.supports(semiring, first):
             return segment_scan.segment_scan_triton(semiring, first)
-    return value(semiring, inputs(pots), backend)
+    return _run(semiring, inputs(pots), which)
 
 
 def viterbi(pots, backend: str = "auto"):

@@ -37,24 +37,10 @@ from typing import Iterable, Sequence
 import torch
 
 __all__ = [
-    "PathList",
-    "MAX_PATHS",
-    "count_edge_paths",
-    "count_factored_paths",
-    "enumerate_edge_paths",
-    "enumerate_factored_paths",
-    "oracle_logZ",
-    "oracle_max",
-    "oracle_argmax",
-    "oracle_kmax",
-    "oracle_topk",
-    "oracle_entropy",
-    "oracle_cross_entropy",
-    "oracle_kl",
-    "edge_indicator",
-    "oracle_part_marginals",
-    "oracle_edge_marginals",
-    "oracle_factored_marginals",
+    "PathList", "MAX_PATHS", "count_edge_paths", "count_factored_paths", "enumerate_edge_paths",
+    "enumerate_factored_paths", "oracle_logZ", "oracle_max", "oracle_argmax", "oracle_kmax", "oracle_topk",
+    "oracle_entropy", "oracle_cross_entropy", "oracle_kl", "edge_indicator", "oracle_part_marginals",
+    "oracle_edge_marginals", "oracle_factored_marginals",
 ]
 
 #: Enumeration refuses (AssertionError) beyond this many paths.
@@ -223,38 +209,29 @@ def enumerate_factored_paths(
     o_tr = T * C
     o_du = o_tr + C * C
     off = o_du + K * C
-    o_init = o_start = o_end = None
+    o = {}  # offset of init / start / end in ``flat``, for those given
     for name, v in (("init", init), ("start", start), ("end", end)):
         if v is not None:
-            if name == "init":
-                o_init = off
-            elif name == "start":
-                o_start = off
-            else:
-                o_end = off
+            o[name] = off
             pieces.append(v)
             off += C
     flat = torch.cat(pieces)
 
     all_parts, rows = [], []
-    free_init = start is None
     for segs in _segmentations(L, K):
-        for parts in _labelled(segs, C, free_init):
+        for parts in _labelled(segs, C, start is None):
             r = []
             for i, (s, d, c, cp) in enumerate(parts):
                 r.extend(t * C + c for t in range(s, s + d))  # segment sum, token by token
                 r.append(o_du + (d - 1) * C + c)
-                if i == 0:
-                    if start is not None:
-                        r.append(o_start + c)
-                    else:
-                        r.append(o_tr + cp * C + c)
-                        if o_init is not None:
-                            r.append(o_init + cp)
+                if i == 0 and start is not None:
+                    r.append(o["start"] + c)
                 else:
                     r.append(o_tr + cp * C + c)
-            if o_end is not None:
-                r.append(o_end + parts[-1][2])
+                    if i == 0 and init is not None:
+                        r.append(o["init"] + cp)
+            if end is not None:
+                r.append(o["end"] + parts[-1][2])
             all_parts.append(parts)
             rows.append(r)
     return PathList(all_parts, _gather_scores(flat, rows))

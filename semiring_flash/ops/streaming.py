@@ -52,48 +52,36 @@ def default_checkpoint_every(T: int, K: int) -> int:
 
 def _pad_window(x: torch.Tensor, dim: int, lo: int, hi: int, fill: float) -> torch.Tensor:
     """x[lo:hi] along dim, padding with ``fill`` where lo < 0 or hi > size."""
-    size = x.shape[dim]
-    a, b = max(lo, 0), min(hi, size)
+    a, b = max(lo, 0), min(hi, x.shape[dim])
     core = x.narrow(dim, a, max(b - a, 0))
-    parts = []
-    if a - lo > 0:
-        shape = list(x.shape)
-        shape[dim] = a - lo
-        parts.append(x.new_full(shape, fill))
-    parts.append(core)
-    if hi - b > 0:
-        shape = list(x.shape)
-        shape[dim] = hi - b
-        parts.append(x.new_full(shape, fill))
-    return torch.cat(parts, dim) if len(parts) > 1 else core
+    if a == lo and b == hi:
+        return core
+
+    def pad(n):
+        return x.new_full((*x.shape[:dim], n, *x.shape[dim + 1:]), fill)
+
+    return torch.cat([pad(a - lo), core, pad(hi - b)], dim)
 
 
 class _Recurrence:
     """What one block of steps (t0, t1] reads, and how it runs.
 
     ``inputs`` are the differentiable tensors handed to the autograd Function.
-    ``window(i, t0, t1)`` gives the [lo, hi) time range of input i a block
-    reads (None: the whole tensor); blocks get those slices, clipped to the
-    tensor, and pad them themselves, so backward can make the slices leaves.
+    Subclasses define ``window(i, t0, t1)``, the [lo, hi) time range of input i
+    a block reads (None: the whole tensor; blocks get those slices, clipped to
+    the tensor, and pad them themselves, so backward can make the slices
+    leaves), ``prologue(views)``, the ring at t = 0, and ``steps``, the block.
     """
 
     time_dims: tuple  # per input: the dim indexing time, or None
 
-    def __init__(self, semiring: Semiring, lengths: torch.Tensor, K: int, C: int, B: int, dtype):
+    def __init__(self, semiring: Semiring, lengths: torch.Tensor, K: int, C: int, B: int, dtype, shapes: list):
         self.sr = semiring
         self.lengths = lengths
         self.K, self.C, self.B, self.dtype = K, C, B, dtype
+        self.inputs_shapes = shapes
         self.t_max = int(lengths.max())
         self.record_set = set(int(v) for v in lengths.tolist())
-
-    def window(self, i, t0, t1):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def prologue(self, inputs) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
-
-    def steps(self, ring, views, t0, t1, records):  # pragma: no cover
-        raise NotImplementedError
 
     def clip(self, i, t0, t1):
         w = self.window(i, t0, t1)
@@ -121,9 +109,8 @@ class _FactoredRecurrence(_Recurrence):
     # inputs: cum (P,B,T+1,C) f64, trans (P,B,C,C), dur (P,B,K,C), tau0 (S,B,C), end (P,B,C),
     #         [start_bias (P,B,T,C)], [seg_bias (P,B,T,K,C)]
     def __init__(self, semiring, lengths, K, C, B, dtype, has_start_bias, has_seg_bias, shapes):
-        super().__init__(semiring, lengths, K, C, B, dtype)
+        super().__init__(semiring, lengths, K, C, B, dtype, shapes)
         self.has_start_bias, self.has_seg_bias = has_start_bias, has_seg_bias
-        self.inputs_shapes = shapes
         self.T = shapes[0][2] - 1
         self.time_dims = (2, None, None, None, None) + ((2,) if has_start_bias else ()) + ((2,) if has_seg_bias else ())
 
@@ -259,10 +246,7 @@ class _FactoredRecurrence(_Recurrence):
 
 class _EdgeRecurrence(_Recurrence):
     # inputs: edges (P, B, T, K+1, C, C)
-    def __init__(self, semiring, lengths, K, C, B, dtype, shapes):
-        super().__init__(semiring, lengths, K, C, B, dtype)
-        self.inputs_shapes = shapes
-        self.time_dims = (2,)
+    time_dims = (2,)
 
     def window(self, i, t0, t1):
         return (t0 + 1 - self.K, t1)
@@ -321,7 +305,7 @@ def _scan_forward(rec: _Recurrence, every: int, inputs) -> tuple:
             step_norm[t0 + 1 + i] = running
         for t, v in records.items():
             # the record at step t is taken before that step's shift
-            base = step_norm.get(t - 1, norm) if t - 1 >= t0 + 1 else norm
+            base = step_norm.get(t - 1, norm)
             sel = (rec.lengths == t).view(1, B)
             value = torch.where(sel, v.double() + base, value)
         norm = running
@@ -380,11 +364,9 @@ class _StreamingScan(torch.autograd.Function):
                         outs.append(ring_in)
                         gouts.append(g_ring.to(ring_in.dtype))
                     outs_needing = [(o, g) for o, g in zip(outs, gouts) if o.requires_grad]
-                    gs = torch.autograd.grad(
-                        [o for o, _ in outs_needing], [x for x in wrt if x is not ring_in],
-                        [g for _, g in outs_needing], allow_unused=True,
-                    ) if outs_needing and [x for x in wrt if x is not ring_in] else []
-                    gs = list(gs)
+                    params = [x for x in wrt if x is not ring_in]
+                    gs = list(torch.autograd.grad([o for o, _ in outs_needing], params, [g for _, g in outs_needing],
+                                                  allow_unused=True)) if outs_needing and params else []
                     if ck is not None:
                         gs.append(g_ring)
                 else:
@@ -404,11 +386,7 @@ class _StreamingScan(torch.autograd.Function):
                 adj_ring = gs.pop()
                 if adj_ring is None:
                     adj_ring = torch.zeros_like(ring_in)
-            it = iter(gs)
-            for i, n in enumerate(need):
-                if not n:
-                    continue
-                g = next(it)
+            for i, g in zip([i for i, n in enumerate(need) if n], gs):
                 if g is None:
                     continue
                 c = rec.clip(i, t0, t1)
@@ -452,15 +430,11 @@ def factored_scan(
     ``create_graph``: no checkpointed autograd Function; autograd records the
     steps, so gradients of the value can be differentiated again (O(T·K·C) memory).
     """
-    cum, transition, duration, end = (_with_p(semiring, x) for x in (cum, transition, duration, end))
-    start_bias, seg_bias = _with_p(semiring, start_bias), _with_p(semiring, seg_bias)
+    cum, transition, duration, end, start_bias, seg_bias = (
+        _with_p(semiring, x) for x in (cum, transition, duration, end, start_bias, seg_bias))
     P, B, T1, C = cum.shape
     K = duration.shape[-2]
-    inputs = [cum, transition, duration, tau0, end]
-    if start_bias is not None:
-        inputs.append(start_bias)
-    if seg_bias is not None:
-        inputs.append(seg_bias)
+    inputs = [x for x in (cum, transition, duration, tau0, end, start_bias, seg_bias) if x is not None]
     rec = _FactoredRecurrence(
         semiring, lengths, K, C, B, tau0.dtype, start_bias is not None, seg_bias is not None,
         [x.shape for x in inputs],
