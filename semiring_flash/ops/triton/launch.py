@@ -138,12 +138,17 @@ def _cached_meta(*key):
     return _Meta(*key[:-3])  # the tuning globals end the key
 
 
+def tuning() -> tuple:
+    """The tuning globals a cached launch plan depends on (part of every cache key)."""
+    return NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD
+
+
 def _meta(*args) -> _Meta:
     """_Meta per call shape, cached (small calls are host-bound); the tuning globals are part of the key.
     torch.compile traces the plain constructor (it warns about lru_cache wrappers)."""
     if torch.compiler.is_compiling():
         return _Meta(*args)
-    return _cached_meta(*args, NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD)
+    return _cached_meta(*args, *tuning())
 
 
 class Operands(NamedTuple):
@@ -211,8 +216,9 @@ def _aligned(*tensors) -> tuple:
     return tuple(x is not None and x.data_ptr() & 15 == 0 for x in tensors)
 
 
-def _launch(kernel, m: _Meta, variant: tuple, kw: dict, num_warps: Optional[int] = None):
-    """``kernel[(B,)](**kw)`` with m's launch options.
+def _launch(kernel, m: _Meta, variant: tuple, kw: dict, num_warps: Optional[int] = None, grid: int = 0,
+            cache: Optional[dict] = None):
+    """``kernel[(grid or B,)](**kw)`` with m's launch options.
 
     Compiled kernels (a GPU, no launch hooks) are launched directly after the first call of a
     specialisation: Triton's generic path (binding ~45 arguments, hashing the key, checking
@@ -221,22 +227,25 @@ def _launch(kernel, m: _Meta, variant: tuple, kw: dict, num_warps: Optional[int]
     specialises on that m does not fix (constexpr switches, alignment of caller-owned operands,
     integer arguments that vary); dtypes come from m, and the kernel's own buffers come from
     the caching allocator, aligned. The interpreter, stubs and hooked launches (profilers)
-    take the plain path. num_warps: m.num_warps unless given."""
+    take the plain path. num_warps: m.num_warps unless given; grid: m.B programs unless given;
+    cache: m.compiled unless given (a caller whose kernels specialise on more than m fixes)."""
     num_warps = num_warps or m.num_warps
+    grid = grid or m.B
     hooks = knobs.runtime.launch_enter_hook.calls or knobs.runtime.launch_exit_hook.calls
     if not (DIRECT_LAUNCH and isinstance(kernel, JITFunction)) or hooks:
-        kernel[(m.B,)](**kw, num_warps=num_warps, num_stages=1)
+        kernel[(grid,)](**kw, num_warps=num_warps, num_stages=1)
         return
     device = driver.active.get_current_device()
     key = (kernel, device, variant)
-    compiled = m.compiled.get(key)
+    cache = m.compiled if cache is None else cache
+    compiled = cache.get(key)
     if compiled is None:
-        compiled = kernel[(m.B,)](**kw, num_warps=num_warps, num_stages=1)
+        compiled = kernel[(grid,)](**kw, num_warps=num_warps, num_stages=1)
         if not hasattr(compiled, "result"):  # not an async-compile future
-            m.compiled[key] = compiled
+            cache[key] = compiled
         return
     stream = driver.active.get_current_stream(device)
-    compiled.run(m.B, 1, 1, stream, compiled.function, compiled.packed_metadata, None, None, None,
+    compiled.run(grid, 1, 1, stream, compiled.function, compiled.packed_metadata, None, None, None,
                  *[kw[name] for name in kernel.arg_names])
 
 
