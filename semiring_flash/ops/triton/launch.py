@@ -116,10 +116,20 @@ class _Meta:
         if per_seq >= 2**31:
             raise NotImplementedError(f"one sequence needs {per_seq} elements; the kernels index one sequence with int32")
         self.compiled = {}  # launch key -> compiled kernel (see _launch)
+        self._consts = dict(SR=self.sr, KK=self.KK, S=self.S, CP=self.CP, KP=self.KP, SP=self.SP,
+                            EDGES=self.edges, HAS_SB=self.has_sb)
+        self._scalars = {}
 
     def consts(self):
-        return dict(SR=self.sr, KK=self.KK, S=self.S, CP=self.CP, KP=self.KP, SP=self.SP,
-                    EDGES=self.edges, HAS_SB=self.has_sb)
+        return self._consts
+
+    def scalars(self, R: int) -> dict:
+        """The scan kernels' integer and constexpr arguments for a tape of R rows (built once)."""
+        kw = self._scalars.get(R)
+        if kw is None:
+            kw = self._scalars[R] = dict(B=self.B, T=self.T, C=self.C, K=self.K, R=R, DELTA=self.delta,
+                                         NBLK=self.nblk, **self._consts)
+        return kw
 
 
     def tapes(self, R, n, dtype=None):
@@ -206,14 +216,24 @@ class Backpointers(NamedTuple):
     fin: torch.Tensor
 
 
+@functools.cache
+def _ptr_names(role_type, skip=()) -> tuple:
+    """The kernel keywords of a role's fields (field f: ``f_ptr``; a skipped field: None)."""
+    return tuple(None if name in skip else f"{name}_ptr" for name in role_type._fields)
+
+
 def _pointers(*roles, skip=()) -> dict:
     """Kernel keyword arguments of operand roles: field f is the kernel's ``f_ptr``."""
-    return {f"{name}_ptr": x for role in roles for name, x in zip(role._fields, role) if name not in skip}
+    kw = {}
+    for role in roles:
+        kw.update(zip(_ptr_names(type(role), skip), role))
+    kw.pop(None, None)
+    return kw
 
 
 def _aligned(*tensors) -> tuple:
     """16-byte alignment of each tensor (Triton specialises pointers on it); None: False."""
-    return tuple(x is not None and x.data_ptr() & 15 == 0 for x in tensors)
+    return tuple([x is not None and x.data_ptr() & 15 == 0 for x in tensors])
 
 
 def _launch(kernel, m: _Meta, variant: tuple, kw: dict, num_warps: Optional[int] = None, grid: int = 0,
@@ -254,19 +274,22 @@ def _bwd_tape(m: _Meta, R) -> Tape:
 
     One allocation per dtype, split into views: short calls are host-bound,
     and each allocation costs as much host time as a small kernel launch."""
-    routed, norm = m.routes, m.lse
-    want = dict(to=not m.edges, tp=m.has_sb, tam=norm, ttm=norm and not m.edges)
-    names = ["tv"] + [k for k, v in want.items() if v]
-    arrays = dict(zip(names, m.tapes(R, len(names))))
+    arrays = {}
+    for dtype, names in _tape_names(m.edges, m.has_sb, m.routes, m.lse):
+        arrays.update(zip(names, m.tapes(R, len(names), dtype)))
+    return Tape(tb=m.bases(R), **arrays)
+
+
+@functools.cache
+def _tape_names(edges, has_sb, routed, norm) -> tuple:
+    """(dtype, the Tape fields in it) of a variant's tape; dtype None: the compute dtype."""
+    want = dict(to=not edges, tp=has_sb, tam=norm, ttm=norm and not edges)
     # float64: the adjoints (ta) and the logsumexp sums (taz, ttz) the softmax weights are
     # normalised by, so the adjoint recursion conserves probability mass over 10^6 steps
-    want64 = dict(ta=True, taz=norm, ttz=norm and not m.edges)
-    names64 = [k for k, v in want64.items() if v]
-    arrays.update(zip(names64, m.tapes(R, len(names64), torch.float64)))
-    want_int = dict(tra=routed, trt=routed and not m.edges)
-    names_int = [k for k, v in want_int.items() if v]
-    arrays.update(zip(names_int, m.tapes(R, len(names_int), torch.int32)))
-    return Tape(tb=m.bases(R), **arrays)
+    want64 = dict(ta=True, taz=norm, ttz=norm and not edges)
+    want_int = dict(tra=routed, trt=routed and not edges)
+    return ((None, ["tv"] + [k for k, v in want.items() if v]), (torch.float64, [k for k, v in want64.items() if v]),
+            (torch.int32, [k for k, v in want_int.items() if v]))
 
 
 def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers] = None):
@@ -295,9 +318,8 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
     flags = dict(SAVE_CK=ck.ckv is not None, BACKPTR=backptr is not None, FULL=full)
     _launch(scan_fwd_kernel, m, (*flags.values(), *_aligned(*ops)), dict(
         **_pointers(ops, bp, tape, ck, skip=("ta",)), value_ptr=value, rot_ptr=rot,
-        B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, **flags, KR=m.KR, USE_RING=m.ring, **m.consts()),
-        num_warps=m.fwd_warps)
-    return value[: m.S], (ck, tape if full else None)
+        **m.scalars(R), **flags, KR=m.KR, USE_RING=m.ring), num_warps=m.fwd_warps)
+    return (value if m.SP == m.S else value[: m.S]), (ck, tape if full else None)
 
 
 def _bwd(m: _Meta, grad_value, ops: Operands, saved) -> Grads:
@@ -318,17 +340,16 @@ def _bwd(m: _Meta, grad_value, ops: Operands, saved) -> Grads:
     gv_s, gv_b = gv.stride()
     _launch(scan_bwd_kernel, m, (recompute, *_aligned(*ops, gv), gv_s, gv_b), dict(
         **_pointers(ops, tape, ck, grads), gv_ptr=gv,
-        B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, GV_S=gv_s, GV_B=gv_b,
-        RECOMPUTE=recompute, **m.consts()))
+        **m.scalars(R), GV_S=gv_s, GV_B=gv_b, RECOMPUTE=recompute))
     return grads
 
 
 def _empty_like(tensors, dtype):
     """Uninitialised contiguous tensors shaped like ``tensors``, views of one allocation
-    (on a GPU host an allocation costs more host time than the views)."""
+    (on a GPU host an allocation costs more host time than the views; flat ones need no view)."""
     sizes = [x.numel() for x in tensors]
-    parts = torch.empty(sum(sizes), dtype=dtype, device=tensors[0].device).split(sizes)
-    return [p.view(x.shape) for p, x in zip(parts, tensors)]
+    parts = torch.empty(sum(sizes), dtype=dtype, device=tensors[0].device).split_with_sizes(sizes)
+    return [p if x.dim() == 1 else p.view(x.shape) for p, x in zip(parts, tensors)]
 
 
 def _operands(m: _Meta, cum, trans, dur, tau0, end, sb, lengths) -> Operands:

@@ -16,6 +16,7 @@ without centring; everything else takes the general path.
 from __future__ import annotations
 
 import functools
+import itertools
 
 import torch
 
@@ -55,13 +56,11 @@ class _Plan:
         self.shared = {k: s is not None and len(s[0]) < (3 if k in ("transition", "duration") else 2)
                        for k, s in sig.items()}
         self.entry = sig["start"] is None
-        offsets, n = {}, 0
-        for name, size in (("tr", B * C * C), ("du", B * K * C), ("t0", B * C), ("en", B * C),
-                           ("w", B * C * C if self.entry else 0)):
-            offsets[name], n = n, n + _round(size)
-        self.ws_numel = n
-        self.views = [((B, C, C), (C * C, C, 1), offsets["tr"]), ((B, K, C), (K * C, C, 1), offsets["du"]),
-                      ((1, B, C), (B * C, C, 1), offsets["t0"]), ((B, C), (C, 1), offsets["en"])]
+        # the kernels index their operands themselves: flat pieces of the workspace do (one split, no views)
+        names = ("tr", "du", "t0", "en", "w")
+        self.sizes = [_round(n) for n in (B * C * C, B * K * C, B * C, B * C, B * C * C if self.entry else 0)]
+        offsets = dict(zip(names, itertools.accumulate([0] + self.sizes)))
+        self.ws_numel = sum(self.sizes)
         CP, KP = m.CP, m.KP
         sc, tr, du = (_strides(sig[k], 3) for k in ("scores", "transition", "duration"))
         ini, st, en = (_strides(sig[k], 2) for k in ("init", "start", "end"))
@@ -79,8 +78,8 @@ class _Plan:
         self.compiled = {}  # the glue kernels' direct launches (launch._launch)
 
     def carve(self, ws):
-        """The operands' views of the workspace: transition, duration, τ(0) (1, B, C), end."""
-        return [ws.as_strided(size, stride, off) for size, stride, off in self.views]
+        """The operands in the workspace, flat: transition, duration, τ(0), end (and the entry weights)."""
+        return ws.split_with_sizes(self.sizes)
 
 
 @functools.lru_cache(maxsize=256)
@@ -113,7 +112,7 @@ class _SegmentScan(torch.autograd.Function):
             sc_ptr=scores, tr_ptr=transition, du_ptr=duration, in_ptr=init, st_ptr=start, en_ptr=end,
             cum_ptr=None if scores is None else cum, ws_ptr=ws, **p.prep_kw),
             num_warps=p.glue_warps, cache=p.compiled)
-        trans, dur, tau0, end_b = p.carve(ws)
+        trans, dur, tau0, end_b, _ = p.carve(ws)
         ops = Operands(cum=cum, trans=trans, dur=dur, tau0=tau0, end=end_b, lengths=lengths)
         value, (ck, tape) = _fwd(m, ops, any(ctx.needs_input_grad))
         ctx.p, ctx.full = p, tape is not None
@@ -151,7 +150,7 @@ class _SegmentScan(torch.autograd.Function):
 def _segment_scan(semiring, lengths, *tensors):
     base = tensors[0] if tensors[0] is not None else tensors[1]
     device = base.device
-    p = _cached_plan(semiring, device, tuple(map(_signature, tensors)), launch.tuning())
+    p = _cached_plan(semiring, device, tuple(map(_signature, tensors)), (*launch.tuning(), _TILE))
     return _SegmentScan.apply(p, _lengths(lengths, device), *tensors)
 
 
