@@ -132,12 +132,13 @@ class _Meta:
         return kw
 
 
-    def tapes(self, R, n, dtype=None):
-        """n tapes from one allocation (views of one buffer, each contiguous)."""
-        if n == 0:
+    def tapes(self, R, n, dtype=None, bases=False):
+        """n tapes (B, 2R, CP, SP) from one allocation, then (``bases``) the bases (B, 2R, 2) in
+        float64 too; flat views of one buffer (the kernels index them themselves)."""
+        if n == 0 and not bases:
             return ()
-        buf = torch.empty(n, self.B, 2 * R, self.CP, self.SP, dtype=dtype or self.dtype, device=self.device)
-        return buf.unbind(0)
+        sizes = [self.B * 2 * R * self.CP * self.SP] * n + [self.B * 2 * R * 2] * bases
+        return torch.empty(sum(sizes), dtype=dtype or self.dtype, device=self.device).split_with_sizes(sizes)
 
     def bases(self, R):
         return torch.empty(self.B, 2 * R, 2, dtype=torch.float64, device=self.device)
@@ -276,8 +277,9 @@ def _bwd_tape(m: _Meta, R) -> Tape:
     and each allocation costs as much host time as a small kernel launch."""
     arrays = {}
     for dtype, names in _tape_names(m.edges, m.has_sb, m.routes, m.lse):
-        arrays.update(zip(names, m.tapes(R, len(names), dtype)))
-    return Tape(tb=m.bases(R), **arrays)
+        bases = dtype == torch.float64  # the bases share the float64 tapes' allocation
+        arrays.update(zip(names + ["tb"] * bases, m.tapes(R, len(names), dtype, bases)))
+    return Tape(**arrays)
 
 
 @functools.cache
