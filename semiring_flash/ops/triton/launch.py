@@ -104,6 +104,7 @@ class _Meta:
         if self.store_all:
             self.delta = T
         self.nblk = -(-T // self.delta)
+        self.r_tape = _pow2(self.delta + 2 * K + 1)  # rows of the backward's (and a store-all forward's) tape
         step = self.KP * self.CP * (self.CP if edges else 1) * self.SP
         self.num_warps = _num_warps(max(step, self.CP * self.CP * self.SP))
         # factored log / max forward: register ring of KR > K slots (kernels.scan_fwd_kernel, RING)
@@ -132,12 +133,13 @@ class _Meta:
         return kw
 
 
-    def tapes(self, R, n, dtype=None, bases=False):
+    def tapes(self, R, n, dtype=None, bases=False, extra=()):
         """n tapes (B, 2R, CP, SP) from one allocation, then (``bases``) the bases (B, 2R, 2) in
-        float64 too; flat views of one buffer (the kernels index them themselves)."""
-        if n == 0 and not bases:
+        float64 too, then a caller's pieces of the ``extra`` sizes; flat views of one buffer
+        (the kernels index them themselves)."""
+        sizes = [self.B * 2 * R * self.CP * self.SP] * n + [self.B * 2 * R * 2] * bases + list(extra)
+        if not sizes:
             return ()
-        sizes = [self.B * 2 * R * self.CP * self.SP] * n + [self.B * 2 * R * 2] * bases
         return torch.empty(sum(sizes), dtype=dtype or self.dtype, device=self.device).split_with_sizes(sizes)
 
     def bases(self, R):
@@ -275,11 +277,20 @@ def _bwd_tape(m: _Meta, R) -> Tape:
 
     One allocation per dtype, split into views: short calls are host-bound,
     and each allocation costs as much host time as a small kernel launch."""
-    arrays = {}
+    return tape_with(m, R)[0]
+
+
+def tape_with(m: _Meta, R, sizes=(), sizes64=()):
+    """(Tape, flat pieces of the ``sizes`` in the compute dtype, of the ``sizes64`` in float64):
+    a caller's buffers that live as long as the tape, carved from its allocations."""
+    arrays, more = {}, {None: sizes, torch.float64: sizes64}
     for dtype, names in _tape_names(m.edges, m.has_sb, m.routes, m.lse):
         bases = dtype == torch.float64  # the bases share the float64 tapes' allocation
-        arrays.update(zip(names + ["tb"] * bases, m.tapes(R, len(names), dtype, bases)))
-    return Tape(**arrays)
+        extra = more.get(dtype, ())
+        parts = m.tapes(R, len(names), dtype, bases, extra)
+        arrays.update(zip(names + ["tb"] * bases, parts))
+        more[dtype] = parts[len(parts) - len(extra):]
+    return Tape(**arrays), list(more[None]), list(more[torch.float64])
 
 
 @functools.cache
@@ -294,14 +305,16 @@ def _tape_names(edges, has_sb, routed, norm) -> tuple:
             (torch.int32, [k for k, v in want_int.items() if v]))
 
 
-def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers] = None):
+def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers] = None,
+         tape: Optional[Tape] = None):
     """Launch the forward scan. Returns (value (S, B), saved state for the backward:
-    Checkpoints, then the Tape when the forward kept all of it)."""
+    Checkpoints, then the Tape when the forward kept all of it). ``tape``: the whole tape,
+    allocated by the caller (``tape_with``), when the forward keeps all of it."""
     dev = m.device
     full = bool(save_ck and m.store_all)
     if full:
-        R = _pow2(m.delta + 2 * m.K + 1)
-        tape = _bwd_tape(m, R)
+        R = m.r_tape
+        tape = _bwd_tape(m, R) if tape is None else tape
     elif m.ring:  # the ring lives in registers: no tape
         R = 1
         tape = Tape(tv=None)
@@ -327,7 +340,7 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
 def _bwd(m: _Meta, grad_value, ops: Operands, saved) -> Grads:
     ck, tape = saved
     recompute = tape is None
-    R = _pow2(m.delta + 2 * m.K + 1)
+    R = m.r_tape
     if recompute:
         tape = _bwd_tape(m, R)
     # (S, B), any strides (the kernel takes them): the expanded ones of v.sum() need no copy

@@ -5,11 +5,11 @@ A small batch is host-bound: each torch op of the glue (prefix sums, broadcasts,
 glue is one launch before the forward scan and one after the backward scan.
 
 ``segment_prep_kernel`` (one program per sequence b): the user's tensors, any strides (a
-shared parameter has batch stride 0), become the scan's operands in one workspace ``ws`` of the
-compute dtype, at the offsets O_*: per-batch transition (B, C, C), duration (B, K, C), end
-(B, C; zeros when not given), the entry τ(0, c) = ⊕_{c'} init[c'] ⊗ transition[c', c] (or
-start[c]) and the entry's ⊕ weights ∂τ(0, c)/∂entry[c', c] (B, C', C) for the backward; from
-scores, the prefix sums (B, T+1, C) in float64 with a zero first row.
+shared parameter has batch stride 0), become the scan's operands (contiguous, the compute
+dtype): per-batch transition (B, C, C), duration (B, K, C), end (B, C; zeros when not given),
+the entry τ(0, c) = ⊕_{c'} init[c'] ⊗ transition[c', c] (or start[c]) and the entry's ⊕
+weights ∂τ(0, c)/∂entry[c', c] (B, C', C) for the backward; from scores, the prefix sums
+(B, T+1, C) in float64 with a zero first row.
 
 ``segment_grads_kernel`` (B + 1 programs): program b < B writes the scores' gradient of
 sequence b, ∂/∂scores[j] = Σ_{t > j} ∂/∂S[t], a reverse cumulative sum in float64; program B
@@ -29,13 +29,13 @@ from .semiring import LOG
 @triton.jit
 def segment_prep_kernel(
     sc_ptr, tr_ptr, du_ptr, in_ptr, st_ptr, en_ptr,  # the user's tensors (None: not given)
-    cum_ptr, ws_ptr,  # outputs: prefix sums (None: cum_scores given), the workspace
-    T, C, K, O_TR, O_DU, O_T0, O_EN, O_W,
-    SC_B, SC_T, SC_C, TR_B, TR_R, TR_C, DU_B, DU_K, DU_C, IN_B, IN_C, ST_B, ST_C, EN_B, EN_C,
-    SR: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr, BT: tl.constexpr, WEIGHTS: tl.constexpr,
+    # outputs: the scan's operands (cum None: cum_scores given) and the entry's weights (None: not wanted)
+    cum_ptr, trans_ptr, dur_ptr, tau0_ptr, end_ptr, entw_ptr,
+    T, C, K, SC_B, SC_T, SC_C, TR_B, TR_R, TR_C, DU_B, DU_K, DU_C, IN_B, IN_C, ST_B, ST_C, EN_B, EN_C,
+    SR: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr, BT: tl.constexpr,
 ):
     b = tl.cast(tl.program_id(0), tl.int64)
-    dt = ws_ptr.dtype.element_ty
+    dt = trans_ptr.dtype.element_ty
     c1 = tl.arange(0, CP)
     rr = c1[:, None]  # source label c'
     cc = c1[None, :]  # destination label c
@@ -52,16 +52,16 @@ def segment_prep_kernel(
             carry += tl.sum(x, 0)
     tm = (rr < C) & (cc < C)
     tr = tl.load(tr_ptr + b * TR_B + rr * TR_R + cc * TR_C, mask=tm, other=0.0).to(dt)
-    tl.store(ws_ptr + O_TR + b * C * C + rr * C + cc, tr, mask=tm)
+    tl.store(trans_ptr + b * C * C + rr * C + cc, tr, mask=tm)
     kk = tl.arange(0, KP)[:, None]
     dm = (kk < K) & (cc < C)
     du = tl.load(du_ptr + b * DU_B + kk * DU_K + cc * DU_C, mask=dm, other=0.0).to(dt)
-    tl.store(ws_ptr + O_DU + b * K * C + kk * C + cc, du, mask=dm)
+    tl.store(dur_ptr + b * K * C + kk * C + cc, du, mask=dm)
     if en_ptr is not None:
         en = tl.load(en_ptr + b * EN_B + c1 * EN_C, mask=c1 < C, other=0.0).to(dt)
     else:
         en = tl.zeros([CP], dtype=dt)
-    tl.store(ws_ptr + O_EN + b * C + c1, en, mask=c1 < C)
+    tl.store(end_ptr + b * C + c1, en, mask=c1 < C)
     if st_ptr is not None:  # the first segment scores start[c]
         tau0 = tl.load(st_ptr + b * ST_B + c1 * ST_C, mask=c1 < C, other=0.0).to(dt)
     else:  # τ(0, c) = ⊕_{c'} entry[c', c], entry = init[c'] ⊗ transition[c', c]
@@ -79,9 +79,9 @@ def segment_prep_kernel(
         else:  # max: the gradient goes to the first argmax (torch.argmax's rule)
             tau0 = m
             w = tl.where(rr == tl.argmax(entry, axis=0, tie_break_left=True)[None, :], 1.0, 0.0).to(dt)
-        if WEIGHTS:
-            tl.store(ws_ptr + O_W + b * C * C + rr * C + cc, w, mask=tm)
-    tl.store(ws_ptr + O_T0 + b * C + c1, tau0, mask=c1 < C)
+        if entw_ptr is not None:
+            tl.store(entw_ptr + b * C * C + rr * C + cc, w, mask=tm)
+    tl.store(tau0_ptr + b * C + c1, tau0, mask=c1 < C)
 
 
 @triton.jit
@@ -98,10 +98,11 @@ def _batch_out(out_ptr, acc, g, ob, off, mask, SHARED: tl.constexpr):
 
 @triton.jit
 def segment_grads_kernel(
-    gcum_ptr, gtr_ptr, gdur_ptr, gtau0_ptr, gend_ptr, ws_ptr,  # the scan's gradients (B, ...), the workspace
+    gcum_ptr, gtr_ptr, gdur_ptr, gtau0_ptr, gend_ptr,  # the scan's gradients (B, ...)
+    entw_ptr,  # the entry's weights (the prep kernel's; None: no entry term wanted)
     osc_ptr, otr_ptr, odu_ptr, oin_ptr, ost_ptr, oen_ptr,  # the user's gradients (None: not wanted)
-    B, T, C, K, O_W,
-    CP: tl.constexpr, KP: tl.constexpr, BT: tl.constexpr, BB: tl.constexpr, ENTRY: tl.constexpr,
+    B, T, C, K,
+    CP: tl.constexpr, KP: tl.constexpr, BT: tl.constexpr, BB: tl.constexpr,
     SH_TR: tl.constexpr, SH_DU: tl.constexpr, SH_IN: tl.constexpr, SH_ST: tl.constexpr, SH_EN: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -136,14 +137,14 @@ def segment_grads_kernel(
             tm = (bb3 < B) & (r3 < C) & (c3 < C)
             vm = (bb2 < B) & (c2 < C)
             g_t0 = tl.load(gtau0_ptr + bb2 * C + c2, mask=vm, other=0.0)  # (BB, CP)
-            if ENTRY:  # ∂/∂entry[c', c] = w[c', c] ∂/∂τ(0, c): into the transition and the init
-                w = tl.load(ws_ptr + O_W + bb3 * C * C + r3 * C + c3, mask=tm, other=0.0)
+            if entw_ptr is not None:  # ∂/∂entry[c', c] = w[c', c] ∂/∂τ(0, c): into the transition and the init
+                w = tl.load(entw_ptr + bb3 * C * C + r3 * C + c3, mask=tm, other=0.0)
                 g_entry = w * g_t0[:, None, :]
                 g_in = tl.sum(g_entry, axis=2)  # (BB, CP) over c
                 a_in = _batch_out(oin_ptr, a_in, g_in, bb2 * C, c1[None, :], (bb2 < B) & (c2 < C), SH_IN)
             if otr_ptr is not None:
                 g_tr = tl.load(gtr_ptr + bb3 * C * C + r3 * C + c3, mask=tm, other=0.0)
-                if ENTRY:
+                if entw_ptr is not None:
                     g_tr = g_tr + g_entry
                 a_tr = _batch_out(otr_ptr, a_tr, g_tr, bb3 * C * C, r3 * C + c3, tm, SH_TR)
             if odu_ptr is not None:
