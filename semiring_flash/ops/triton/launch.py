@@ -337,7 +337,8 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
     return (value if m.SP == m.S else value[: m.S]), (ck, tape if full else None)
 
 
-def _bwd(m: _Meta, grad_value, ops: Operands, saved) -> Grads:
+def _bwd(m: _Meta, grad_value, ops: Operands, saved, grads: Optional[Grads] = None) -> Grads:
+    """Launch the backward scan; returns its Grads (``grads``: the caller's buffers for them)."""
     ck, tape = saved
     recompute = tape is None
     R = m.r_tape
@@ -345,7 +346,9 @@ def _bwd(m: _Meta, grad_value, ops: Operands, saved) -> Grads:
         tape = _bwd_tape(m, R)
     # (S, B), any strides (the kernel takes them): the expanded ones of v.sum() need no copy
     gv = grad_value if grad_value.dtype == m.dtype else grad_value.to(m.dtype)
-    if m.edges:
+    if grads is not None:
+        pass
+    elif m.edges:
         grads = Grads(gedge=torch.zeros_like(ops.edges))
     else:  # every element is written by the kernel (rows past L as zeros): no fill launches
         like = [ops.trans, ops.dur, ops.tau0, ops.end] + ([] if ops.sb is None else [ops.sb])

@@ -96,9 +96,13 @@ class _SegmentScan(torch.autograd.Function):
     def forward(ctx, p, lengths, scores, cum_scores, transition, duration, init, start, end):
         m = p.m
         save = any(ctx.needs_input_grad)
-        tape = None
-        if save and m.store_all:  # the workspace and the prefix sums join the (kept) tape's allocations
-            tape, ws, cum = launch.tape_with(m, m.r_tape, p.sizes, [p.n_cum] if p.n_cum else [])
+        tape, grads = None, None
+        if save and m.store_all:  # the workspace, prefix sums and the backward scan's gradients
+            n_ws, cum64 = len(p.sizes), [p.n_cum] if p.n_cum else []  # join the (kept) tape's allocations
+            tape, pieces, pieces64 = launch.tape_with(m, m.r_tape, p.sizes + p.sizes[:4], cum64 * 2)
+            ws, cum = pieces[:n_ws], pieces64[:1]
+            # gcum of a given cum_scores is returned as its gradient: a fresh one per backward
+            grads = launch.Grads(pieces64[1] if p.n_cum else None, *pieces[n_ws:])
         else:
             ws = torch.empty(sum(p.sizes), dtype=m.dtype, device=m.device).split_with_sizes(p.sizes)
             cum = [torch.empty(p.n_cum, dtype=torch.float64, device=m.device)] if p.n_cum else []
@@ -112,7 +116,7 @@ class _SegmentScan(torch.autograd.Function):
         ops = Operands(cum=cum, trans=trans, dur=dur, tau0=tau0, end=end_b, lengths=lengths)
         value, (ck, tape) = _fwd(m, ops, save, tape=tape)
         ctx.p, ctx.full = p, tape is not None
-        ctx.save_for_backward(entw[0] if entw else None, *ops, *ck, *(tape or ()))
+        ctx.save_for_backward(entw[0] if entw else None, *ops, *ck, *(tape or ()), *(grads or ()))
         return value
 
     @staticmethod
@@ -120,10 +124,13 @@ class _SegmentScan(torch.autograd.Function):
     def backward(ctx, grad_value):
         p, m = ctx.p, ctx.p.m
         entw, *xs = ctx.saved_tensors
-        n, c = len(Operands._fields), len(launch.Checkpoints._fields)
+        n, c, t = len(Operands._fields), len(launch.Checkpoints._fields), len(launch.Tape._fields)
         ops = Operands(*xs[:n])
-        saved = (launch.Checkpoints(*xs[n:n + c]), launch.Tape(*xs[n + c:]) if ctx.full else None)
-        g = _bwd(m, grad_value, ops, saved)
+        saved = (launch.Checkpoints(*xs[n:n + c]), launch.Tape(*xs[n + c:n + c + t]) if ctx.full else None)
+        grads = launch.Grads(*xs[n + c + t:]) if ctx.full else None
+        if grads is not None and grads.gcum is None:
+            grads = grads._replace(gcum=torch.empty_like(ops.cum))
+        g = _bwd(m, grad_value, ops, saved, grads)
         need = dict(zip(_INPUTS, ctx.needs_input_grad[2:]))
         if not p.entry:
             need["init"] = False  # a given start replaces the entry: init plays no part
