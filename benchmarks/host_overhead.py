@@ -19,6 +19,7 @@ Reported per step, each tree in its own processes:
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib
 import json
 import os
@@ -27,6 +28,11 @@ import subprocess
 import sys
 import time
 
+#: aten ops by what they cost on a GPU host (anything else launches a small kernel)
+_KINDS = {**dict.fromkeys(["view", "t", "expand", "slice", "unsqueeze", "squeeze", "select", "unbind", "detach", "alias",
+                           "transpose", "_unsafe_view", "split", "split_with_sizes", "as_strided"], "views"),
+          **dict.fromkeys(["empty", "empty_like", "new_empty"], "allocations"),
+          **dict.fromkeys(["_local_scalar_dense", "is_nonzero", "equal", "item"], "device reads")}
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.join(HERE, "..", "tests")  # noop_gpu lives in this tree's tests
 
@@ -87,7 +93,8 @@ def count_ops(root, B, T, K, C) -> dict:
     launches.clear()
     with Count() as count:
         step()
-    return dict(aten_ops=len(count.ops), launches=len(launches), kernels=launches)
+    kind = collections.Counter(_KINDS.get(op.split(".")[1], "small kernels") for op in count.ops)
+    return dict(aten_ops=len(count.ops), launches=len(launches), kernels=launches, by_kind=dict(kind))
 
 
 def host_us(root, B, T, K, C, reps=50, rounds=40) -> dict:
@@ -149,7 +156,8 @@ def main():
             runs[root].append(_measure(root, args.shape, ("time",) if runs[root] else ("ops", "time")))
     for root in roots:
         r = dict(runs[root][0], host_us=min(x["host_us"] for x in runs[root]))
-        print(f"{os.path.abspath(root):<40} {r['aten_ops']:>9} {r['launches']:>9} {r['host_us']:>13.0f}")
+        print(f"{root:<40} {r['aten_ops']:>9} {r['launches']:>9} {r['host_us']:>13.0f}")
+        print(f"{'':<4}aten ops by kind: " + ", ".join(f"{n} {k}" for k, n in sorted(r["by_kind"].items())))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ def variants(which):
             yield f"segment-{name}-{option}", _segment(SEMIRINGS[name], option)
 
 
-SMOKE = {"factored-log-stored", "factored-max-ckpt-sb", "edges-log-ckpt", "viterbi", "segment-log-init", "segment-max-start"}
+SMOKE = {"factored-log-stored", "factored-max-ckpt-sb", "edges-log-ckpt", "viterbi", "segment-log-init",
+         "segment-max-start"}
 
 
 def _shape(x):
