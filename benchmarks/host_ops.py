@@ -7,8 +7,9 @@ One call = SegmentPotentials(scores, transition, duration, lengths), SemiMarkovC
 backend="triton").partition, gradients w.r.t. scores, transition, duration.
 
 Default: the Triton kernels are stubbed (their launches are not aten ops); value checks get
-the GPU policy (once per signature), and the count is taken on the second call. On a GPU
-every non-view op is a kernel launch or an allocation, and every device read a synchronisation.
+the GPU policy (once per signature), and the count is taken on the second call (the count of
+benchmarks/host_overhead.py, by kind). On a GPU every non-view op is a kernel launch or an
+allocation, and every device read a synchronisation.
 
 --launch: the kernels are compiled for a GPU target (sm_90, Triton's own compiler, no GPU
 needed) and launched through Triton's real launch path into a no-op driver, so the Python
@@ -26,47 +27,16 @@ import sys
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-
-VIEWS = {"view", "t", "expand", "slice", "unsqueeze", "squeeze", "select", "unbind", "detach", "alias",
-         "transpose", "_unsafe_view", "split", "split_with_sizes"}
-ALLOCATIONS = {"empty", "empty_like", "new_empty"}
-
-
-class _NoLaunch:
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspath(__file__))]
 
 
 def count_ops(B=32, T=128, K=8, C=16):
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # lets backend="triton" take CPU tensors
-    import torch
+    """aten ops of one step by kind (host_overhead.count_ops, this tree)."""
+    import host_overhead
 
-    import semiring_flash as sf
-    from semiring_flash import validation
-    from semiring_flash.ops.triton import launch
-    from test_host_path import CountOps
-
-    launch.scan_fwd_kernel = launch.scan_bwd_kernel = _NoLaunch()
-    validation._on_host = lambda device: False
-    leaves = [torch.randn(B, T, C, requires_grad=True), torch.randn(C, C, requires_grad=True),
-              torch.randn(K, C, requires_grad=True)]
-    lengths = torch.full((B,), T)
-
-    def call():
-        pots = sf.SegmentPotentials(leaves[0], transition=leaves[1], duration=leaves[2], lengths=lengths)
-        z = sf.SemiMarkovCRF(pots, backend="triton").partition
-        torch.autograd.grad(z.sum(), leaves)
-
-    call()
-    with CountOps() as count:
-        call()
-    kind = lambda op: op.split(".")[1]  # noqa: E731
-    views = sum(n for op, n in count.ops.items() if kind(op) in VIEWS)
-    allocs = sum(n for op, n in count.ops.items() if kind(op) in ALLOCATIONS)
-    total = sum(count.ops.values())
-    print(f"aten ops {total}: {total - views - allocs - count.reads} small kernels, {count.reads} device reads, "
-          f"{allocs} allocations, {views} views (+ 2 Triton launches)")
+    r = host_overhead.count_ops(ROOT, B, T, K, C)
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(r["by_kind"].items()))
+    print(f"aten ops {r['aten_ops']}: {kinds} (+ {r['launches']} Triton launches)")
 
 
 def launch_us(B=32, T=128, K=8, C=16, reps=300, rounds=5):

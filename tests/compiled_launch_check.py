@@ -25,6 +25,7 @@ import torch  # noqa: E402
 import semiring_flash as sf  # noqa: E402
 from semiring_flash.ops.dispatch import entry_value  # noqa: E402
 from semiring_flash.ops.triton import edge_scan_triton, factored_scan_triton, launch, viterbi_triton  # noqa: E402
+from semiring_flash.ops.triton.segment_scan import segment_scan_triton  # noqa: E402
 
 B, T, K, C = 2, 16, 3, 4
 SEMIRINGS = {"log": sf.LogSemiring, "max": sf.MaxSemiring, "entropy": sf.EntropySemiring, "kmax": sf.KMaxSemiring(2)}
@@ -63,6 +64,26 @@ def _viterbi():
                                   torch.tensor([T, 3]))
 
 
+def _segment(sr, option):
+    """The one-node SegmentPotentials path: its glue kernels around the scan."""
+    g = torch.Generator().manual_seed(0)
+    d = dict(transition=torch.randn(C, C, generator=g), duration=torch.randn(B, K, C, generator=g),
+             end=torch.randn(C, generator=g))
+    if option == "cum":
+        d["cum_scores"] = torch.randn(B, T + 1, C, generator=g).double().index_fill_(1, torch.tensor([0]), 0.0)
+    else:
+        d["scores"] = torch.randn(B, C, T, generator=g).transpose(1, 2)  # strided
+    d.update(init=torch.randn(B, C, generator=g)) if option == "init" else None
+    d.update(start=torch.randn(C, generator=g)) if option == "start" else None
+    leaves = {k: v.requires_grad_() for k, v in d.items()}
+    pots = sf.SegmentPotentials(**leaves, lengths=torch.tensor([T, T - 5]))
+
+    def call():
+        v = segment_scan_triton(sr, pots)
+        torch.autograd.grad(v.sum(), list(leaves.values()))
+    return call
+
+
 def variants(which):
     for name, sr in SEMIRINGS.items():
         for every in (None, 4):  # whole tape kept / checkpoints every 4 steps (backward recomputes)
@@ -71,9 +92,13 @@ def variants(which):
                 yield f"factored-{name}-{mode}{'-sb' if sb else ''}", _factored(sr, sb, every)
             yield f"edges-{name}-{mode}", _edges(sr, every)
     yield "viterbi", _viterbi()
+    for name in ("log", "max"):
+        for option in ("init", "start", "cum"):
+            yield f"segment-{name}-{option}", _segment(SEMIRINGS[name], option)
 
 
-SMOKE = {"factored-log-stored", "factored-max-ckpt-sb", "edges-log-ckpt", "viterbi"}
+SMOKE = {"factored-log-stored", "factored-max-ckpt-sb", "edges-log-ckpt", "viterbi", "segment-log-init",
+         "segment-max-start"}
 
 
 def _shape(x):

@@ -117,6 +117,7 @@ class _Meta:
         if self.store_all:
             self.delta = T
         self.nblk = -(-T // self.delta)
+        self.r_tape = _pow2(self.delta + 2 * K + 1)  # rows of the backward's (and a store-all forward's) tape
         step = self.KP * self.CP * (self.CP if edges else 1) * self.SP
         self.num_warps = _num_warps(max(step, self.CP * self.CP * self.SP))
         # factored log / max forward: register ring of KR > K slots (kernels.scan_fwd_kernel, RING)
@@ -129,18 +130,30 @@ class _Meta:
         if per_seq >= 2**31:
             raise NotImplementedError(f"one sequence needs {per_seq} elements; the kernels index one sequence with int32")
         self.compiled = {}  # launch key -> compiled kernel (see _launch)
+        self._consts = dict(SR=self.sr, KK=self.KK, S=self.S, CP=self.CP, KP=self.KP, SP=self.SP,
+                            EDGES=self.edges, HAS_SB=self.has_sb)
+        self._scalars = {}
 
     def consts(self):
-        return dict(SR=self.sr, KK=self.KK, S=self.S, CP=self.CP, KP=self.KP, SP=self.SP,
-                    EDGES=self.edges, HAS_SB=self.has_sb)
+        return self._consts
+
+    def scalars(self, R: int) -> dict:
+        """The scan kernels' integer and constexpr arguments for a tape of R rows (built once)."""
+        kw = self._scalars.get(R)
+        if kw is None:
+            kw = self._scalars[R] = dict(B=self.B, T=self.T, C=self.C, K=self.K, R=R, DELTA=self.delta,
+                                         NBLK=self.nblk, **self._consts)
+        return kw
 
 
-    def tapes(self, R, n, dtype=None):
-        """n tapes from one allocation (views of one buffer, each contiguous)."""
-        if n == 0:
+    def tapes(self, R, n, dtype=None, bases=False, extra=()):
+        """n tapes (B, 2R, CP, SP) from one allocation, then (``bases``) the bases (B, 2R, 2) in
+        float64 too, then a caller's pieces of the ``extra`` sizes; flat views of one buffer
+        (the kernels index them themselves)."""
+        sizes = [self.B * 2 * R * self.CP * self.SP] * n + [self.B * 2 * R * 2] * bases + list(extra)
+        if not sizes:
             return ()
-        buf = torch.empty(n, self.B, 2 * R, self.CP, self.SP, dtype=dtype or self.dtype, device=self.device)
-        return buf.unbind(0)
+        return torch.empty(sum(sizes), dtype=dtype or self.dtype, device=self.device).split_with_sizes(sizes)
 
     def bases(self, R):
         return torch.empty(self.B, 2 * R, 2, dtype=torch.float64, device=self.device)
@@ -151,12 +164,17 @@ def _cached_meta(*key):
     return _Meta(*key[:-3])  # the tuning globals end the key
 
 
+def tuning() -> tuple:
+    """The tuning globals a cached launch plan depends on (part of every cache key)."""
+    return NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD
+
+
 def _meta(*args) -> _Meta:
     """_Meta per call shape, cached (small calls are host-bound); the tuning globals are part of the key.
     torch.compile traces the plain constructor (it warns about lru_cache wrappers)."""
     if torch.compiler.is_compiling():
         return _Meta(*args)
-    return _cached_meta(*args, NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD)
+    return _cached_meta(*args, *tuning())
 
 
 class Operands(NamedTuple):
@@ -214,18 +232,29 @@ class Backpointers(NamedTuple):
     fin: torch.Tensor
 
 
+@functools.cache
+def _ptr_names(role_type, skip=()) -> tuple:
+    """The kernel keywords of a role's fields (field f: ``f_ptr``; a skipped field: None)."""
+    return tuple(None if name in skip else f"{name}_ptr" for name in role_type._fields)
+
+
 def _pointers(*roles, skip=()) -> dict:
     """Kernel keyword arguments of operand roles: field f is the kernel's ``f_ptr``."""
-    return {f"{name}_ptr": x for role in roles for name, x in zip(role._fields, role) if name not in skip}
+    kw = {}
+    for role in roles:
+        kw.update(zip(_ptr_names(type(role), skip), role))
+    kw.pop(None, None)
+    return kw
 
 
 def _aligned(*tensors) -> tuple:
     """16-byte alignment of each tensor (Triton specialises pointers on it); None: False."""
-    return tuple(x is not None and x.data_ptr() & 15 == 0 for x in tensors)
+    return tuple([x is not None and x.data_ptr() & 15 == 0 for x in tensors])
 
 
-def _launch(kernel, m: _Meta, variant: tuple, kw: dict, num_warps: Optional[int] = None):
-    """``kernel[(B,)](**kw)`` with m's launch options.
+def _launch(kernel, m: _Meta, variant: tuple, kw: dict, num_warps: Optional[int] = None, grid: int = 0,
+            cache: Optional[dict] = None):
+    """``kernel[(grid or B,)](**kw)`` with m's launch options.
 
     Compiled kernels (a GPU, no launch hooks) are launched directly after the first call of a
     specialisation: Triton's generic path (binding ~45 arguments, hashing the key, checking
@@ -234,22 +263,25 @@ def _launch(kernel, m: _Meta, variant: tuple, kw: dict, num_warps: Optional[int]
     specialises on that m does not fix (constexpr switches, alignment of caller-owned operands,
     integer arguments that vary); dtypes come from m, and the kernel's own buffers come from
     the caching allocator, aligned. The interpreter, stubs and hooked launches (profilers)
-    take the plain path. num_warps: m.num_warps unless given."""
+    take the plain path. num_warps: m.num_warps unless given; grid: m.B programs unless given;
+    cache: m.compiled unless given (a caller whose kernels specialise on more than m fixes)."""
     num_warps = num_warps or m.num_warps
+    grid = grid or m.B
     hooks = knobs.runtime.launch_enter_hook.calls or knobs.runtime.launch_exit_hook.calls
     if not (DIRECT_LAUNCH and isinstance(kernel, JITFunction)) or hooks:
-        kernel[(m.B,)](**kw, num_warps=num_warps, num_stages=1)
+        kernel[(grid,)](**kw, num_warps=num_warps, num_stages=1)
         return
     device = driver.active.get_current_device()
     key = (kernel, device, variant)
-    compiled = m.compiled.get(key)
+    cache = m.compiled if cache is None else cache
+    compiled = cache.get(key)
     if compiled is None:
-        compiled = kernel[(m.B,)](**kw, num_warps=num_warps, num_stages=1)
+        compiled = kernel[(grid,)](**kw, num_warps=num_warps, num_stages=1)
         if not hasattr(compiled, "result"):  # not an async-compile future
-            m.compiled[key] = compiled
+            cache[key] = compiled
         return
     stream = driver.active.get_current_stream(device)
-    compiled.run(m.B, 1, 1, stream, compiled.function, compiled.packed_metadata, None, None, None,
+    compiled.run(grid, 1, 1, stream, compiled.function, compiled.packed_metadata, None, None, None,
                  *[kw[name] for name in kernel.arg_names])
 
 
@@ -258,30 +290,45 @@ def _bwd_tape(m: _Meta, R) -> Tape:
 
     One allocation per dtype, split into views: short calls are host-bound,
     and each allocation costs as much host time as a small kernel launch."""
-    routed, norm = m.routes, m.lse
-    want = dict(to=not m.edges, tp=m.has_sb, tam=norm, ttm=norm and not m.edges)
-    names = ["tv"] + [k for k, v in want.items() if v]
-    arrays = dict(zip(names, m.tapes(R, len(names))))
+    return tape_with(m, R)[0]
+
+
+def tape_with(m: _Meta, R, sizes=(), sizes64=()):
+    """(Tape, flat pieces of the ``sizes`` in the compute dtype, of the ``sizes64`` in float64):
+    a caller's buffers that live as long as the tape, carved from its allocations."""
+    arrays, more = {}, {None: sizes, torch.float64: sizes64}
+    for dtype, names in _tape_names(m.edges, m.has_sb, m.routes, m.lse):
+        bases = dtype == torch.float64  # the bases share the float64 tapes' allocation
+        extra = more.get(dtype, ())
+        parts = m.tapes(R, len(names), dtype, bases, extra)
+        arrays.update(zip(names + ["tb"] * bases, parts))
+        more[dtype] = parts[len(parts) - len(extra):]
+    return Tape(**arrays), list(more[None]), list(more[torch.float64])
+
+
+@functools.cache
+def _tape_names(edges, has_sb, routed, norm) -> tuple:
+    """(dtype, the Tape fields in it) of a variant's tape; dtype None: the compute dtype."""
+    want = dict(to=not edges, tp=has_sb, tam=norm, ttm=norm and not edges)
     # float64: the adjoints (ta) and the logsumexp sums (taz, ttz) the softmax weights are
     # normalised by, so the adjoint recursion conserves probability mass over 10^6 steps
-    want64 = dict(ta=True, taz=norm, ttz=norm and not m.edges)
-    names64 = [k for k, v in want64.items() if v]
-    arrays.update(zip(names64, m.tapes(R, len(names64), torch.float64)))
-    want_int = dict(tra=routed, trt=routed and not m.edges)
-    names_int = [k for k, v in want_int.items() if v]
-    arrays.update(zip(names_int, m.tapes(R, len(names_int), torch.int32)))
-    return Tape(tb=m.bases(R), **arrays)
+    want64 = dict(ta=True, taz=norm, ttz=norm and not edges)
+    want_int = dict(tra=routed, trt=routed and not edges)
+    return ((None, ["tv"] + [k for k, v in want.items() if v]), (torch.float64, [k for k, v in want64.items() if v]),
+            (torch.int32, [k for k, v in want_int.items() if v]))
 
 
-def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers] = None):
+def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers] = None,
+         tape: Optional[Tape] = None):
     """Launch the forward scan. Returns (value (S, B), saved state for the backward:
-    Checkpoints, then the Tape when the forward kept all of it)."""
+    Checkpoints, then the Tape when the forward kept all of it). ``tape``: the whole tape,
+    allocated by the caller (``tape_with``), when the forward keeps all of it."""
     dev = m.device
     full = bool(save_ck and m.store_all)
     ring = m.ring and (RING_TAPES or not (full or (save_ck and m.nblk > 1)))  # see RING_TAPES
     if full:
-        R = _pow2(m.delta + 2 * m.K + 1)
-        tape = _bwd_tape(m, R)
+        R = m.r_tape
+        tape = _bwd_tape(m, R) if tape is None else tape
     elif ring:  # the ring lives in registers: no tape
         R = 1
         tape = Tape(tv=None)
@@ -300,20 +347,22 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
     flags = dict(SAVE_CK=ck.ckv is not None, BACKPTR=backptr is not None, FULL=full)
     _launch(scan_fwd_kernel, m, (*flags.values(), ring, *_aligned(*ops)), dict(
         **_pointers(ops, bp, tape, ck, skip=("ta",)), value_ptr=value, rot_ptr=rot,
-        B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, **flags, KR=m.KR, USE_RING=ring, **m.consts()),
-        num_warps=m.ring_warps if ring else m.num_warps)
-    return value[: m.S], (ck, tape if full else None)
+        **m.scalars(R), **flags, KR=m.KR, USE_RING=ring), num_warps=m.ring_warps if ring else m.num_warps)
+    return (value if m.SP == m.S else value[: m.S]), (ck, tape if full else None)
 
 
-def _bwd(m: _Meta, grad_value, ops: Operands, saved) -> Grads:
+def _bwd(m: _Meta, grad_value, ops: Operands, saved, grads: Optional[Grads] = None) -> Grads:
+    """Launch the backward scan; returns its Grads (``grads``: the caller's buffers for them)."""
     ck, tape = saved
     recompute = tape is None
-    R = _pow2(m.delta + 2 * m.K + 1)
+    R = m.r_tape
     if recompute:
         tape = _bwd_tape(m, R)
     # (S, B), any strides (the kernel takes them): the expanded ones of v.sum() need no copy
     gv = grad_value if grad_value.dtype == m.dtype else grad_value.to(m.dtype)
-    if m.edges:
+    if grads is not None:
+        pass
+    elif m.edges:
         grads = Grads(gedge=torch.zeros_like(ops.edges))
     else:  # every element is written by the kernel (rows past L as zeros): no fill launches
         like = [ops.trans, ops.dur, ops.tau0, ops.end] + ([] if ops.sb is None else [ops.sb])
@@ -323,17 +372,16 @@ def _bwd(m: _Meta, grad_value, ops: Operands, saved) -> Grads:
     gv_s, gv_b = gv.stride()
     _launch(scan_bwd_kernel, m, (recompute, *_aligned(*ops, gv), gv_s, gv_b), dict(
         **_pointers(ops, tape, ck, grads), gv_ptr=gv,
-        B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, GV_S=gv_s, GV_B=gv_b,
-        RECOMPUTE=recompute, **m.consts()))
+        **m.scalars(R), GV_S=gv_s, GV_B=gv_b, RECOMPUTE=recompute))
     return grads
 
 
 def _empty_like(tensors, dtype):
     """Uninitialised contiguous tensors shaped like ``tensors``, views of one allocation
-    (on a GPU host an allocation costs more host time than the views)."""
+    (on a GPU host an allocation costs more host time than the views; flat ones need no view)."""
     sizes = [x.numel() for x in tensors]
-    parts = torch.empty(sum(sizes), dtype=dtype, device=tensors[0].device).split(sizes)
-    return [p.view(x.shape) for p, x in zip(parts, tensors)]
+    parts = torch.empty(sum(sizes), dtype=dtype, device=tensors[0].device).split_with_sizes(sizes)
+    return [p if x.dim() == 1 else p.view(x.shape) for p, x in zip(parts, tensors)]
 
 
 def _edge_operands(m: _Meta, edges, lengths) -> Operands:
