@@ -121,13 +121,14 @@ def main(argv=None):
     ap.add_argument("--K", type=int, default=K_)
     ap.add_argument("--C", type=int, default=C_)
     ap.add_argument("--budget", type=float, default=170.0, help="seconds; later variants are skipped")
-    ap.add_argument("--ring", action="store_true",
-                    help="the baselines (the real kernel) with launch.RING_FORWARD on: the register-ring forward")
+    ap.add_argument("--ring", choices=["on", "off"],
+                    help="the baselines (the real kernel) with the register-ring forward on (RING_FORWARD and "
+                         "RING_TAPES: the tape and checkpoint stores too) or off; default: the library's setting")
     args = ap.parse_args(argv)
     if args.ring:
         from semiring_flash.ops.triton import launch
 
-        launch.RING_FORWARD = True
+        launch.RING_FORWARD = launch.RING_TAPES = args.ring == "on"
     out_dir = os.environ.get("OUT", "./out")
     os.makedirs(out_dir, exist_ok=True)
 

@@ -831,14 +831,28 @@ def scan_bwd_kernel(
 # Viterbi backtrace (max semiring, factored input)
 # --------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["T"])
-def backtrace_kernel(bpa_ptr, bpt_ptr, fin_ptr, len_ptr, labels_ptr, starts_ptr, T, C,
-                     KP: tl.constexpr):
-    """Walk the backpointers from (L, best final label) to 0, one segment per iteration.
+def backlink_kernel(bpa_ptr, bpt_ptr, link_ptr, T, C, BLOCK: tl.constexpr):
+    """link[b, t, c] = d << 16 | c': the segment ending at t with label c has duration d and
+    follows label c' = bpt[b, t - d, c] (any label where t - d = 0). One parallel pass, so the
+    backtrace's chain has one dependent load per segment instead of two."""
+    b = tl.cast(tl.program_id(0), tl.int64)
+    i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # t·C + c over t = 0..T
+    ok = i < (T + 1) * C
+    row = b * (T + 1) * C
+    d = tl.load(bpa_ptr + row + i, mask=ok, other=0).to(tl.int32) + 1
+    prev = i - d * C  # (t - d)·C + c
+    # rows past a sequence's end hold no backpointers: any d there stays in bounds (d >= 1)
+    cp = tl.load(bpt_ptr + row + prev, mask=ok & (prev >= C) & (d >= 1), other=0).to(tl.int32)
+    tl.store(link_ptr + row + i, (d << 16) | cp, mask=ok)
+
+
+@triton.jit(do_not_specialize=["T"])
+def backtrace_kernel(link_ptr, fin_ptr, len_ptr, labels_ptr, starts_ptr, T, C, KP: tl.constexpr):
+    """Walk the links (``backlink_kernel``) from (L, best final label) to 0, one segment per
+    iteration: one dependent load, one vector store of the segment.
 
     labels (B, T) int64 and starts (B, T) int8 must be pre-filled (-1 / 0) past L.
     A final label of -1 marks a sequence without a segmentation: nothing is written.
-    Each iteration: two dependent loads (duration of the segment ending at t
-    with label c; the label before it), one vector store of the segment.
     """
     b = tl.cast(tl.program_id(0), tl.int64)
     L = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
@@ -846,12 +860,11 @@ def backtrace_kernel(bpa_ptr, bpt_ptr, fin_ptr, len_ptr, labels_ptr, starts_ptr,
     o = tl.arange(0, KP)
     t = tl.where(c >= 0, L, 0)
     while t > 0:
-        bo = (b * (T + 1) + t) * C + c
-        d = tl.load(bpa_ptr + bo).to(tl.int32) + 1
+        v = tl.load(link_ptr + (b * (T + 1) + t) * C + c)
+        d = v >> 16
         pos = t - d + o
         ok = o < d
         tl.store(labels_ptr + b * T + pos, (c + o * 0).to(tl.int64), mask=ok)
         tl.store(starts_ptr + b * T + pos, (o == 0).to(tl.int8), mask=ok)
         t = t - d
-        if t > 0:
-            c = tl.load(bpt_ptr + (b * (T + 1) + t) * C + c).to(tl.int32)
+        c = v & 0xFFFF

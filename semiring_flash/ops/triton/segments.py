@@ -1,8 +1,9 @@
 """Viterbi segmentations on the device: one max-semiring forward pass that keeps
 backpointers, then a device-side backtrace (no per-position host round trip).
 
-Memory: the backpointers are two (B, T+1, C) int16 arrays, O(T·C) like the
-output itself; the scan state stays O(K·C). The path is the one the
+Memory: the backpointers are two (B, T+1, C) int16 arrays and their links one int32
+array (duration and previous label per state, so the backtrace's chain has one dependent
+load per segment), O(T·C) like the output itself; the scan state stays O(K·C). The path is the one the
 max-semiring gradient of the torch engine selects (exact ties go to the
 longest duration, then the first label).
 """
@@ -10,12 +11,15 @@ longest duration, then the first label).
 from __future__ import annotations
 
 import torch
+import triton
 
 from ...semirings import MaxSemiring
-from .kernels import backtrace_kernel
+from .kernels import backlink_kernel, backtrace_kernel
 from .launch import Backpointers, _fwd, _meta, _operands, _pow2
 
 __all__ = ["viterbi_triton"]
+
+_LINK_BLOCK = 1024
 
 
 def viterbi_triton(cum, transition, duration, tau0, end, lengths, start_bias=None):
@@ -42,5 +46,7 @@ def viterbi_triton(cum, transition, duration, tau0, end, lengths, start_bias=Non
         fin = torch.where(value[0] == float("-inf"), -1, bp.fin)  # the backtrace skips these sequences
         labels = torch.full((B, T), -1, dtype=torch.int64, device=dev)
         starts = torch.zeros(B, T, dtype=torch.int8, device=dev)
-        backtrace_kernel[(B,)](bp.bpa, bp.bpt, fin, ops.lengths, labels, starts, T, C, KP=max(2, _pow2(K)), num_warps=1)
+        link = torch.empty(B, T1, C, dtype=torch.int32, device=dev)
+        backlink_kernel[(B, triton.cdiv(T1 * C, _LINK_BLOCK))](bp.bpa, bp.bpt, link, T, C, BLOCK=_LINK_BLOCK)
+        backtrace_kernel[(B,)](link, fin, ops.lengths, labels, starts, T, C, KP=max(2, _pow2(K)), num_warps=1)
     return value[0], labels, starts.bool()
