@@ -196,6 +196,80 @@ def test_factored_checkpointed_ring_vs_dense_and_bitwise_repeatable(si, ring):
         assert torch.equal(x, y)
 
 
+# -- the backward on the register ring (issue 11): launch flags, each with the ring forward -------
+#: flag sets of the ring backward: the recompute on the ring (launch.RING_RECOMPUTE)
+RING_BWD = {"recompute": ("RING_FORWARD", "RING_RECOMPUTE")}
+
+
+@pytest.fixture(params=list(RING_BWD))
+def ring_bwd(request, monkeypatch):
+    """The backward's register-ring flags (off by default until run on a GPU), one set per param."""
+    from semiring_flash.ops.triton import launch
+
+    for flag in RING_BWD[request.param]:
+        monkeypatch.setattr(launch, flag, True)
+    return request.param
+
+
+def _value_grads(sr, ins, L, every, sb=True):
+    v = kernels.factored_scan_triton(sr, *ins[:5], L, start_bias=ins[5] if sb else None, checkpoint_every=every)
+    wrt = ins if sb else ins[:5]
+    return [v.detach()] + list(torch.autograd.grad(v.sum(), wrt))
+
+
+@pytest.mark.parametrize("K", [pytest.param(3, id="K3"), pytest.param(5, id="K5", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
+def test_ring_backward_vs_dense_and_bitwise_the_stored_tape(si, K, ring_bwd):
+    """K not a power of two, mixed lengths, -inf zeros, T = 16 > KR (the ring wraps), 4 blocks:
+    gradients match the dense DP, and the blocks recomputed from checkpoints give bit for bit
+    the gradients of the ring forward's stored tape (the tape step's sums would differ in the
+    last bits for log)."""
+    sr = SEMIRINGS[si]
+    ins, L = _factored(sr, 3, 16, K, 3, seed=50 + si, neg=True)
+    _check_factored_vs_dense(sr, si, ins, L, 4)
+    for x, y in zip(_value_grads(sr, ins, L, 4), _value_grads(sr, ins, L, None)):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
+def test_ring_backward_default_blocks_vs_dense(si, ring_bwd, monkeypatch):
+    """No tape kept (STORE_ALL_BYTES = 0): the default Δ ≈ √(T·K) cuts T = 16 into 3 blocks."""
+    from semiring_flash.ops.triton import launch
+
+    monkeypatch.setattr(launch, "STORE_ALL_BYTES", 0)
+    sr = SEMIRINGS[si]
+    ins, L = _factored(sr, 2, 16, 3, 2, seed=60 + si, neg=True)
+    assert launch._meta(sr, 2, 16, 3, 2, torch.float64, torch.device("cpu"), False, True, None).nblk == 3
+    _check_factored_vs_dense(sr, si, ins, L, None)
+
+
+@pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
+def test_ring_backward_against_flags_off_with_ties(si, ring_bwd, monkeypatch):
+    """Integer potentials (max: many tied paths), no start bias, several blocks: the gradients
+    equal the flags-off kernel's (max: bit for bit, the same tie rules; log: to rounding) and,
+    by Euler's identity / against the dense DP, an optimal path's."""
+    from semiring_flash.ops.triton import launch
+
+    sr = SEMIRINGS[si]
+    ins, L = _factored(sr, 2, 12, 3, 3, seed=70 + si, neg=True)
+    with torch.no_grad():
+        for x in ins:
+            x.copy_(torch.where(torch.isfinite(x), x.round(), x))
+    on = _value_grads(sr, ins, L, 4, sb=False)
+    with monkeypatch.context() as mp:
+        for flag in ("RING_FORWARD",) + RING_BWD[ring_bwd]:
+            mp.setattr(launch, flag, False)
+        off = _value_grads(sr, ins, L, 4, sb=False)
+    for x, y in zip(on, off):
+        if si == 1:
+            assert torch.equal(x, y)
+        else:
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+    a = kernels.factored_scan_triton(sr, *ins[:5], L, checkpoint_every=4)
+    _check_grads(sr, a, dense_factored(sr, *ins[:5], L), ins[:5], 70 + si, 1e-9)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("si", [0, 2], ids=["log", "entropy"])
 def test_fp32_compute_vs_float64_dense(si):

@@ -10,12 +10,15 @@ Which step runs where:
   forward, factored log / max (RING)     ``_fac_ring_step``: register ring (below)
   forward, factored entropy / kmax       ``_fac_fwd_step``: tape window
   forward and backward recompute, edges  ``_edge_fwd_step``: tape window
-  backward recompute, factored (all)     ``_fac_fwd_step``: tape window
-Both factored steps form a window term bit for bit alike, so the backward
-re-forms from FULL tape rows the very candidates whose max and float64 sum the
-ring step stored (exactly normalised weights). A block the backward recomputes
-from checkpoints may differ from the ring forward in the last bits of α (the
-sums' order), and its own stored normalisers match its own candidates.
+  backward recompute, log / max (RING_RC) ``_fac_ring_step`` with the FULL stores
+  backward recompute, factored, else     ``_fac_fwd_step``: tape window
+(RING: launch.RING_FORWARD; RING_RC: launch.RING_RECOMPUTE.) Both factored
+steps form a window term bit for bit alike, so the backward re-forms from FULL
+tape rows the very candidates whose max and float64 sum the ring step stored
+(exactly normalised weights). The steps sum a window in different orders (the
+ring by slot, the tape by duration), so a block recomputed by the other step
+differs from the forward in the last bits of α; its own stored normalisers
+match its own candidates. RING_RC after RING gives the forward's rows exactly.
 
 Layout. One program scans one sequence (``program_id(0)`` = batch row b) for
 exactly L_b steps. Labels lie across lanes, durations along the other tile
@@ -244,6 +247,56 @@ def _put2(ptr, R, v, lab, pos, N):
 
 
 @triton.jit
+def _ring_setup(L, b, C, K, trans_ptr, dur_ptr, rot_ptr, CP: tl.constexpr, KR: tl.constexpr):
+    """What every register-ring scan of sequence b shares: the ring's label and slot index
+    tiles (rc3, slot), the store indices of ``_put`` (lab3, pos3 along the ring; lab2, pos2
+    along the transition tile), the transition tile tr2 (c, c') and the rotated duration
+    table rot_b (written here: read it after a barrier)."""
+    # ring tile (CP, KO, LANES), slot = ko·LANES + lane: the slot-contiguous layout Triton
+    # picks puts lanes on slots and warps on labels (benchmarks/latency: lanesk_trt)
+    LANES: tl.constexpr = 32 if KR > 32 else KR
+    KO: tl.constexpr = KR // LANES
+    rc3 = tl.arange(0, CP)[:, None, None]
+    slot = tl.arange(0, KO)[None, :, None] * LANES + tl.arange(0, LANES)[None, None, :]
+    rot_b = rot_ptr + b * CP * (2 * KR)
+    _rotate_durations(dur_ptr + b * K * C, rot_b, C, K, CP, KR)
+    rr = tl.arange(0, CP)[:, None]  # c
+    rj = tl.arange(0, CP)[None, :]  # c'
+    tr2 = tl.load(trans_ptr + b * C * C + rj * C + rr, mask=(rr < C) & (rj < C), other=float("-inf"))
+    # store indices for _put: label times an opaque 1 (L >= 0 always holds), positions
+    # contiguous along the ring's slots / the transition tile's c' (minus an opaque 0)
+    one = (L >= 0).to(tl.int32)
+    return rc3, slot, rc3 * one, slot - (one - 1), rr * one, rj - (one - 1), tr2, rot_b
+
+
+@triton.jit
+def _ring_start(v0, base0, cum_b, C, rc3, slot, CP: tl.constexpr):
+    """The ring at position 0: τ(0) in slot 0, rows p < 0 are 0̄ (SP = 1); BASE(0) = 0 and
+    S[0] beside it; BASE(1) = base0 as one equal copy per label."""
+    ring = tl.where(slot == 0, v0[:, :, None], float("-inf"))
+    cum0 = tl.load(cum_b + rc3, mask=rc3 < C, other=0.0)
+    cring = tl.where(slot == 0, cum0, 0.0)
+    bring = tl.zeros(ring.shape, dtype=tl.float64)
+    return ring, bring, cring, base0 + tl.zeros((CP,), dtype=tl.float64)
+
+
+@triton.jit
+def _ring_from_checkpoint(ckv_b, ckb_b, ckn_b, cum_b, C, K, t0, j, rc3, slot, CP: tl.constexpr,
+                          KP: tl.constexpr, KR: tl.constexpr):
+    """The ring after position t0 = j·Δ from block j's checkpoint: the K rows t0-K+1..t0 (τ,
+    BASE) at slot p mod KR with S[p] beside them, 0̄ elsewhere, and BASE(t0+1) as one copy
+    per label: the very state the ring forward had there (SP = 1)."""
+    r = (slot - (t0 - K + 1)) & (KR - 1)  # checkpoint row of the slot's position
+    ok = r < K
+    ck = tl.cast(j * KP + r, tl.int64)
+    ring = tl.load(ckv_b + ck * CP + rc3, mask=ok, other=float("-inf"))  # all CP labels were stored
+    bring = tl.load(ckb_b + ck * 2 + rc3 * 0, mask=ok, other=0.0)
+    cring = tl.load(cum_b + (t0 - K + 1 + r) * C + rc3, mask=ok & (rc3 < C), other=0.0)
+    base = tl.load(ckn_b + j * 2) + tl.zeros((CP,), dtype=tl.float64)
+    return ring, bring, cring, base
+
+
+@triton.jit
 def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
                    tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
                    SR: tl.constexpr, CP: tl.constexpr, SP: tl.constexpr, KR: tl.constexpr,
@@ -407,29 +460,9 @@ def scan_fwd_kernel(
     base0 = sh0.to(tl.float64)
     base1 = sh1.to(tl.float64)
     if RING:
-        # ring tile (CP, KO, LANES), slot = ko·LANES + lane: the slot-contiguous layout Triton
-        # picks puts lanes on slots and warps on labels (benchmarks/latency: lanesk_trt)
-        LANES: tl.constexpr = 32 if KR > 32 else KR
-        KO: tl.constexpr = KR // LANES
-        rc3 = tl.arange(0, CP)[:, None, None]
-        slot = tl.arange(0, KO)[None, :, None] * LANES + tl.arange(0, LANES)[None, None, :]
-        rot_b = rot_ptr + b * CP * (2 * KR)
-        _rotate_durations(dur_ptr + b * K * C, rot_b, C, K, CP, KR)  # read after the barrier below
-        rr = tl.arange(0, CP)[:, None]  # c
-        rj = tl.arange(0, CP)[None, :]  # c'
-        tr2 = tl.load(trans_ptr + b * C * C + rj * C + rr, mask=(rr < C) & (rj < C), other=float("-inf"))
-        ring = tl.where(slot == 0, v0[:, :, None], float("-inf"))  # rows p < 0 are 0̄ (SP = 1)
-        cum0 = tl.load(cum_b + rc3, mask=rc3 < C, other=0.0)
-        # store indices for _put: label times an opaque 1 (L >= 0 always holds), positions
-        # contiguous along the ring's slots / the transition tile's c' (minus an opaque 0)
-        one = (L >= 0).to(tl.int32)
-        lab3 = rc3 * one
-        pos3 = slot - (one - 1)
-        lab2 = rr * one
-        pos2 = rj - (one - 1)
-        cring = tl.where(slot == 0, cum0, 0.0)
-        bring = tl.zeros((CP, KO, LANES), dtype=tl.float64)  # BASE(0) = 0
-        base0 = base0 + tl.zeros((CP,), dtype=tl.float64)  # one equal copy per label
+        rc3, slot, lab3, pos3, lab2, pos2, tr2, rot_b = _ring_setup(L, b, C, K, trans_ptr, dur_ptr, rot_ptr, CP, KR)
+        # the rotated table is read after the barrier below
+        ring, bring, cring, base0 = _ring_start(v0, base0, cum_b, C, rc3, slot, CP)
         base1 = base0 * 0.0
         bl = base1  # BASE(L)
         alpha = tl.full((CP,), float("-inf"), v0.dtype)  # α(L)
@@ -679,13 +712,22 @@ def scan_bwd_kernel(
     ckv_ptr, ckb_ptr, ckn_ptr,
     # gradients (launch.Grads)
     gcum_ptr, gtr_ptr, gdur_ptr, gtau0_ptr, gend_ptr, gsb_ptr, gedge_ptr,
+    # RING_RC's rotated duration table (B, CP, 2·KR), written by the kernel (launch._bwd)
+    rot_ptr,
     B, T, C, K, R, DELTA, NBLK, GV_S, GV_B,
     SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
     SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, RECOMPUTE: tl.constexpr,
+    KR: tl.constexpr, USE_RING_RECOMPUTE: tl.constexpr,
 ):
     """Gradients of the scan. RECOMPUTE: rebuild each block's tape rows from its
     checkpoint (O(√(T·K)) memory); else the forward stored every row (one block).
-    A None pointer is a constexpr None: its offsets below are never formed."""
+    A None pointer is a constexpr None: its offsets below are never formed.
+
+    RING_RC (launch.RING_RECOMPUTE; factored log / max): the recompute steps on the register
+    ring (``_fac_ring_step`` with the FULL stores), reloaded from each checkpoint: the rows it
+    writes are, bit for bit, those of a ring forward that kept the whole tape. Entropy, kmax
+    and the edge path recompute on the tape (``_fac_fwd_step``, ``_edge_fwd_step``)."""
+    RING_RC: tl.constexpr = USE_RING_RECOMPUTE and RECOMPUTE and (not EDGES) and (SR == LOG or SR == MAX)
     b = tl.cast(tl.program_id(0), tl.int64)
     L = tl.minimum(tl.maximum(tl.load(lengths_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
     tape = b * (2 * R) * (CP * SP)
@@ -721,6 +763,8 @@ def scan_bwd_kernel(
         dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
         tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
         trT3 = tl.load(trans_ptr + b * C * C + c3 * C + cr, mask=(cr < C) & (c3 < C), other=float("-inf"))
+    if RING_RC:
+        rc3, slot, lab3, pos3, lab2, pos2, tr2, rot_b = _ring_setup(L, b, C, K, trans_ptr, dur_ptr, rot_ptr, CP, KR)
     # adjoints are float64 (semiring.vjp); so are these sums over up to 10^6 positions
     gdur = tl.zeros((KP, CP), dtype=tl.float64)
     gtr = tl.zeros((CP, CP), dtype=tl.float64)
@@ -740,6 +784,11 @@ def scan_bwd_kernel(
                 sh0, sh1 = shift(v0, SR)
                 base0 = sh0.to(tl.float64)
                 base1 = sh1.to(tl.float64)
+                if RING_RC:
+                    ring, bring, cring, rbase = _ring_start(v0, base0, cum_b, C, rc3, slot, CP)
+            elif RING_RC:  # the adjoints read no row <= t0 of this block: the ring alone
+                ring, bring, cring, rbase = _ring_from_checkpoint(ckv_b, ckb_b, ckn_ptr + b * NBLK * 2, cum_b, C, K,
+                                                                  t0, j, rc3, slot, CP, KP, KR)
             else:
                 okr = n3 < K
                 slot = (t0 - K + 1 + n3) & (R - 1)
@@ -757,15 +806,26 @@ def scan_bwd_kernel(
                 base1 = tl.load(ckn_ptr + (b * NBLK + j) * 2 + 1)
             tl.debug_barrier()
             # ---- recompute the block's rows ----
+            if RING_RC:
+                cum_t, dw, sbt = _ring_terms(t0 + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
             for t in range(t0 + 1, t1 + 1):
                 if EDGES:
                     base0, base1, v, ra, rt = _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
                                                              SR, KK, S, CP, KP, SP, True)
+                elif RING_RC:
+                    cum_n, dw_n, sb_n = _ring_terms(t + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
+                    ring, bring, cring, rbase, alpha, v, ra, rt = _fac_ring_step(
+                        t, R, ring, bring, cring, rbase, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
+                        tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b, SR, CP, SP, KR, HAS_SB, True)
+                    cum_t, dw, sbt = cum_n, dw_n, sb_n
                 else:
                     base0, base1, v, ra, rt = _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
                                                     tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
                                                     SR, KK, S, CP, KP, SP, HAS_SB, True)
-                tl.debug_barrier()
+                if not RING_RC:
+                    tl.debug_barrier()  # the next step reads the row this one wrote
+            if RING_RC:
+                tl.debug_barrier()  # the adjoints read the rows the ring stored
         # ---- adjoints, positions t1 down to t0+1 (and 0 in the first block) ----
         hi = t1
         if t1 == L:

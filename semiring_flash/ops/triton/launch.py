@@ -50,6 +50,10 @@ STORE_ALL_BYTES = 128 << 20
 #: GPU: the interpreter tests and the sm_90 compile check it on CPU, but the device run that would
 #: confirm it on real hardware could not be made on 2026-12-06 (docs/gpu.md). True turns it on.
 RING_FORWARD = False
+#: The backward's block recompute (checkpointed calls) of factored log/max on the register ring
+#: (kernels.scan_bwd_kernel, RING_RC): the tape rows of a ring forward, bit for bit. Off by
+#: default until timed and checked on a GPU (benchmarks/latency/run_gpu.py --bwd).
+RING_RECOMPUTE = False
 
 
 def _num_warps(elems: int) -> int:
@@ -109,13 +113,25 @@ class _Meta:
         # factored log / max forward: register ring of KR > K slots (kernels.scan_fwd_kernel, RING)
         self.ring = RING_FORWARD and not edges and self.sr in (LOG.value, MAX.value)
         self.KR = max(2, _pow2(K + 1))
-        self.fwd_warps = _ring_warps(self.CP, self.KR) if self.ring else self.num_warps
+        self.fwd_warps_ring = _ring_warps(self.CP, self.KR)
+        self.fwd_warps = self.fwd_warps_ring if self.ring else self.num_warps
+        # the backward's recompute on the same ring (kernels.scan_bwd_kernel, RING_RC)
+        self.ring_recompute = RING_RECOMPUTE and not edges and self.sr in (LOG.value, MAX.value)
         # kernels index within one sequence with int32 (the batch offset is int64)
         per_seq = max((T + 1) * C, T * (K + 1) * C * C if edges else 0,
                       2 * _pow2(self.delta + 2 * K + 1) * self.CP * self.SP)
         if per_seq >= 2**31:
             raise NotImplementedError(f"one sequence needs {per_seq} elements; the kernels index one sequence with int32")
         self.compiled = {}  # launch key -> compiled kernel (see _launch)
+
+    def bwd_ring(self, recompute: bool) -> dict:
+        """The backward's register-ring switches for a call (RECOMPUTE or not)."""
+        return dict(USE_RING_RECOMPUTE=recompute and self.ring_recompute)
+
+    def bwd_warps(self, recompute: bool) -> int:
+        """Warps of the backward: the ring's when a ring step runs in it (its layout, and no
+        spills at K=100, C=8: 4 warps need more than 255 registers a thread there)."""
+        return self.fwd_warps_ring if any(self.bwd_ring(recompute).values()) else self.num_warps
 
     def consts(self):
         return dict(SR=self.sr, KK=self.KK, S=self.S, CP=self.CP, KP=self.KP, SP=self.SP,
@@ -135,7 +151,7 @@ class _Meta:
 
 @functools.lru_cache(maxsize=512)
 def _cached_meta(*key):
-    return _Meta(*key[:-3])  # the tuning globals end the key
+    return _Meta(*key[:-4])  # the tuning globals end the key
 
 
 def _meta(*args) -> _Meta:
@@ -143,7 +159,7 @@ def _meta(*args) -> _Meta:
     torch.compile traces the plain constructor (it warns about lru_cache wrappers)."""
     if torch.compiler.is_compiling():
         return _Meta(*args)
-    return _cached_meta(*args, NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD)
+    return _cached_meta(*args, NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD, RING_RECOMPUTE)
 
 
 class Operands(NamedTuple):
@@ -306,11 +322,13 @@ def _bwd(m: _Meta, grad_value, ops: Operands, saved) -> Grads:
         gtr, gdur, gtau0, gend, *gsb = _empty_like(like, m.dtype)
         grads = Grads(gcum=torch.empty_like(ops.cum), gtr=gtr, gdur=gdur, gtau0=gtau0, gend=gend,
                       gsb=gsb[0] if gsb else None)
+    ring = m.bwd_ring(recompute)
+    rot = torch.empty(m.B, m.CP, 2 * m.KR, dtype=m.dtype, device=m.device) if any(ring.values()) else None
     gv_s, gv_b = gv.stride()
     _launch(scan_bwd_kernel, m, (recompute, *_aligned(*ops, gv), gv_s, gv_b), dict(
-        **_pointers(ops, tape, ck, grads), gv_ptr=gv,
+        **_pointers(ops, tape, ck, grads), gv_ptr=gv, rot_ptr=rot,
         B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, GV_S=gv_s, GV_B=gv_b,
-        RECOMPUTE=recompute, **m.consts()))
+        RECOMPUTE=recompute, KR=m.KR, **ring, **m.consts()), num_warps=m.bwd_warps(recompute))
     return grads
 
 
