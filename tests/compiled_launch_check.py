@@ -64,7 +64,7 @@ def _viterbi():
 
 
 #: launch flags of the register-ring paths (off by default), turned on for the "-ring" variants
-RING_FLAGS = ("RING_FORWARD", "RING_RECOMPUTE")
+RING_FLAGS = ("RING_FORWARD", "RING_RECOMPUTE", "RING_ADJOINT")
 
 
 def _flagged(call):

@@ -39,7 +39,7 @@ _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin
 _PTR_TYPES = {"cum_ptr": "*fp64", "len_ptr": "*i64", "tb_ptr": "*fp64", "ckb_ptr": "*fp64", "ckn_ptr": "*fp64",
               "out_ptr": "*fp64", "taz_ptr": "*fp64", "ttz_ptr": "*fp64", "lengths_ptr": "*i64", "bpa_ptr": "*i16",
               "bpt_ptr": "*i16", "fin_ptr": "*i32", "tra_ptr": "*i32", "trt_ptr": "*i32", "ta_ptr": "*fp64",
-              "gcum_ptr": "*fp64"}
+              "gcum_ptr": "*fp64", "gsc_ptr": "*fp64"}
 
 
 def signature(fn, constexprs: dict) -> dict:
@@ -63,21 +63,35 @@ def compile_sm90(fn, constexprs: dict, num_warps: int):
                           options={"num_warps": num_warps, "num_stages": 1})
 
 
+def loops_at_depth(ptx: str, depth: int) -> dict:
+    """header -> PTX lines of each loop at nesting depth ``depth``, its own blocks only (not
+    those of loops inside it: a fold every GM steps is no step), in the order of the headers."""
+    loops = _loop_blocks(ptx)
+    depths = dict(re.findall(r"^\$L__(BB\w+):.*\n.*?(?:\n.*?)?Loop Header: Depth=(\d+)", ptx, re.M))
+    return {h: body for h, body in loops.items() if int(depths.get(h, 0)) == depth}
+
+
+def _loop_blocks(ptx: str) -> dict:
+    """header -> the PTX lines of the blocks whose innermost loop it heads."""
+    lines = ptx.splitlines()
+    starts = [i for i, ln in enumerate(lines) if re.match(r"^(\$L__BB\w+:|// %bb\.\d+:)", ln)]
+    loops: dict = {}
+    for a, b in zip(starts, starts[1:] + [len(lines)]):
+        # long label comments push "in Loop" / a nested header's "Loop Header" down a line or two
+        head = " ".join(lines[a:min(a + 3, b)])
+        m = re.search(r"Header=(BB\w+)", head)
+        h = m.group(1) if m else (re.match(r"^\$L__(BB\w+):", head).group(1) if "Loop Header" in head else None)
+        if h:
+            loops.setdefault(h, []).extend(lines[a:b])
+    return loops
+
+
 def inner_loops(ptx: str) -> dict:
     """header -> PTX lines of each innermost loop, in the order the headers' first blocks come:
     the blocks LLVM's comments put in that loop ("This Inner Loop Header" / "in Loop:
     Header=BBx"), wherever they are laid out (a branch inside the loop may put its latch
     before the header)."""
-    lines = ptx.splitlines()
-    starts = [i for i, ln in enumerate(lines) if re.match(r"^(\$L__BB\w+:|// %bb\.\d+:)", ln)]
-    loops: dict = {}
-    for a, b in zip(starts, starts[1:] + [len(lines)]):
-        # long label comments push "in Loop" / a nested header's "Inner Loop Header" down a line or two
-        head = " ".join(lines[a:min(a + 3, b)])
-        m = re.search(r"Header=(BB\w+)", head)
-        h = m.group(1) if m else (re.match(r"^\$L__(BB\w+):", head).group(1) if "Inner Loop Header" in head else None)
-        if h:
-            loops.setdefault(h, []).extend(lines[a:b])
+    loops = _loop_blocks(ptx)
     outer = set(re.findall(r"Parent Loop (BB\w+)", ptx))  # an outer loop's own blocks are no step
     return {h: body for h, body in loops.items() if h not in outer}
 
@@ -192,28 +206,34 @@ def real_bwd_config(K: int, C: int, sr: int = 0, recompute: bool = False, flags=
             setattr(launch, f, v)
     fn = kernels.scan_bwd_kernel
     ring = m.bwd_ring(recompute) if hasattr(m, "bwd_ring") else {}
-    consts = dict(m.consts(), RECOMPUTE=recompute, KR=m.KR, **ring)
+    consts = dict(m.consts(), RECOMPUTE=recompute, KR=m.KR, GM=getattr(m, "fold", None), **ring)
     unused = ["edges_ptr", "gedge_ptr", "sb_ptr", "gsb_ptr", "tp_ptr"]
     unused += ["tam_ptr", "taz_ptr", "ttm_ptr", "ttz_ptr"] if sr == 1 else ["tra_ptr", "trt_ptr"]
     unused += [] if recompute else ["ckv_ptr", "ckb_ptr", "ckn_ptr"]
     unused += [] if any(ring.values()) else ["rot_ptr"]
+    unused += ["ta_ptr"] if ring.get("USE_RING_ADJOINT") else ["gsc_ptr"]
     consts |= dict.fromkeys(unused)
     nw = m.bwd_warps(recompute) if ring else m.num_warps
     return fn, {k: v for k, v in consts.items() if k in fn.arg_names}, nw
 #: name -> (semiring id, RECOMPUTE, launch flags) of the real backward compiled by ``real_bwd_rows``
-REAL_BWD = {"log": (0, False, ()), "log+rc": (0, True, ()), "log+rc ring_rc": (0, True, ("RING_RECOMPUTE",)),
-            "max": (1, False, ()), "max+rc": (1, True, ()), "max+rc ring_rc": (1, True, ("RING_RECOMPUTE",))}
+_RING = ("RING_RECOMPUTE", "RING_ADJOINT")
+REAL_BWD = {f"{sr}{'+rc' if rc else ''}{' ' + tag if tag else ''}": (i, rc, flags)
+            for i, sr in enumerate(["log", "max"])
+            for rc in (False, True)
+            for tag, flags in [("", ()), ("ring_rc", _RING[:1]), ("ring_adj", _RING[1:]), ("ring_rc+adj", _RING)]
+            if rc or "rc" not in tag}
 
 
 def real_bwd_rows(K: int = 100, C: int = 8) -> dict:
     """Proxy rows of the real backward per ``REAL_BWD`` entry, one row per per-step loop:
-    "name: recompute" (RECOMPUTE) and "name: adjoint" (the two largest innermost loops, in
-    the order the kernel runs them; the rest are the tail's zero fill)."""
+    "name: recompute" (RECOMPUTE) and "name: adjoint" (the two largest loops inside the loop
+    over blocks, in the order the kernel runs them; their own blocks: RING_ADJ's fold every
+    RING_FOLD steps is a loop of its own, its barrier is counted, once)."""
     rows = {}
     for name, (sr, recompute, flags) in REAL_BWD.items():
         fn, consts, nw = real_bwd_config(K, C, sr, recompute, flags)
         k = compile_sm90(fn, consts, nw)
-        loops = inner_loops(k.asm["ptx"])
+        loops = loops_at_depth(k.asm["ptx"], 2)  # the steps' loops, inside the loop over blocks
         big = sorted(sorted(loops, key=lambda h: len(loops[h]))[-(1 + recompute):], key=list(loops).index)
         res = resources(k.asm["cubin"])
         for part, h in zip(["recompute", "adjoint"][1 - recompute:], big):

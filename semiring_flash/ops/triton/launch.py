@@ -54,6 +54,13 @@ RING_FORWARD = False
 #: (kernels.scan_bwd_kernel, RING_RC): the tape rows of a ring forward, bit for bit. Off by
 #: default until timed and checked on a GPU (benchmarks/latency/run_gpu.py --bwd).
 RING_RECOMPUTE = False
+#: The backward's adjoint pass of factored log/max on a register ring (kernels.scan_bwd_kernel,
+#: RING_ADJ): the adjoints of the last K rows in registers, no adjoint tape, no barrier per step
+#: but the layout exchanges. Off by default until timed and checked on a GPU (run_gpu.py --bwd).
+RING_ADJOINT = False
+#: steps between two folds of RING_ADJ's duration-adjoint scratch into registers (a power of two; one
+#: barrier each; the scratch holds 2·RING_FOLD steps of (CP, KR) float64 per sequence)
+RING_FOLD = 16
 
 
 def _num_warps(elems: int) -> int:
@@ -117,6 +124,12 @@ class _Meta:
         self.fwd_warps = self.fwd_warps_ring if self.ring else self.num_warps
         # the backward's recompute on the same ring (kernels.scan_bwd_kernel, RING_RC)
         self.ring_recompute = RING_RECOMPUTE and not edges and self.sr in (LOG.value, MAX.value)
+        # and its adjoint pass (RING_ADJ; the adjoint tape is then not allocated)
+        # (the transition pull lays labels along the ring's lanes: CP <= min(KR, 32)), folding its
+        # duration adjoints every ``fold`` steps
+        self.ring_adjoint = (RING_ADJOINT and not edges and self.sr in (LOG.value, MAX.value)
+                             and self.CP <= min(self.KR, 32))
+        self.fold = RING_FOLD
         # kernels index within one sequence with int32 (the batch offset is int64)
         per_seq = max((T + 1) * C, T * (K + 1) * C * C if edges else 0,
                       2 * _pow2(self.delta + 2 * K + 1) * self.CP * self.SP)
@@ -126,7 +139,7 @@ class _Meta:
 
     def bwd_ring(self, recompute: bool) -> dict:
         """The backward's register-ring switches for a call (RECOMPUTE or not)."""
-        return dict(USE_RING_RECOMPUTE=recompute and self.ring_recompute)
+        return dict(USE_RING_RECOMPUTE=recompute and self.ring_recompute, USE_RING_ADJOINT=self.ring_adjoint)
 
     def bwd_warps(self, recompute: bool) -> int:
         """Warps of the backward: the ring's when a ring step runs in it (its layout, and no
@@ -151,7 +164,7 @@ class _Meta:
 
 @functools.lru_cache(maxsize=512)
 def _cached_meta(*key):
-    return _Meta(*key[:-4])  # the tuning globals end the key
+    return _Meta(*key[:-6])  # the tuning globals end the key
 
 
 def _meta(*args) -> _Meta:
@@ -159,7 +172,8 @@ def _meta(*args) -> _Meta:
     torch.compile traces the plain constructor (it warns about lru_cache wrappers)."""
     if torch.compiler.is_compiling():
         return _Meta(*args)
-    return _cached_meta(*args, NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD, RING_RECOMPUTE)
+    return _cached_meta(*args, NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD, RING_RECOMPUTE, RING_ADJOINT,
+                        RING_FOLD)
 
 
 class Operands(NamedTuple):
@@ -267,7 +281,7 @@ def _bwd_tape(m: _Meta, R) -> Tape:
     arrays = dict(zip(names, m.tapes(R, len(names))))
     # float64: the adjoints (ta) and the logsumexp sums (taz, ttz) the softmax weights are
     # normalised by, so the adjoint recursion conserves probability mass over 10^6 steps
-    want64 = dict(ta=True, taz=norm, ttz=norm and not m.edges)
+    want64 = dict(ta=not m.ring_adjoint, taz=norm, ttz=norm and not m.edges)
     names64 = [k for k, v in want64.items() if v]
     arrays.update(zip(names64, m.tapes(R, len(names64), torch.float64)))
     want_int = dict(tra=routed, trt=routed and not m.edges)
@@ -323,12 +337,13 @@ def _bwd(m: _Meta, grad_value, ops: Operands, saved) -> Grads:
         grads = Grads(gcum=torch.empty_like(ops.cum), gtr=gtr, gdur=gdur, gtau0=gtau0, gend=gend,
                       gsb=gsb[0] if gsb else None)
     ring = m.bwd_ring(recompute)
-    rot = torch.empty(m.B, m.CP, 2 * m.KR, dtype=m.dtype, device=m.device) if any(ring.values()) else None
+    rot = torch.empty(m.B, 2, m.CP, 2 * m.KR, dtype=m.dtype, device=m.device) if any(ring.values()) else None
+    gsc = torch.empty(m.B, 2 * m.fold + 5, m.CP, m.KR, dtype=torch.float64, device=m.device) if m.ring_adjoint else None
     gv_s, gv_b = gv.stride()
     _launch(scan_bwd_kernel, m, (recompute, *_aligned(*ops, gv), gv_s, gv_b), dict(
-        **_pointers(ops, tape, ck, grads), gv_ptr=gv, rot_ptr=rot,
+        **_pointers(ops, tape, ck, grads), gv_ptr=gv, rot_ptr=rot, gsc_ptr=gsc,
         B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, GV_S=gv_s, GV_B=gv_b,
-        RECOMPUTE=recompute, KR=m.KR, **ring, **m.consts()), num_warps=m.bwd_warps(recompute))
+        RECOMPUTE=recompute, KR=m.KR, GM=m.fold, **ring, **m.consts()), num_warps=m.bwd_warps(recompute))
     return grads
 
 
