@@ -724,9 +724,10 @@ def _pull_terms(p, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, ta
     """What adjoint ring step p reads (tape row p, S[p], the slots' duration terms), loaded
     a step ahead, off the dependency chain, each in the shape it is used in (SP = 1): ring
     rows (CP, 1, 1) (the transition tile's c' too), the ring (CP, KO, LANES), and the
-    transition tile's columns c, laid along the ring's lanes (1, 1, LANES). ``ar``, ``aq``: row p's α normalisers (log: max, sum) or route and α (max),
-    for its ring insert; ``tr``, ``tq``: τ(p)'s (log: max, sum; max: route, τ before the
-    start bias), for the transition pull."""
+    transition tile's columns c, laid along the ring's lanes (1, 1, LANES). ``ar``, ``aq``:
+    row p's α normalisers (log: max, sum) or route and α (max), for its ring insert; ``tr``,
+    ``tq``: τ(p)'s (log: max, sum; max: route, τ before the start bias), for the transition
+    pull."""
     sp = (p & (R - 1)) * CP
     tau = tl.load(tv_b + sp + rc3)
     bp = tl.load(tb_b + (p & (R - 1)) * 2)
@@ -751,28 +752,45 @@ def _pull_terms(p, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, ta
 
 
 @triton.jit
-def _ring_adj_tau(p, L, K, tau, bp, cum_p, dw, asc, aok, amr, rar, bqr, cqr, slot, lab3, pos3, gsc_b, gdur,
-                  SR: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr, KR: tl.constexpr, GM: tl.constexpr):
-    """Adjoint of τ(p) (CP,) float64 from the adjoint ring (rows q = p+1..p+K at slot q mod KR):
-    the window term τ(p) + fp(BASE(p) - BASE(q)) + (fp(S[q] - S[p]) + duration) exactly as the
-    forward formed it, weighted exp(x - m(q)) times the ring's adj(q) / z(q) (log) or routed
-    (max): ``_fac_pull``'s candidates and roundings, summed by slot instead of by duration.
-    The duration adjoints are stored by slot to the scratch ring gsc_b (2·GM rows) and folded
-    into gdur (KP, CP), p descending as the tape pull adds them, once per GM steps (one
-    barrier; the other half of the scratch is written meanwhile)."""
+def _ring_adj_weights(p, L, K, tau, bp, cum_p, dw, alpha, tr, tq, aok, amr, rar, bqr, cqr, trs, C, slot, rc3, col3,
+                      SR: tl.constexpr, KR: tl.constexpr):
+    """The weights of adjoint step p, off the dependency chain (computed a step ahead):
+    window w (CP, KO, LANES) and transition wt (CP, 1, LANES), 0 where ``vjp`` gives none.
+    Window rows q = p+1..p+K (slot q mod KR): the term τ(p) + fp(BASE(p) - BASE(q)) +
+    (fp(S[q] - S[p]) + duration) exactly as the forward formed it, exp(x - m(q)) (log) or the
+    route's indicator (max): ``_fac_pull``'s candidates and roundings. Transition (c', c = lane):
+    exp(α(p, c') + tr[c', c] - m(p, c)) or the route c' of τ(p, c) (``_fac_tpull``)."""
     d = (slot - p) & (KR - 1)  # the slot's duration: row q = p + d
     okq = (d >= 1) & (d <= K) & (d <= L - p) & aok
+    okt = (rc3 < C) & (col3 < C)
     if SR == LOG:
         off = (bp - bqr).to(amr.dtype)
         x = (tau + off) + ((cqr - cum_p).to(amr.dtype) + dw)
-        ct = tl.where(okq, tl.exp(x - amr).to(tl.float64) * asc, 0.0)
+        w = tl.where(okq, tl.exp(x - amr), 0.0)
+        wt = tl.where(okt & (tq > 0), tl.exp((alpha + trs) - tr), 0.0)
     else:
-        ct = tl.where(okq & (rar == d - 1), asc, 0.0)
-    a_tau = tl.sum(tl.sum(ct, axis=1, keep_dims=True), axis=2, keep_dims=True)  # (CP, 1, 1): in-thread, then lanes
-    # duration adjoints, off the chain: stored from registers (lab3, pos3: as ``_put``, in
-    # ct's layout), folded per GM steps
-    row = gsc_b + (p & (2 * GM - 1)) * (CP * KR)
-    tl.store(row + lab3 * KR + pos3, ct)
+        w = tl.where(okq & (rar == d - 1), 1.0, 0.0)
+        wt = tl.where(okt & (tr == rc3) & (tq > float("-inf")), 1.0, 0.0)
+    return w, wt
+
+
+@triton.jit
+def _ring_adj_tau(w, asc):
+    """Adjoint of τ(p) (CP, 1, 1) float64, and its terms ct by slot: the weights times the
+    ring's adj(q) / z(q) (log; max: adj(q)), as ``vjp`` (a weight 0 gives 0), summed by
+    slot (in-thread, then across lanes) instead of by duration."""
+    ct = w.to(tl.float64) * asc
+    return tl.sum(tl.sum(ct, axis=1, keep_dims=True), axis=2, keep_dims=True), ct
+
+
+@triton.jit
+def _ring_adj_fold(p, L, K, ct, gsc_b, gdur, lab3, pos3, CP: tl.constexpr, KP: tl.constexpr, KR: tl.constexpr,
+                   GM: tl.constexpr):
+    """Duration adjoints of step p, off the chain: its terms ct (by slot; the slot's duration
+    rotates with p) are stored from registers (lab3, pos3: as ``_put``, in ct's layout) to the
+    scratch gsc_b of 2·GM steps, and folded into gdur (KP, CP) by duration once per GM steps,
+    p descending as the tape pull adds them (one barrier; the other half is written meanwhile)."""
+    tl.store(gsc_b + (p & (2 * GM - 1)) * (CP * KR) + lab3 * KR + pos3, ct)
     if p % GM == 0:
         tl.debug_barrier()
         n2 = tl.arange(0, KP)[:, None]
@@ -782,7 +800,7 @@ def _ring_adj_tau(p, L, K, tau, bp, cum_p, dw, asc, aok, amr, rar, bqr, cqr, slo
             g = tl.load(gsc_b + (pp & (2 * GM - 1)) * (CP * KR) + c2 * KR + ((pp + n2 + 1) & (KR - 1)),
                         mask=(n2 < K) & (pp < L), other=0.0)
             gdur += g
-    return a_tau, gdur
+    return gdur
 
 
 @triton.jit
@@ -809,19 +827,16 @@ def _ring_adj_insert(p, a_alpha, ar, aq, bp, cum_p, asc, aok, amr, rar, bqr, cqr
 
 
 @triton.jit
-def _ring_adj_tpull(a_tau, alpha, tr, tq, trs, C, rc3, col3, SR: tl.constexpr):
+def _ring_adj_tpull(a_tau, wt, tq, rc3, col3, SR: tl.constexpr):
     """Adjoint of α(p, c') (CP, 1, 1) from a_tau(c) (CP, 1, 1) through the transition tile laid
     out as the ring (c' on its label axis, c on its lanes: the tile's sums stay within warps),
-    and the tile's own adjoint (the transition's): ``_fac_tpull``'s weights exp(α(p, c') +
-    tr[c', c] - m(p, c)) · a_tau(c) / z(p, c), or the route c' of τ(p, c) (max). a_tau reaches
-    the lanes by one exchange across warps (a sum of one value and zeros: exact)."""
-    okt = (rc3 < C) & (col3 < C)
+    and the tile's own adjoint (the transition's): the weights wt times a_tau(c) / z(p, c)
+    (log; max: a_tau(c)), as ``vjp``. a_tau reaches the lanes by one exchange across warps
+    (a sum of one value and zeros: exact)."""
     at = tl.sum(tl.where(rc3 == col3, a_tau, 0.0), axis=0, keep_dims=True)  # (1, 1, LANES): a_tau(c = lane)
     if SR == LOG:
-        ok = tq > 0
-        ct = tl.where(okt & ok, tl.exp((alpha + trs) - tr).to(tl.float64) * (at / tl.where(ok, tq, 1.0)), 0.0)
-    else:
-        ct = tl.where(okt & (tr == rc3) & (tq > float("-inf")), at + tl.zeros(trs.shape, tl.float64), 0.0)
+        at = at / tl.where(tq > 0, tq, 1.0)
+    ct = wt.to(tl.float64) * at
     return tl.sum(tl.sum(ct, axis=1, keep_dims=True), axis=2, keep_dims=True), ct
 
 
@@ -1034,29 +1049,35 @@ def scan_bwd_kernel(
                 lo = lo - lo
         if RING_ADJ:
             # positions hi..lo on the adjoint ring: the chain per step is the K-reduction, the
-            # C x C transition pull and the ring insert; tape rows are loaded a step ahead
+            # C x C transition pull and the ring insert; tape rows are loaded a step ahead, and
+            # the next step's weights are formed while this step's chain waits
             tau, bp, cum_p, dw, alpha, ar, aq, tr, tq = _pull_terms(
                 hi, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
                 slot, rc3, col3, SR, CP, KR, HAS_SB)
+            w, wt = _ring_adj_weights(hi, L, K, tau, bp, cum_p, dw, alpha, tr, tq, aok, amr, rar, bqr, cqr, trs, C,
+                                      slot, rc3, col3, SR, KR)
             for i in range(0, hi - lo + 1):
                 p = hi - i
                 # row p - 1 (at the block's first position, a row the next block recomputes first: unused)
                 tau_n, bp_n, cum_n, dw_n, alpha_n, ar_n, aq_n, tr_n, tq_n = _pull_terms(
                     p - 1, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
                     slot, rc3, col3, SR, CP, KR, HAS_SB)
-                a_tau, gdur = _ring_adj_tau(p, L, K, tau, bp, cum_p, dw, asc, aok, amr, rar, bqr, cqr, slot, lab3,
-                                            pos3, gsc_b, gdur, SR, CP, KP, KR, GM)
-                a_alpha, gt = _ring_adj_tpull(a_tau, alpha, tr, tq, trs, C, rc3, col3, SR)
+                a_tau, ct = _ring_adj_tau(w, asc)
+                a_alpha, gt = _ring_adj_tpull(a_tau, wt, tq, rc3, col3, SR)
+                asc, aok, amr, rar, bqr, cqr = _ring_adj_insert(p, a_alpha, ar, aq, bp, cum_p,
+                                                                asc, aok, amr, rar, bqr, cqr, slot, SR, KR)
+                w, wt = _ring_adj_weights(p - 1, L, K, tau_n, bp_n, cum_n, dw_n, alpha_n, tr_n, tq_n, aok, amr, rar,
+                                          bqr, cqr, trs, C, slot, rc3, col3, SR, KR)
                 gtrs += gt
                 _put(gcum_b + p * C, a_alpha - a_tau, lab3, pos3, C)
                 if HAS_SB:
                     _put(gsb_b + p * C, a_tau.to(dur3.dtype), lab3, pos3, C)
-                asc, aok, amr, rar, bqr, cqr = _ring_adj_insert(p, a_alpha, ar, aq, bp, cum_p,
-                                                                asc, aok, amr, rar, bqr, cqr, slot, SR, KR)
-                tau, bp, cum_p, dw, alpha, ar, aq, tr, tq = tau_n, bp_n, cum_n, dw_n, alpha_n, ar_n, aq_n, tr_n, tq_n
-            if j == 0:  # position 0 (terms: row lo - 1 = 0): τ(0) has no transition
-                a_tau, gdur = _ring_adj_tau(0, L, K, tau, bp, cum_p, dw, asc, aok, amr, rar, bqr, cqr, slot, lab3,
-                                            pos3, gsc_b, gdur, SR, CP, KP, KR, GM)
+                gdur = _ring_adj_fold(p, L, K, ct, gsc_b, gdur, lab3, pos3, CP, KP, KR, GM)
+                tau, bp, cum_p, tq = tau_n, bp_n, cum_n, tq_n
+                ar, aq = ar_n, aq_n
+            if j == 0:  # position 0 (weights and terms: row lo - 1 = 0): τ(0) has no transition
+                a_tau, ct = _ring_adj_tau(w, asc)
+                gdur = _ring_adj_fold(0, L, K, ct, gsc_b, gdur, lab3, pos3, CP, KP, KR, GM)
                 _put(gcum_b, -a_tau, lab3, pos3, C)
                 if HAS_SB:
                     _put(gsb_b, a_tau.to(dur3.dtype), lab3, pos3, C)
