@@ -237,6 +237,17 @@ def test_ring_backward_vs_dense_and_bitwise_the_stored_tape(si, K, ring_bwd):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("T, K, C, every", [(12, 40, 2, None), (10, 7, 8, 3)], ids=["KO2", "labels_fill_lanes"])
+@pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
+def test_ring_backward_slot_and_lane_extremes_vs_dense(si, T, K, C, every, ring_bwd):
+    """K = 40: KR = 64 slots, two per lane, T < K cuts every window; K = 7, C = 8: KR = CP = 8,
+    the transition pull's labels fill every lane of the ring (the largest C it takes there)."""
+    sr = SEMIRINGS[si]
+    ins, L = _factored(sr, 2, T, K, C, seed=100 + si, neg=True)
+    _check_factored_vs_dense(sr, si, ins, L, every)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
 def test_ring_backward_default_blocks_vs_dense(si, ring_bwd, monkeypatch):
     """No tape kept (STORE_ALL_BYTES = 0): the default Δ ≈ √(T·K) cuts T = 16 into 3 blocks."""
