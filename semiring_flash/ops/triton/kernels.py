@@ -901,8 +901,8 @@ def scan_bwd_kernel(
     RING_RC (launch.RING_RECOMPUTE; factored log / max): the recompute steps on the register
     ring (``_fac_ring_step`` with the FULL stores), reloaded from each checkpoint: the rows it
     writes are, bit for bit, those of a ring forward that kept the whole tape. RING_ADJ
-    (launch.RING_ADJOINT; factored log / max, CP <= min(KR, 32)): the adjoint pass on the adjoint ring
-    (module docstring), no adjoint tape. Entropy, kmax and the edge path keep the tape steps
+    (launch.RING_ADJOINT; factored log / max, CP <= min(KR, 32)): the adjoint pass on the
+    adjoint ring (module docstring), no adjoint tape. Entropy, kmax and the edge path keep the tape steps
     (``_fac_fwd_step``, ``_edge_fwd_step``, ``_fac_pull``, ``_edge_pull``)."""
     RING_RC: tl.constexpr = USE_RING_RECOMPUTE and RECOMPUTE and (not EDGES) and (SR == LOG or SR == MAX)
     RING_ADJ: tl.constexpr = USE_RING_ADJOINT and (not EDGES) and (SR == LOG or SR == MAX) and (CP <= KR) and (CP <= 32)
@@ -955,7 +955,7 @@ def scan_bwd_kernel(
             _ring_adj_save(sv_b, tl.zeros(slot.shape, dtype=tl.float64) + tl.zeros((CP, 1, 1), dtype=tl.float64),
                            lab3, pos3, CP, KR)
             rotb_b = rot_b + CP * (2 * KR)
-            # the transition tile (c', c = slot) and its adjoint
+            # the transition tile (c', 1, c = lane) and its adjoint
             LANES: tl.constexpr = 32 if KR > 32 else KR
             col3 = tl.arange(0, LANES)[None, None, :]
             trs = tl.load(trans_ptr + b * C * C + rc3 * C + col3, mask=(rc3 < C) & (col3 < C), other=float("-inf"))

@@ -52,11 +52,11 @@ STORE_ALL_BYTES = 128 << 20
 RING_FORWARD = False
 #: The backward's block recompute (checkpointed calls) of factored log/max on the register ring
 #: (kernels.scan_bwd_kernel, RING_RC): the tape rows of a ring forward, bit for bit. Off by
-#: default until timed and checked on a GPU (benchmarks/latency/run_gpu.py --bwd).
+#: default until timed and checked on a GPU (benchmarks/latency/run_gpu_bwd.py).
 RING_RECOMPUTE = False
 #: The backward's adjoint pass of factored log/max on a register ring (kernels.scan_bwd_kernel,
-#: RING_ADJ): the adjoints of the last K rows in registers, no adjoint tape, no barrier per step
-#: but the layout exchanges. Off by default until timed and checked on a GPU (run_gpu.py --bwd).
+#: RING_ADJ): the adjoints of the last K rows in registers, no adjoint tape, 3 CTA barriers per
+#: step at K=100, C=8 (sm_90). Off by default until timed and checked on a GPU (run_gpu_bwd.py).
 RING_ADJOINT = False
 #: steps between two folds of RING_ADJ's duration-adjoint scratch into registers (a power of two; one
 #: barrier each; the scratch holds 2·RING_FOLD steps of (CP, KR) float64 per sequence)
@@ -122,11 +122,10 @@ class _Meta:
         self.KR = max(2, _pow2(K + 1))
         self.fwd_warps_ring = _ring_warps(self.CP, self.KR)
         self.fwd_warps = self.fwd_warps_ring if self.ring else self.num_warps
-        # the backward's recompute on the same ring (kernels.scan_bwd_kernel, RING_RC)
+        # the backward's recompute on the same ring (kernels.scan_bwd_kernel, RING_RC), and its
+        # adjoint pass (RING_ADJ: no adjoint tape; the transition pull puts labels on the ring's
+        # lanes, so CP <= min(KR, 32)), folding duration adjoints every ``fold`` steps
         self.ring_recompute = RING_RECOMPUTE and not edges and self.sr in (LOG.value, MAX.value)
-        # and its adjoint pass (RING_ADJ; the adjoint tape is then not allocated)
-        # (the transition pull lays labels along the ring's lanes: CP <= min(KR, 32)), folding its
-        # duration adjoints every ``fold`` steps
         self.ring_adjoint = (RING_ADJOINT and not edges and self.sr in (LOG.value, MAX.value)
                              and self.CP <= min(self.KR, 32))
         self.fold = RING_FOLD
@@ -343,7 +342,9 @@ def _bwd(m: _Meta, grad_value, ops: Operands, saved) -> Grads:
     _launch(scan_bwd_kernel, m, (recompute, *_aligned(*ops, gv), gv_s, gv_b), dict(
         **_pointers(ops, tape, ck, grads), gv_ptr=gv, rot_ptr=rot, gsc_ptr=gsc,
         B=m.B, T=m.T, C=m.C, K=m.K, R=R, DELTA=m.delta, NBLK=m.nblk, GV_S=gv_s, GV_B=gv_b,
-        RECOMPUTE=recompute, KR=m.KR, GM=m.fold, **ring, **m.consts()), num_warps=m.bwd_warps(recompute))
+        # KR, GM: constants where no ring runs (one compilation still serves every K of a KP)
+        RECOMPUTE=recompute, KR=m.KR if any(ring.values()) else 2, GM=m.fold if m.ring_adjoint else 1,
+        **ring, **m.consts()), num_warps=m.bwd_warps(recompute))
     return grads
 
 
