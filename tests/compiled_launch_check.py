@@ -84,12 +84,32 @@ def _segment(sr, option):
     return call
 
 
+#: launch flags of the register-ring paths (off by default), turned on for the "-ring" variants
+RING_FLAGS = ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE", "RING_ADJOINT")
+
+
+def _flagged(call):
+    """call with every RING_FLAGS flag on (the launcher's meta cache keys on them)."""
+    def run():
+        old = {f: getattr(launch, f) for f in RING_FLAGS}
+        try:
+            for f in RING_FLAGS:
+                setattr(launch, f, True)
+            call()
+        finally:
+            for f, v in old.items():
+                setattr(launch, f, v)
+    return run
+
+
 def variants(which):
     for name, sr in SEMIRINGS.items():
         for every in (None, 4):  # whole tape kept / checkpoints every 4 steps (backward recomputes)
             mode = "stored" if every is None else "ckpt"
             for sb in (False, True):
                 yield f"factored-{name}-{mode}{'-sb' if sb else ''}", _factored(sr, sb, every)
+                if name in ("log", "max"):
+                    yield f"factored-{name}-{mode}{'-sb' if sb else ''}-ring", _flagged(_factored(sr, sb, every))
             yield f"edges-{name}-{mode}", _edges(sr, every)
     yield "viterbi", _viterbi()
     for name in ("log", "max"):
@@ -98,7 +118,7 @@ def variants(which):
 
 
 SMOKE = {"factored-log-stored", "factored-max-ckpt-sb", "edges-log-ckpt", "viterbi", "segment-log-init",
-         "segment-max-start"}
+         "segment-max-start", "factored-log-ckpt-sb-ring", "factored-max-ckpt-ring"}
 
 
 def _shape(x):

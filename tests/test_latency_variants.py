@@ -183,6 +183,50 @@ def test_real_forward_kernel_sm90_barriers():
         assert row["bar_loop"] <= 8 and row["local"] == 0, (name, row)
 
 
+@pytest.mark.slow
+def test_real_backward_kernel_sm90_barriers():
+    """The real backward compiled for sm_90 (ptx_proxy.py --real-bwd): with the register-ring
+    flags, at most 6 CTA barriers per recompute step and 4 per adjoint step (one of them the
+    duration-adjoint fold, every RING_FOLD steps), fewer than on the tape; no local spills."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "rows.json")
+        subprocess.run([sys.executable, os.path.join(root, "benchmarks", "latency", "ptx_proxy.py"), "--real-bwd",
+                        "--json", out], check=True, env=env, cwd=root, capture_output=True)
+        with open(out) as f:
+            rows = json.load(f)["rows"]
+    for sr in ("log", "max"):
+        for part, most in (("recompute", 6), ("adjoint", 4)):
+            ring, tape = rows[f"{sr}+rc ring_rc+adj: {part}"], rows[f"{sr}+rc: {part}"]
+            assert ring["bar_loop"] <= most < tape["bar_loop"] and ring["local"] == 0, (sr, part, ring, tape)
+        assert rows[f"{sr} ring_adj: adjoint"]["bar_loop"] <= 4 < rows[f"{sr}: adjoint"]["bar_loop"]
+
+
+@pytest.mark.slow
+def test_gpu_backward_script_runs_and_checks_its_gradients(tmp_path, monkeypatch):
+    """run_gpu_bwd.py on CPU (interpreter, tiny sizes): every flag set and mode runs, and its
+    gradients match the flags-off kernel's and the float64 run's."""
+    import json
+
+    from benchmarks.latency import run_gpu_bwd
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    run_gpu_bwd.main(["--T", "10", "--K", "3", "--C", "3", "--reps", "1", "--only", "off", "all"])
+    rows = json.loads((tmp_path / "bwd_latency.json").read_text())["rows"]
+    assert [(r["mode"], r["flags"]) for r in rows] == [(m, f) for m in ("stored", "recompute") for f in ("off", "all")]
+    for r in rows:
+        assert "error" not in r and r["bwd_us_per_step"] > 0, r
+        for name in run_gpu_bwd.NAMES:
+            assert r[f"{name}_finite"] and r.get(f"{name}_vs_off", 0.0) < 1e-5 and r[f"{name}_vs_f64"] < 1e-4, (name, r)
+
+
 def test_gpu_script_reference_matches_dense_oracle():
     """run_gpu.py's float64 reference (what every variant is judged against on the GPU)."""
     from benchmarks.latency.run_gpu import make_inputs, reference_logz

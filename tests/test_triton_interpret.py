@@ -210,6 +210,132 @@ def test_factored_checkpointed_ring_vs_dense_and_bitwise_repeatable(si, ring):
         assert torch.equal(x, y)
 
 
+# -- the backward on the register ring (issue 11): launch flags, each with the ring forward -------
+#: flag sets of the ring backward: the recompute on the ring (launch.RING_RECOMPUTE), the adjoint
+#: pass on it (RING_ADJOINT) after the tape forward and recompute, and everything on the ring
+RING_BWD = {"recompute": ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE"), "adjoint": ("RING_ADJOINT",),
+            "all": ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE", "RING_ADJOINT")}
+
+
+@pytest.fixture(params=[pytest.param(k, marks=() if k == "all" else pytest.mark.slow) for k in RING_BWD])
+def ring_bwd(request, monkeypatch):
+    """The backward's register-ring flags (off by default until run on a GPU), one set per param;
+    the adjoint ring folds its duration adjoints every 4 steps (several folds, not aligned with
+    the blocks)."""
+    from semiring_flash.ops.triton import launch
+
+    for flag in RING_BWD[request.param]:
+        monkeypatch.setattr(launch, flag, True)
+    monkeypatch.setattr(launch, "RING_FOLD", 4)
+    return request.param
+
+
+def _value_grads(sr, ins, L, every, sb=True):
+    v = kernels.factored_scan_triton(sr, *ins[:5], L, start_bias=ins[5] if sb else None, checkpoint_every=every)
+    wrt = ins if sb else ins[:5]
+    return [v.detach()] + list(torch.autograd.grad(v.sum(), wrt))
+
+
+@pytest.mark.parametrize("K", [pytest.param(3, id="K3"), pytest.param(5, id="K5", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
+def test_ring_backward_vs_dense_and_bitwise_the_stored_tape(si, K, ring_bwd):
+    """K not a power of two, mixed lengths, -inf zeros, T = 16 > KR (the ring wraps), 4 blocks:
+    gradients match the dense DP, and the blocks recomputed from checkpoints give bit for bit
+    the gradients of the ring forward's stored tape (the tape step's sums would differ in the
+    last bits for log)."""
+    sr = SEMIRINGS[si]
+    ins, L = _factored(sr, 3, 16, K, 3, seed=50 + si, neg=True)
+    _check_factored_vs_dense(sr, si, ins, L, 4)
+    for x, y in zip(_value_grads(sr, ins, L, 4), _value_grads(sr, ins, L, None)):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("T, K, C, every", [(12, 40, 2, None), (10, 7, 8, 3)], ids=["KO2", "labels_fill_lanes"])
+@pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
+def test_ring_backward_slot_and_lane_extremes_vs_dense(si, T, K, C, every, ring_bwd):
+    """K = 40: KR = 64 slots, two per lane, T < K cuts every window; K = 7, C = 8: KR = CP = 8,
+    the transition pull's labels fill every lane of the ring (the largest C it takes there)."""
+    sr = SEMIRINGS[si]
+    ins, L = _factored(sr, 2, T, K, C, seed=100 + si, neg=True)
+    _check_factored_vs_dense(sr, si, ins, L, every)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
+def test_ring_backward_default_blocks_vs_dense(si, ring_bwd, monkeypatch):
+    """No tape kept (STORE_ALL_BYTES = 0): the default Δ ≈ √(T·K) cuts T = 16 into 3 blocks."""
+    from semiring_flash.ops.triton import launch
+
+    monkeypatch.setattr(launch, "STORE_ALL_BYTES", 0)
+    sr = SEMIRINGS[si]
+    ins, L = _factored(sr, 2, 16, 3, 2, seed=60 + si, neg=True)
+    assert launch._meta(sr, 2, 16, 3, 2, torch.float64, torch.device("cpu"), False, True, None).nblk == 3
+    _check_factored_vs_dense(sr, si, ins, L, None)
+
+
+@pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
+def test_ring_backward_against_flags_off_with_ties(si, ring_bwd, monkeypatch):
+    """Integer potentials (max: many tied paths), no start bias, several blocks: the gradients
+    equal the flags-off kernel's (max: bit for bit, the same tie rules; log: to rounding) and,
+    by Euler's identity / against the dense DP, an optimal path's."""
+    from semiring_flash.ops.triton import launch
+
+    sr = SEMIRINGS[si]
+    ins, L = _factored(sr, 2, 12, 3, 3, seed=70 + si, neg=True)
+    with torch.no_grad():
+        for x in ins:
+            x.copy_(torch.where(torch.isfinite(x), x.round(), x))
+    on = _value_grads(sr, ins, L, 4, sb=False)
+    with monkeypatch.context() as mp:
+        for flag in ("RING_FORWARD",) + RING_BWD[ring_bwd]:
+            mp.setattr(launch, flag, False)
+        off = _value_grads(sr, ins, L, 4, sb=False)
+    for x, y in zip(on, off):
+        if si == 1:
+            assert torch.equal(x, y)
+        else:
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+    a = kernels.factored_scan_triton(sr, *ins[:5], L, checkpoint_every=4)
+    _check_grads(sr, a, dense_factored(sr, *ins[:5], L), ins[:5], 70 + si, 1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
+def test_ring_backward_fp32_vs_float64_dense_and_flags_off(si, ring_bwd, monkeypatch):
+    """fp32 compute: the ring backward's gradients stay as close to the float64 dense DP as the
+    flags-off kernel's (its sums run in another order: the last bits of fp32 α, of float64 sums)."""
+    from semiring_flash.ops.triton import launch
+
+    sr = SEMIRINGS[si]
+    ins, L = _factored(sr, 2, 12, 4, 3, seed=80 + si, neg=True, dtype=torch.float32)
+    ref = [x.detach().double().requires_grad_() for x in ins]
+    gb = torch.autograd.grad(dense_factored(sr, *ref[:5], L, start_bias=ref[5])[0].sum(), ref)
+    on = _value_grads(sr, ins, L, 4)
+    with monkeypatch.context() as mp:
+        for flag in RING_BWD[ring_bwd]:
+            mp.setattr(launch, flag, False)
+        off = _value_grads(sr, ins, L, 4)
+    for x, y, z in zip(on[1:], off[1:], gb):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+        if si == 0:  # max: Euler's identity below (ties)
+            torch.testing.assert_close(x.double(), z, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_ring_adjoint_falls_back_to_the_tape_when_labels_outnumber_slots(monkeypatch):
+    """K = 2 (KR = 4 slots), C = 5 (CP = 8): the transition pull cannot lay labels along the
+    slots, so the tape adjoint runs (launch._Meta.ring_adjoint off), still right."""
+    from semiring_flash.ops.triton import launch
+
+    monkeypatch.setattr(launch, "RING_ADJOINT", True)
+    sr = SEMIRINGS[0]
+    assert not launch._meta(sr, 2, 8, 2, 5, torch.float64, torch.device("cpu"), False, True, 3).ring_adjoint
+    assert launch._meta(sr, 2, 8, 3, 4, torch.float64, torch.device("cpu"), False, True, 3).ring_adjoint
+    ins, L = _factored(sr, 2, 8, 2, 5, seed=90, neg=True)
+    _check_factored_vs_dense(sr, 0, ins, L, 3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("si", [0, 2], ids=["log", "entropy"])
 def test_fp32_compute_vs_float64_dense(si):

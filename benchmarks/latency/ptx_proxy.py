@@ -4,6 +4,7 @@ shared-memory traffic — plus registers, spills and the layouts Triton chose.
 
     python benchmarks/latency/ptx_proxy.py [--K 100] [--C 8] [--json out.json] [--dump DIR]
     python benchmarks/latency/ptx_proxy.py --real [--K 100] [--C 8]   # the real kernel's options only
+    python benchmarks/latency/ptx_proxy.py --real-bwd [--K 100] [--C 8]   # the real backward, per flag set
 
 ``triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32))``
 needs no driver: the NVIDIA backend ships ptxas, so the cubin (and its resource usage)
@@ -37,7 +38,8 @@ _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin
 #: pointer dtypes by argument name (the rest of the *_ptr arguments are fp32 tapes/outputs)
 _PTR_TYPES = {"cum_ptr": "*fp64", "len_ptr": "*i64", "tb_ptr": "*fp64", "ckb_ptr": "*fp64", "ckn_ptr": "*fp64",
               "out_ptr": "*fp64", "taz_ptr": "*fp64", "ttz_ptr": "*fp64", "lengths_ptr": "*i64", "bpa_ptr": "*i16",
-              "bpt_ptr": "*i16", "fin_ptr": "*i32", "tra_ptr": "*i32", "trt_ptr": "*i32"}
+              "bpt_ptr": "*i16", "fin_ptr": "*i32", "tra_ptr": "*i32", "trt_ptr": "*i32", "ta_ptr": "*fp64",
+              "gcum_ptr": "*fp64", "gsc_ptr": "*fp64"}
 
 
 def signature(fn, constexprs: dict) -> dict:
@@ -61,20 +63,44 @@ def compile_sm90(fn, constexprs: dict, num_warps: int):
                           options={"num_warps": num_warps, "num_stages": 1})
 
 
-def loop_body(ptx: str) -> str:
-    """The PTX lines of the scan loop: the blocks LLVM's comments put in the largest loop
-    ("=>This Inner Loop Header" / "in Loop: Header=BBx"), wherever they are laid out (a
-    branch inside the loop may put its latch before the header); without those comments,
-    the longest back-edge region (label ... bra label)."""
+def loops_at_depth(ptx: str, depth: int) -> dict:
+    """header -> PTX lines of each loop at nesting depth ``depth``, its own blocks only (not
+    those of loops inside it: a fold every GM steps is no step), in the order of the headers."""
+    loops = _loop_blocks(ptx)
+    depths = dict(re.findall(r"^\$L__(BB\w+):.*\n.*?(?:\n.*?)?Loop Header: Depth=(\d+)", ptx, re.M))
+    return {h: body for h, body in loops.items() if int(depths.get(h, 0)) == depth}
+
+
+def _loop_blocks(ptx: str) -> dict:
+    """header -> the PTX lines of the blocks whose innermost loop it heads."""
     lines = ptx.splitlines()
     starts = [i for i, ln in enumerate(lines) if re.match(r"^(\$L__BB\w+:|// %bb\.\d+:)", ln)]
     loops: dict = {}
     for a, b in zip(starts, starts[1:] + [len(lines)]):
-        head = " ".join(lines[a:a + 2])  # a long label comment puts "in Loop" on the next line
+        # long label comments push "in Loop" / a nested header's "Loop Header" down a line or two
+        head = " ".join(lines[a:min(a + 3, b)])
         m = re.search(r"Header=(BB\w+)", head)
-        h = m.group(1) if m else (re.match(r"^\$L__(BB\w+):", head).group(1) if "Inner Loop Header" in head else None)
+        h = m.group(1) if m else (re.match(r"^\$L__(BB\w+):", head).group(1) if "Loop Header" in head else None)
         if h:
             loops.setdefault(h, []).extend(lines[a:b])
+    return loops
+
+
+def inner_loops(ptx: str) -> dict:
+    """header -> PTX lines of each innermost loop, in the order the headers' first blocks come:
+    the blocks LLVM's comments put in that loop ("This Inner Loop Header" / "in Loop:
+    Header=BBx"), wherever they are laid out (a branch inside the loop may put its latch
+    before the header)."""
+    loops = _loop_blocks(ptx)
+    outer = set(re.findall(r"Parent Loop (BB\w+)", ptx))  # an outer loop's own blocks are no step
+    return {h: body for h, body in loops.items() if h not in outer}
+
+
+def loop_body(ptx: str) -> str:
+    """The PTX lines of the scan loop: the largest innermost loop (``inner_loops``); without
+    LLVM's loop comments, the longest back-edge region (label ... bra label)."""
+    lines = ptx.splitlines()
+    loops = inner_loops(ptx)
     if loops:
         return "\n".join(max(loops.values(), key=len))
     where = {m.group(1): i for i, ln in enumerate(lines) if (m := re.match(r"^\s*(\$L__\w+):", ln))}
@@ -97,8 +123,14 @@ def resources(cubin: bytes) -> dict:
 
 
 def measure(kernel) -> dict:
+    row = measure_body(loop_body(kernel.asm["ptx"]), kernel)
+    row.update(resources(kernel.asm["cubin"]))
+    return row
+
+
+def measure_body(body: str, kernel) -> dict:
+    """Counts of one loop's PTX lines (and the kernel's layouts)."""
     ptx = kernel.asm["ptx"]
-    body = loop_body(ptx)
     count = lambda pat, s: len(re.findall(pat, s))  # noqa: E731
     row = dict(
         bar_loop=count(r"\bbar\.sync\b|\bbarrier\.sync\b", body),
@@ -112,7 +144,6 @@ def measure(kernel) -> dict:
         loop_lines=len(body.splitlines()),
         layouts=re.findall(r"^#\w+ = (#ttg\.\w+<.*>)$", kernel.asm["ttgir"], re.M),
     )
-    row.update(resources(kernel.asm["cubin"]))
     return row
 
 
@@ -157,6 +188,59 @@ def real_rows(K: int = 100, C: int = 8) -> dict:
     return rows
 
 
+def real_bwd_config(K: int, C: int, sr: int = 0, recompute: bool = False, flags=()):
+    """The real backward kernel as ``launch._bwd`` launches it for B=1 (factored, no start bias, fp32):
+    semiring id ``sr``, RECOMPUTE, and the launch flags ``flags`` (e.g. "RING_RECOMPUTE") on."""
+    import torch
+
+    import semiring_flash as sf
+    from semiring_flash.ops.triton import kernels, launch
+
+    old = {f: getattr(launch, f) for f in flags}
+    try:
+        for f in flags:
+            setattr(launch, f, True)
+        m = launch._Meta(sf.MaxSemiring if sr else sf.LogSemiring, 1, 100_000, K, C, torch.float32, "cpu", False, False)
+    finally:
+        for f, v in old.items():
+            setattr(launch, f, v)
+    fn = kernels.scan_bwd_kernel
+    ring = m.bwd_ring(recompute) if hasattr(m, "bwd_ring") else {}
+    consts = dict(m.consts(), RECOMPUTE=recompute, KR=m.KR, GM=getattr(m, "fold", None), **ring)
+    unused = ["edges_ptr", "gedge_ptr", "sb_ptr", "gsb_ptr", "tp_ptr"]
+    unused += ["tam_ptr", "taz_ptr", "ttm_ptr", "ttz_ptr"] if sr == 1 else ["tra_ptr", "trt_ptr"]
+    unused += [] if recompute else ["ckv_ptr", "ckb_ptr", "ckn_ptr"]
+    unused += [] if any(ring.values()) else ["rot_ptr"]
+    unused += ["ta_ptr"] if ring.get("USE_RING_ADJOINT") else ["gsc_ptr"]
+    consts |= dict.fromkeys(unused)
+    nw = m.bwd_warps(recompute) if ring else m.num_warps
+    return fn, {k: v for k, v in consts.items() if k in fn.arg_names}, nw
+#: name -> (semiring id, RECOMPUTE, launch flags) of the real backward compiled by ``real_bwd_rows``
+_RING = ("RING_RECOMPUTE", "RING_ADJOINT")
+REAL_BWD = {f"{sr}{'+rc' if rc else ''}{' ' + tag if tag else ''}": (i, rc, flags)
+            for i, sr in enumerate(["log", "max"])
+            for rc in (False, True)
+            for tag, flags in [("", ()), ("ring_rc", _RING[:1]), ("ring_adj", _RING[1:]), ("ring_rc+adj", _RING)]
+            if rc or "rc" not in tag}
+
+
+def real_bwd_rows(K: int = 100, C: int = 8) -> dict:
+    """Proxy rows of the real backward per ``REAL_BWD`` entry, one row per per-step loop:
+    "name: recompute" (RECOMPUTE) and "name: adjoint" (the two largest loops inside the loop
+    over blocks, in the order the kernel runs them; their own blocks: RING_ADJ's fold every
+    RING_FOLD steps is a loop of its own, its barrier is counted, once)."""
+    rows = {}
+    for name, (sr, recompute, flags) in REAL_BWD.items():
+        fn, consts, nw = real_bwd_config(K, C, sr, recompute, flags)
+        k = compile_sm90(fn, consts, nw)
+        loops = loops_at_depth(k.asm["ptx"], 2)  # the steps' loops, inside the loop over blocks
+        big = sorted(sorted(loops, key=lambda h: len(loops[h]))[-(1 + recompute):], key=list(loops).index)
+        res = resources(k.asm["cubin"])
+        for part, h in zip(["recompute", "adjoint"][1 - recompute:], big):
+            rows[f"{name}: {part}"] = dict(num_warps=nw, **measure_body("\n".join(loops[h]), k), **res)
+    return rows
+
+
 def configs():
     """name -> config(K, C) -> (kernel, constexprs, num_warps), for every variant (Gluon ones if importable)."""
     out = {name: fwd_variants.kernel_config for name in fwd_variants.VARIANTS}
@@ -179,7 +263,10 @@ def main(argv=None):
     ap.add_argument("--json", help="write the table as JSON here")
     ap.add_argument("--dump", help="write each variant's ttgir/ptx here")
     ap.add_argument("--real", action="store_true", help="only the real forward kernel, per option set (REAL)")
+    ap.add_argument("--real-bwd", action="store_true", help="only the real backward kernel, per flag set (REAL_BWD)")
     args = ap.parse_args(argv)
+    if args.real_bwd:
+        return _table(real_bwd_rows(args.K, args.C), args, "real backward kernel, per step loop")
     if args.real:
         return _table(real_rows(args.K, args.C), args, "real forward kernel")
     rows = {}
@@ -201,14 +288,14 @@ def main(argv=None):
 def _table(rows: dict, args, what: str) -> dict:
     """Print the proxy table (and the layouts), write --json; returns rows."""
     cols = ["num_warps", "bar_loop", "shfl_loop", "st_shared_loop", "ld_shared_loop", "ld_global_loop",
-            "st_global_loop", "ex2_loop", "reg", "local", "shared"]
+            "st_global_loop", "ex2_loop", "reg", "local", "stack", "shared"]
     print(f"sm_90 PTX of the scan loop, K={args.K}, C={args.C} (bar_loop: CTA barriers per step); rows: {what}")
-    print(f"{'variant':20s} " + " ".join(f"{c.replace('_loop', ''):>9s}" for c in cols))
+    print(f"{'variant':26s} " + " ".join(f"{c.replace('_loop', ''):>9s}" for c in cols))
     for name, r in rows.items():
         if "error" in r:
-            print(f"{name:20s} ERROR {r['error']}")
+            print(f"{name:26s} ERROR {r['error']}")
         else:
-            print(f"{name:20s} " + " ".join(f"{r.get(c, ''):>9}" for c in cols))
+            print(f"{name:26s} " + " ".join(f"{r.get(c, ''):>9}" for c in cols))
     print("layouts (ttgir):")
     for name, r in rows.items():
         for lay in r.get("layouts", [])[:3]:

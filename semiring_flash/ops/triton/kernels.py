@@ -10,12 +10,19 @@ Which step runs where:
   forward, factored log / max (RING)     ``_fac_ring_step``: register ring (below)
   forward, factored entropy / kmax       ``_fac_fwd_step``: tape window
   forward and backward recompute, edges  ``_edge_fwd_step``: tape window
-  backward recompute, factored (all)     ``_fac_fwd_step``: tape window
-Both factored steps form a window term bit for bit alike, so the backward
-re-forms from FULL tape rows the very candidates whose max and float64 sum the
-ring step stored (exactly normalised weights). A block the backward recomputes
-from checkpoints may differ from the ring forward in the last bits of α (the
-sums' order), and its own stored normalisers match its own candidates.
+  backward recompute, log / max (RING_RC) ``_fac_ring_step`` with the FULL stores
+  backward recompute, factored, else     ``_fac_fwd_step``: tape window
+  backward adjoints, log / max (RING_ADJ) the adjoint ring (below)
+  backward adjoints, else                ``_fac_pull`` / ``_fac_tpull`` / ``_edge_pull``: tape
+(RING: launch.RING_FORWARD; RING_RC: launch.RING_RECOMPUTE; RING_ADJ:
+launch.RING_ADJOINT. One template each: entropy, kmax and the edge path keep the
+tape steps under the same constexpr switches.) Both factored
+steps form a window term bit for bit alike, so the backward re-forms from FULL
+tape rows the very candidates whose max and float64 sum the ring step stored
+(exactly normalised weights). The steps sum a window in different orders (the
+ring by slot, the tape by duration), so a block recomputed by the other step
+differs from the forward in the last bits of α; its own stored normalisers
+match its own candidates. RING_RC after RING gives the forward's rows exactly.
 
 Layout. One program scans one sequence (``program_id(0)`` = batch row b) for
 exactly L_b steps. Labels lie across lanes, durations along the other tile
@@ -62,6 +69,21 @@ R > Δ + 2K). Memory: O((T/Δ)·K·C + Δ·C) per sequence.
 Backward = the vector-Jacobian products of the forward ops, in the order
 autograd through the dense DP would apply them; every gradient element is
 written once by one program (no atomics): bitwise deterministic.
+
+Adjoint ring (RING_ADJ; issue 11, step 2). The adjoint pass of factored log / max
+keeps, for the window rows q = p+1..p+K of position p, the scaled adjoints
+adj(q) / z(q) (log; max: adj(q)), their masks, LSE maxima or routes, BASE(q) and
+S[q] in registers, in the forward ring's layout (slot q mod KR; labels across
+warps, slots on lanes), and loads tape row p (τ, α, normalisers, routes) a step
+ahead: the dependent chain of a step is one sum over slots, one exchange of
+a_tau across warps, the C x C transition pull (c along the lanes) and the ring
+insert (3 CTA barriers at K=100, C=8 on sm_90, against 8-11 on the tape). The
+weights are ``vjp``'s (the same candidates, stored normalisers and roundings); the
+float64 sum over durations runs by slot. Duration adjoints, which rotate with
+the slots, are stored per step to a float64 scratch and folded into gdur every
+RING_FOLD steps (p descending, as the tape pull adds them; one barrier); the
+ring waits in global memory while a block is recomputed. Needs CP <= min(KR, 32)
+(labels on the lanes).
 """
 
 from __future__ import annotations
@@ -197,15 +219,16 @@ def _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
 
 
 @triton.jit
-def _rotate_durations(dur_b, rot_b, C, K, CP: tl.constexpr, KR: tl.constexpr):
+def _rotate_durations(dur_b, rot_b, C, K, CP: tl.constexpr, KR: tl.constexpr, SIGN: tl.constexpr = -1):
     """Write the rotated duration table E (CP, 2·KR): E[c, i] = duration[d-1, c] with
-    d = (-i) mod KR, −inf outside 1..K (and for padded labels). Slot j's term at step t is
+    d = (SIGN·i) mod KR, −inf outside 1..K (and for padded labels). Slot j's term at step t is
     then E[c, ((-t) mod KR) + j]: contiguous along the slots, so the coalescing pass lays the
     ring out with lanes on slots and warps on labels (a gather from ``duration`` would put
-    lanes on labels, and the sums over slots would cross warps)."""
+    lanes on labels, and the sums over slots would cross warps). SIGN -1: the forward's
+    ring (slot j holds row t - d); +1: the adjoint ring of step p (slot j holds row p + d)."""
     c2 = tl.arange(0, CP)[:, None]
     i2 = tl.arange(0, 2 * KR)[None, :]
-    d = (-i2) & (KR - 1)
+    d = (SIGN * i2) & (KR - 1)
     e = tl.load(dur_b + (d - 1) * C + c2, mask=(d >= 1) & (d <= K) & (c2 < C), other=float("-inf"))
     tl.store(rot_b + c2 * (2 * KR) + i2, e)
 
@@ -241,6 +264,53 @@ def _put2(ptr, R, v, lab, pos, N):
     """``_put`` at ptr and at its mirror ptr + R (a tape row's two slots)."""
     _put(ptr, v, lab, pos, N)
     _put(ptr + R, v, lab, pos, N)
+
+
+@triton.jit
+def _ring_setup(L, C, tr_b, CP: tl.constexpr, KR: tl.constexpr):
+    """What every register-ring scan of a sequence shares: the ring's label and slot index
+    tiles (rc3, slot), the store indices of ``_put`` (lab3, pos3 along the ring; lab2, pos2
+    along the transition tile) and the transition tile tr2 (c, c')."""
+    # ring tile (CP, KO, LANES), slot = ko·LANES + lane: the slot-contiguous layout Triton
+    # picks puts lanes on slots and warps on labels (benchmarks/latency: lanesk_trt)
+    LANES: tl.constexpr = 32 if KR > 32 else KR
+    KO: tl.constexpr = KR // LANES
+    rc3 = tl.arange(0, CP)[:, None, None]
+    slot = tl.arange(0, KO)[None, :, None] * LANES + tl.arange(0, LANES)[None, None, :]
+    rr = tl.arange(0, CP)[:, None]  # c
+    rj = tl.arange(0, CP)[None, :]  # c'
+    tr2 = tl.load(tr_b + rj * C + rr, mask=(rr < C) & (rj < C), other=float("-inf"))
+    # store indices for _put: label times an opaque 1 (L >= 0 always holds), positions
+    # contiguous along the ring's slots / the transition tile's c' (minus an opaque 0)
+    one = (L >= 0).to(tl.int32)
+    return rc3, slot, rc3 * one, slot - (one - 1), rr * one, rj - (one - 1), tr2
+
+
+@triton.jit
+def _ring_start(v0, base0, cum_b, C, rc3, slot, CP: tl.constexpr):
+    """The ring at position 0: τ(0) in slot 0, rows p < 0 are 0̄ (SP = 1); BASE(0) = 0 and
+    S[0] beside it; BASE(1) = base0 as one equal copy per label."""
+    ring = tl.where(slot == 0, v0[:, :, None], float("-inf"))
+    cum0 = tl.load(cum_b + rc3, mask=rc3 < C, other=0.0)
+    cring = tl.where(slot == 0, cum0, 0.0)
+    bring = tl.zeros(ring.shape, dtype=tl.float64)
+    return ring, bring, cring, base0 + tl.zeros((CP,), dtype=tl.float64)
+
+
+@triton.jit
+def _ring_from_checkpoint(ckv_b, ckb_b, ckn_b, cum_b, C, K, t0, j, rc3, slot, CP: tl.constexpr,
+                          KP: tl.constexpr, KR: tl.constexpr):
+    """The ring after position t0 = j·Δ from block j's checkpoint: the K rows t0-K+1..t0 (τ,
+    BASE) at slot p mod KR with S[p] beside them, 0̄ elsewhere, and BASE(t0+1) as one copy
+    per label: the very state the ring forward had there (SP = 1)."""
+    r = (slot - (t0 - K + 1)) & (KR - 1)  # checkpoint row of the slot's position
+    ok = r < K
+    ck = tl.cast(j * KP + r, tl.int64)
+    ring = tl.load(ckv_b + ck * CP + rc3, mask=ok, other=float("-inf"))  # all CP labels were stored
+    bring = tl.load(ckb_b + ck * 2 + rc3 * 0, mask=ok, other=0.0)
+    cring = tl.load(cum_b + (t0 - K + 1 + r) * C + rc3, mask=ok & (rc3 < C), other=0.0)
+    base = tl.load(ckn_b + j * 2) + tl.zeros((CP,), dtype=tl.float64)
+    return ring, bring, cring, base
 
 
 @triton.jit
@@ -407,29 +477,10 @@ def scan_fwd_kernel(
     base0 = sh0.to(tl.float64)
     base1 = sh1.to(tl.float64)
     if RING:
-        # ring tile (CP, KO, LANES), slot = ko·LANES + lane: the slot-contiguous layout Triton
-        # picks puts lanes on slots and warps on labels (benchmarks/latency: lanesk_trt)
-        LANES: tl.constexpr = 32 if KR > 32 else KR
-        KO: tl.constexpr = KR // LANES
-        rc3 = tl.arange(0, CP)[:, None, None]
-        slot = tl.arange(0, KO)[None, :, None] * LANES + tl.arange(0, LANES)[None, None, :]
+        rc3, slot, lab3, pos3, lab2, pos2, tr2 = _ring_setup(L, C, trans_ptr + b * C * C, CP, KR)
         rot_b = rot_ptr + b * CP * (2 * KR)
         _rotate_durations(dur_ptr + b * K * C, rot_b, C, K, CP, KR)  # read after the barrier below
-        rr = tl.arange(0, CP)[:, None]  # c
-        rj = tl.arange(0, CP)[None, :]  # c'
-        tr2 = tl.load(trans_ptr + b * C * C + rj * C + rr, mask=(rr < C) & (rj < C), other=float("-inf"))
-        ring = tl.where(slot == 0, v0[:, :, None], float("-inf"))  # rows p < 0 are 0̄ (SP = 1)
-        cum0 = tl.load(cum_b + rc3, mask=rc3 < C, other=0.0)
-        # store indices for _put: label times an opaque 1 (L >= 0 always holds), positions
-        # contiguous along the ring's slots / the transition tile's c' (minus an opaque 0)
-        one = (L >= 0).to(tl.int32)
-        lab3 = rc3 * one
-        pos3 = slot - (one - 1)
-        lab2 = rr * one
-        pos2 = rj - (one - 1)
-        cring = tl.where(slot == 0, cum0, 0.0)
-        bring = tl.zeros((CP, KO, LANES), dtype=tl.float64)  # BASE(0) = 0
-        base0 = base0 + tl.zeros((CP,), dtype=tl.float64)  # one equal copy per label
+        ring, bring, cring, base0 = _ring_start(v0, base0, cum_b, C, rc3, slot, CP)
         base1 = base0 * 0.0
         bl = base1  # BASE(L)
         alpha = tl.full((CP,), float("-inf"), v0.dtype)  # α(L)
@@ -667,6 +718,162 @@ def _final_pull(L, GV_S, C, R, gv_b, end_b, gend_b, tv_b, to_b,
     return a_alpha
 
 
+@triton.jit
+def _pull_terms(p, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                slot, rc3, col3, SR: tl.constexpr, CP: tl.constexpr, KR: tl.constexpr, HAS_SB: tl.constexpr):
+    """What adjoint ring step p reads (tape row p, S[p], the slots' duration terms), loaded
+    a step ahead, off the dependency chain, each in the shape it is used in (SP = 1): ring
+    rows (CP, 1, 1) (the transition tile's c' too), the ring (CP, KO, LANES), and the
+    transition tile's columns c, laid along the ring's lanes (1, 1, LANES). ``ar``, ``aq``:
+    row p's α normalisers (log: max, sum) or route and α (max), for its ring insert; ``tr``,
+    ``tq``: τ(p)'s (log: max, sum; max: route, τ before the start bias), for the transition
+    pull."""
+    sp = (p & (R - 1)) * CP
+    tau = tl.load(tv_b + sp + rc3)
+    bp = tl.load(tb_b + (p & (R - 1)) * 2)
+    cum_p = tl.load(cum_b + p * C + rc3, mask=rc3 < C, other=0.0)
+    dw = tl.load(rotb_b + rc3 * (2 * KR) + ((-p) & (KR - 1)) + slot)
+    alpha = tl.load(to_b + sp + rc3)  # α(p, c'): the tile's rows (max: and the ring insert's)
+    col = col3 < CP  # the tile's columns c = lane
+    if SR == LOG:
+        ar = tl.load(tam_b + sp + rc3)
+        aq = tl.load(taz_b + sp + rc3)
+        tr = tl.load(ttm_b + sp + col3, mask=col, other=0.0)
+        tq = tl.load(ttz_b + sp + col3, mask=col, other=0.0)
+    else:
+        ar = tl.load(tra_b + sp + rc3)
+        aq = alpha
+        tr = tl.load(trt_b + sp + col3, mask=col, other=0)
+        if HAS_SB:
+            tq = tl.load(tp_b + sp + col3, mask=col, other=float("-inf"))
+        else:
+            tq = tl.load(tv_b + sp + col3, mask=col, other=float("-inf"))
+    return tau, bp, cum_p, dw, alpha, ar, aq, tr, tq
+
+
+@triton.jit
+def _ring_adj_weights(p, L, K, tau, bp, cum_p, dw, alpha, tr, tq, aok, amr, rar, bqr, cqr, trs, C, slot, rc3, col3,
+                      SR: tl.constexpr, KR: tl.constexpr):
+    """The weights of adjoint step p, off the dependency chain (computed a step ahead):
+    window w (CP, KO, LANES) and transition wt (CP, 1, LANES), 0 where ``vjp`` gives none.
+    Window rows q = p+1..p+K (slot q mod KR): the term τ(p) + fp(BASE(p) - BASE(q)) +
+    (fp(S[q] - S[p]) + duration) exactly as the forward formed it, exp(x - m(q)) (log) or the
+    route's indicator (max): ``_fac_pull``'s candidates and roundings. Transition (c', c = lane):
+    exp(α(p, c') + tr[c', c] - m(p, c)) or the route c' of τ(p, c) (``_fac_tpull``)."""
+    d = (slot - p) & (KR - 1)  # the slot's duration: row q = p + d
+    okq = (d >= 1) & (d <= K) & (d <= L - p) & aok
+    okt = (rc3 < C) & (col3 < C)
+    if SR == LOG:
+        off = (bp - bqr).to(amr.dtype)
+        x = (tau + off) + ((cqr - cum_p).to(amr.dtype) + dw)
+        w = tl.where(okq, tl.exp(x - amr), 0.0)
+        wt = tl.where(okt & (tq > 0), tl.exp((alpha + trs) - tr), 0.0)
+    else:
+        w = tl.where(okq & (rar == d - 1), 1.0, 0.0)
+        wt = tl.where(okt & (tr == rc3) & (tq > float("-inf")), 1.0, 0.0)
+    return w, wt
+
+
+@triton.jit
+def _ring_adj_tau(w, asc):
+    """Adjoint of τ(p) (CP, 1, 1) float64, and its terms ct by slot: the weights times the
+    ring's adj(q) / z(q) (log; max: adj(q)), as ``vjp`` (a weight 0 gives 0), summed by
+    slot (in-thread, then across lanes) instead of by duration."""
+    ct = w.to(tl.float64) * asc
+    return tl.sum(tl.sum(ct, axis=1, keep_dims=True), axis=2, keep_dims=True), ct
+
+
+@triton.jit
+def _ring_adj_fold(p, L, K, ct, gsc_b, gdur, lab3, pos3, CP: tl.constexpr, KP: tl.constexpr, KR: tl.constexpr,
+                   GM: tl.constexpr):
+    """Duration adjoints of step p, off the chain: its terms ct (by slot; the slot's duration
+    rotates with p) are stored from registers (lab3, pos3: as ``_put``, in ct's layout) to the
+    scratch gsc_b of 2·GM steps, and folded into gdur (KP, CP) by duration once per GM steps,
+    p descending as the tape pull adds them (one barrier; the other half is written meanwhile)."""
+    tl.store(gsc_b + (p & (2 * GM - 1)) * (CP * KR) + lab3 * KR + pos3, ct)
+    if p % GM == 0:
+        tl.debug_barrier()
+        n2 = tl.arange(0, KP)[:, None]
+        c2 = tl.arange(0, CP)[None, :]
+        for i in range(0, GM):
+            pp = p + GM - 1 - i
+            g = tl.load(gsc_b + (pp & (2 * GM - 1)) * (CP * KR) + c2 * KR + ((pp + n2 + 1) & (KR - 1)),
+                        mask=(n2 < K) & (pp < L), other=0.0)
+            gdur += g
+    return gdur
+
+
+@triton.jit
+def _ring_adj_insert(p, a_alpha, ar, aq, bp, cum_p, asc, aok, amr, rar, bqr, cqr, slot,
+                     SR: tl.constexpr, KR: tl.constexpr):
+    """Row p into the adjoint ring (slot p mod KR): its scaled adjoint a_alpha (CP, 1, 1) / z(p) (log;
+    as ``vjp``: 0 weights where z = 0) or a_alpha (max), mask, normaliser or route, base, S[p]."""
+    new = slot == (p & (KR - 1))
+    if SR == LOG:
+        ok = aq > 0
+        sc = a_alpha / tl.where(ok, aq, 1.0)
+    else:
+        ok = aq > float("-inf")
+        sc = a_alpha + tl.zeros(ok.shape, dtype=tl.float64)
+    asc = tl.where(new, sc, asc)
+    aok = tl.where(new, ok, aok)
+    if SR == LOG:
+        amr = tl.where(new, ar, amr)
+    else:
+        rar = tl.where(new, ar, rar)
+    bqr = tl.where(new, bp, bqr)
+    cqr = tl.where(new, cum_p, cqr)
+    return asc, aok, amr, rar, bqr, cqr
+
+
+@triton.jit
+def _ring_adj_tpull(a_tau, wt, tq, rc3, col3, SR: tl.constexpr):
+    """Adjoint of α(p, c') (CP, 1, 1) from a_tau(c) (CP, 1, 1) through the transition tile laid
+    out as the ring (c' on its label axis, c on its lanes: the tile's sums stay within warps),
+    and the tile's own adjoint (the transition's): the weights wt times a_tau(c) / z(p, c)
+    (log; max: a_tau(c)), as ``vjp``. a_tau reaches the lanes by one exchange across warps
+    (a sum of one value and zeros: exact)."""
+    at = tl.sum(tl.where(rc3 == col3, a_tau, 0.0), axis=0, keep_dims=True)  # (1, 1, LANES): a_tau(c = lane)
+    if SR == LOG:
+        at = at / tl.where(tq > 0, tq, 1.0)
+    ct = wt.to(tl.float64) * at
+    return tl.sum(tl.sum(ct, axis=1, keep_dims=True), axis=2, keep_dims=True), ct
+
+
+@triton.jit
+def _ring_adj_save(sv_b, asc, lab3, pos3, CP: tl.constexpr, KR: tl.constexpr, aok=None, amr=None, rar=None,
+                   bqr=None, cqr=None, SR: tl.constexpr = 0):
+    """Store the adjoint ring (float64 rows of sv_b: asc, aok, amr or rar, bqr, cqr; without
+    the rest: asc as every row, the empty ring) at a block's end, from registers. Carried
+    through the loop over blocks instead, the ring would stay live across the recompute and
+    keep a layout of its own there (layout exchanges in every step)."""
+    o = lab3 * KR + pos3
+    tl.store(sv_b + o, asc)
+    if aok is None:
+        for i in tl.static_range(1, 5):
+            tl.store(sv_b + i * (CP * KR) + o, asc)
+    else:
+        tl.store(sv_b + CP * KR + o, aok.to(tl.float64))
+        if SR == LOG:
+            tl.store(sv_b + 2 * CP * KR + o, amr.to(tl.float64))
+        else:
+            tl.store(sv_b + 2 * CP * KR + o, rar.to(tl.float64))
+        tl.store(sv_b + 3 * CP * KR + o, bqr)
+        tl.store(sv_b + 4 * CP * KR + o, cqr)
+
+
+@triton.jit
+def _ring_adj_load(sv_b, lab3, pos3, amr_dtype: tl.constexpr, CP: tl.constexpr, KR: tl.constexpr):
+    """The adjoint ring ``_ring_adj_save`` stored (by the same threads: no barrier)."""
+    o = lab3 * KR + pos3
+    asc = tl.load(sv_b + o)
+    aok = tl.load(sv_b + CP * KR + o) != 0
+    third = tl.load(sv_b + 2 * CP * KR + o)
+    bqr = tl.load(sv_b + 3 * CP * KR + o)
+    cqr = tl.load(sv_b + 4 * CP * KR + o)
+    return asc, aok, third.to(amr_dtype), third.to(tl.int32), bqr, cqr
+
+
 # --------------------------------------------------------------------------------------
 # backward kernel
 # --------------------------------------------------------------------------------------
@@ -679,17 +886,31 @@ def scan_bwd_kernel(
     ckv_ptr, ckb_ptr, ckn_ptr,
     # gradients (launch.Grads)
     gcum_ptr, gtr_ptr, gdur_ptr, gtau0_ptr, gend_ptr, gsb_ptr, gedge_ptr,
+    # the rings' rotated duration tables (B, 2, CP, 2·KR) and RING_ADJ's duration-adjoint scratch
+    # (B, 2·GM, CP, KR) float64, written by the kernel (launch._bwd)
+    rot_ptr, gsc_ptr,
     B, T, C, K, R, DELTA, NBLK, GV_S, GV_B,
     SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
     SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, RECOMPUTE: tl.constexpr,
+    KR: tl.constexpr, USE_RING_RECOMPUTE: tl.constexpr, USE_RING_ADJOINT: tl.constexpr, GM: tl.constexpr,
 ):
     """Gradients of the scan. RECOMPUTE: rebuild each block's tape rows from its
     checkpoint (O(√(T·K)) memory); else the forward stored every row (one block).
-    A None pointer is a constexpr None: its offsets below are never formed."""
+    A None pointer is a constexpr None: its offsets below are never formed.
+
+    RING_RC (launch.RING_RECOMPUTE; factored log / max): the recompute steps on the register
+    ring (``_fac_ring_step`` with the FULL stores), reloaded from each checkpoint: the rows it
+    writes are, bit for bit, those of a ring forward that kept the whole tape. RING_ADJ
+    (launch.RING_ADJOINT; factored log / max, CP <= min(KR, 32)): the adjoint pass on the
+    adjoint ring (module docstring), no adjoint tape. Entropy, kmax and the edge path keep the tape steps
+    (``_fac_fwd_step``, ``_edge_fwd_step``, ``_fac_pull``, ``_edge_pull``)."""
+    RING_RC: tl.constexpr = USE_RING_RECOMPUTE and RECOMPUTE and (not EDGES) and (SR == LOG or SR == MAX)
+    RING_ADJ: tl.constexpr = USE_RING_ADJOINT and (not EDGES) and (SR == LOG or SR == MAX) and (CP <= KR) and (CP <= 32)
     b = tl.cast(tl.program_id(0), tl.int64)
     L = tl.minimum(tl.maximum(tl.load(lengths_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
     tape = b * (2 * R) * (CP * SP)
-    tv_b, ta_b = tv_ptr + tape, ta_ptr + tape
+    tv_b = tv_ptr + tape
+    ta_b = None if ta_ptr is None else ta_ptr + tape  # RING_ADJ keeps the adjoints in registers
     to_b = None if to_ptr is None else to_ptr + tape
     tp_b = None if tp_ptr is None else tp_ptr + tape
     tra_b = None if tra_ptr is None else tra_ptr + tape
@@ -719,8 +940,27 @@ def scan_bwd_kernel(
     c1 = tl.arange(0, CP)
     if not EDGES:
         dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
+        amr_dtype = dur3.dtype
         tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
         trT3 = tl.load(trans_ptr + b * C * C + c3 * C + cr, mask=(cr < C) & (c3 < C), other=float("-inf"))
+    if RING_RC or RING_ADJ:
+        rc3, slot, lab3, pos3, lab2, pos2, tr2 = _ring_setup(L, C, trans_ptr + b * C * C, CP, KR)
+        rot_b = rot_ptr + b * 2 * CP * (2 * KR)  # the forward's table, then the adjoints' (read after a barrier)
+        if RING_RC:
+            _rotate_durations(dur_ptr + b * K * C, rot_b, C, K, CP, KR, -1)
+        if RING_ADJ:
+            _rotate_durations(dur_ptr + b * K * C, rot_b + CP * (2 * KR), C, K, CP, KR, 1)
+            gsc_b = gsc_ptr + b * (2 * GM + 5) * (CP * KR)
+            sv_b = gsc_b + 2 * GM * (CP * KR)  # the adjoint ring between blocks
+            _ring_adj_save(sv_b, tl.zeros(slot.shape, dtype=tl.float64) + tl.zeros((CP, 1, 1), dtype=tl.float64),
+                           lab3, pos3, CP, KR)
+            rotb_b = rot_b + CP * (2 * KR)
+            # the transition tile (c', 1, c = lane) and its adjoint
+            LANES: tl.constexpr = 32 if KR > 32 else KR
+            col3 = tl.arange(0, LANES)[None, None, :]
+            trs = tl.load(trans_ptr + b * C * C + rc3 * C + col3, mask=(rc3 < C) & (col3 < C), other=float("-inf"))
+            gtrs = tl.zeros(trs.shape, dtype=tl.float64)
+        tl.debug_barrier()  # the tables
     # adjoints are float64 (semiring.vjp); so are these sums over up to 10^6 positions
     gdur = tl.zeros((KP, CP), dtype=tl.float64)
     gtr = tl.zeros((CP, CP), dtype=tl.float64)
@@ -740,68 +980,131 @@ def scan_bwd_kernel(
                 sh0, sh1 = shift(v0, SR)
                 base0 = sh0.to(tl.float64)
                 base1 = sh1.to(tl.float64)
+                if RING_RC:
+                    ring, bring, cring, rbase = _ring_start(v0, base0, cum_b, C, rc3, slot, CP)
+            elif RING_RC:  # the adjoints read no row <= t0 of this block: the ring alone
+                ring, bring, cring, rbase = _ring_from_checkpoint(ckv_b, ckb_b, ckn_ptr + b * NBLK * 2, cum_b, C, K,
+                                                                  t0, j, rc3, slot, CP, KP, KR)
             else:
                 okr = n3 < K
-                slot = (t0 - K + 1 + n3) & (R - 1)
+                cks = (t0 - K + 1 + n3) & (R - 1)
                 ck = tl.cast((j * KP + n3), tl.int64)
                 vals = tl.load(ckv_b + ck * (CP * SP) + c3 * SP + s3, mask=okr, other=0.0)
-                tl.store(tv_b + slot * (CP * SP) + c3 * SP + s3, vals, mask=okr)
-                tl.store(tv_b + (slot + R) * (CP * SP) + c3 * SP + s3, vals, mask=okr)
+                tl.store(tv_b + cks * (CP * SP) + c3 * SP + s3, vals, mask=okr)
+                tl.store(tv_b + (cks + R) * (CP * SP) + c3 * SP + s3, vals, mask=okr)
                 cb0 = tl.load(ckb_b + ck * 2, mask=okr, other=0.0)
                 cb1 = tl.load(ckb_b + ck * 2 + 1, mask=okr, other=0.0)
-                tl.store(tb_b + slot * 2, cb0, mask=okr)
-                tl.store(tb_b + slot * 2 + 1, cb1, mask=okr)
-                tl.store(tb_b + (slot + R) * 2, cb0, mask=okr)
-                tl.store(tb_b + (slot + R) * 2 + 1, cb1, mask=okr)
+                tl.store(tb_b + cks * 2, cb0, mask=okr)
+                tl.store(tb_b + cks * 2 + 1, cb1, mask=okr)
+                tl.store(tb_b + (cks + R) * 2, cb0, mask=okr)
+                tl.store(tb_b + (cks + R) * 2 + 1, cb1, mask=okr)
                 base0 = tl.load(ckn_ptr + (b * NBLK + j) * 2)
                 base1 = tl.load(ckn_ptr + (b * NBLK + j) * 2 + 1)
             tl.debug_barrier()
             # ---- recompute the block's rows ----
+            if RING_RC:
+                cum_t, dw, sbt = _ring_terms(t0 + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
             for t in range(t0 + 1, t1 + 1):
                 if EDGES:
                     base0, base1, v, ra, rt = _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
                                                              SR, KK, S, CP, KP, SP, True)
+                elif RING_RC:
+                    cum_n, dw_n, sb_n = _ring_terms(t + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
+                    ring, bring, cring, rbase, alpha, v, ra, rt = _fac_ring_step(
+                        t, R, ring, bring, cring, rbase, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
+                        tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b, SR, CP, SP, KR, HAS_SB, True)
+                    cum_t, dw, sbt = cum_n, dw_n, sb_n
                 else:
                     base0, base1, v, ra, rt = _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
                                                     tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
                                                     SR, KK, S, CP, KP, SP, HAS_SB, True)
-                tl.debug_barrier()
+                if not RING_RC:
+                    tl.debug_barrier()  # the next step reads the row this one wrote
+            if RING_RC:
+                tl.debug_barrier()  # the adjoints read the rows the ring stored
         # ---- adjoints, positions t1 down to t0+1 (and 0 in the first block) ----
         hi = t1
+        if RING_ADJ:
+            asc, aok, amr, rar, bqr, cqr = _ring_adj_load(sv_b, lab3, pos3, amr_dtype, CP, KR)
         if t1 == L:
             a_alpha = _final_pull(L, GV_S, C, R, gv_ptr + b * GV_B, end_b, gend_b, tv_b, to_b,
                                   SR, KK, S, CP, SP, EDGES)
-            _store_row2(ta_b, L & (R - 1), R, a_alpha, CP, SP)
+            if RING_ADJ:
+                tau, bp, cum_p, dw, alpha, ar, aq, tr, tq = _pull_terms(
+                    L, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                    slot, rc3, col3, SR, CP, KR, HAS_SB)
+                asc, aok, amr, rar, bqr, cqr = _ring_adj_insert(L, a_alpha[:, :, None], ar, aq, bp, cum_p,
+                                                                asc, aok, amr, rar, bqr, cqr, slot, SR, KR)
+            else:
+                _store_row2(ta_b, L & (R - 1), R, a_alpha, CP, SP)
             if not EDGES:
                 pa = potgrad(a_alpha, s2, SR, 1)
                 tl.store(gcum_b + L * C + c1, pa, mask=c1 < C)
             hi = L - 1
-            tl.debug_barrier()
+            if not RING_ADJ:
+                tl.debug_barrier()
         lo = t0 + 1
         if EDGES:
             if j == 0:
                 lo = lo - lo
-        for i in range(0, hi - lo + 1):
-            p = hi - i
-            if EDGES:
-                a_alpha = _edge_pull(p, L, C, K, R, edge_b, gedge_b, tv_b, tra_b, ta_b, tb_b, tam_b, taz_b,
-                                     SR, KK, S, CP, KP, SP)
-            else:
-                a_tau, gd = _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
-                                      SR, KK, S, CP, KP, SP)
-                a_alpha, gt = _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
-                                         SR, KK, S, CP, SP, HAS_SB)
-                gdur += gd
-                gtr += gt
-                pa = potgrad(a_alpha, s2, SR, 1)
-                pt = potgrad(a_tau, s2, SR, 1)
-                pp = p
-                tl.store(gcum_b + pp * C + c1, pa - pt, mask=c1 < C)
+        if RING_ADJ:
+            # positions hi..lo on the adjoint ring: the chain per step is the K-reduction, the
+            # C x C transition pull and the ring insert; tape rows are loaded a step ahead, and
+            # the next step's weights are formed while this step's chain waits
+            tau, bp, cum_p, dw, alpha, ar, aq, tr, tq = _pull_terms(
+                hi, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                slot, rc3, col3, SR, CP, KR, HAS_SB)
+            w, wt = _ring_adj_weights(hi, L, K, tau, bp, cum_p, dw, alpha, tr, tq, aok, amr, rar, bqr, cqr, trs, C,
+                                      slot, rc3, col3, SR, KR)
+            for i in range(0, hi - lo + 1):
+                p = hi - i
+                # row p - 1 (at the block's first position, a row the next block recomputes first: unused)
+                tau_n, bp_n, cum_n, dw_n, alpha_n, ar_n, aq_n, tr_n, tq_n = _pull_terms(
+                    p - 1, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                    slot, rc3, col3, SR, CP, KR, HAS_SB)
+                a_tau, ct = _ring_adj_tau(w, asc)
+                a_alpha, gt = _ring_adj_tpull(a_tau, wt, tq, rc3, col3, SR)
+                asc, aok, amr, rar, bqr, cqr = _ring_adj_insert(p, a_alpha, ar, aq, bp, cum_p,
+                                                                asc, aok, amr, rar, bqr, cqr, slot, SR, KR)
+                w, wt = _ring_adj_weights(p - 1, L, K, tau_n, bp_n, cum_n, dw_n, alpha_n, tr_n, tq_n, aok, amr, rar,
+                                          bqr, cqr, trs, C, slot, rc3, col3, SR, KR)
+                gtrs += gt
+                _put(gcum_b + p * C, a_alpha - a_tau, lab3, pos3, C)
                 if HAS_SB:
-                    tl.store(gsb_b + pp * C + c1, pt.to(dur3.dtype), mask=c1 < C)
-            _store_row2(ta_b, p & (R - 1), R, a_alpha, CP, SP)
-            tl.debug_barrier()
-        if not EDGES:
+                    _put(gsb_b + p * C, a_tau.to(dur3.dtype), lab3, pos3, C)
+                gdur = _ring_adj_fold(p, L, K, ct, gsc_b, gdur, lab3, pos3, CP, KP, KR, GM)
+                tau, bp, cum_p, tq = tau_n, bp_n, cum_n, tq_n
+                ar, aq = ar_n, aq_n
+            if j == 0:  # position 0 (weights and terms: row lo - 1 = 0): τ(0) has no transition
+                a_tau, ct = _ring_adj_tau(w, asc)
+                gdur = _ring_adj_fold(0, L, K, ct, gsc_b, gdur, lab3, pos3, CP, KP, KR, GM)
+                _put(gcum_b, -a_tau, lab3, pos3, C)
+                if HAS_SB:
+                    _put(gsb_b, a_tau.to(dur3.dtype), lab3, pos3, C)
+                _put(gtau0_ptr + b * C, a_tau.to(dur3.dtype), lab3, pos3, C)
+            _ring_adj_save(sv_b, asc, lab3, pos3, CP, KR, aok, amr, rar, bqr, cqr, SR)
+        else:
+            for i in range(0, hi - lo + 1):
+                p = hi - i
+                if EDGES:
+                    a_alpha = _edge_pull(p, L, C, K, R, edge_b, gedge_b, tv_b, tra_b, ta_b, tb_b, tam_b, taz_b,
+                                         SR, KK, S, CP, KP, SP)
+                else:
+                    a_tau, gd = _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
+                                          SR, KK, S, CP, KP, SP)
+                    a_alpha, gt = _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
+                                             SR, KK, S, CP, SP, HAS_SB)
+                    gdur += gd
+                    gtr += gt
+                    pa = potgrad(a_alpha, s2, SR, 1)
+                    pt = potgrad(a_tau, s2, SR, 1)
+                    pp = p
+                    tl.store(gcum_b + pp * C + c1, pa - pt, mask=c1 < C)
+                    if HAS_SB:
+                        tl.store(gsb_b + pp * C + c1, pt.to(dur3.dtype), mask=c1 < C)
+                _store_row2(ta_b, p & (R - 1), R, a_alpha, CP, SP)
+                tl.debug_barrier()
+        if not (EDGES or RING_ADJ):
             if j == 0:
                 a_tau, gd = _fac_pull(0, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
                                       SR, KK, S, CP, KP, SP)
@@ -823,8 +1126,10 @@ def scan_bwd_kernel(
         k2 = tl.arange(0, KP)[:, None]
         cc2 = tl.arange(0, CP)[None, :]
         tl.store(gdur_ptr + b * K * C + k2 * C + cc2, gdur.to(dur3.dtype), mask=(k2 < K) & (cc2 < C))
-        # gtr[c, c'] is the adjoint of transition[c', c]
-        tl.store(gtr_ptr + b * C * C + cc2 * C + c2, gtr.to(dur3.dtype), mask=(c2 < C) & (cc2 < C))
+        if RING_ADJ:
+            tl.store(gtr_ptr + b * C * C + rc3 * C + col3, gtrs.to(dur3.dtype), mask=(rc3 < C) & (col3 < C))
+        else:  # gtr[c, c'] is the adjoint of transition[c', c]
+            tl.store(gtr_ptr + b * C * C + cc2 * C + c2, gtr.to(dur3.dtype), mask=(c2 < C) & (cc2 < C))
 
 
 # --------------------------------------------------------------------------------------

@@ -56,6 +56,17 @@ RING_FORWARD = "measured"
 #: K=100, C=8, while the interpreter agrees to 1e-6: a GPU-only fault in the ring's tape stores, not
 #: found yet (docs/gpu.md). The interpreter tests turn it on.
 RING_TAPES = False
+#: The backward's block recompute (checkpointed calls) of factored log/max on the register ring
+#: (kernels.scan_bwd_kernel, RING_RC): the tape rows of a ring forward, bit for bit. Off by
+#: default until timed and checked on a GPU (benchmarks/latency/run_gpu_bwd.py).
+RING_RECOMPUTE = False
+#: The backward's adjoint pass of factored log/max on a register ring (kernels.scan_bwd_kernel,
+#: RING_ADJ): the adjoints of the last K rows in registers, no adjoint tape, 3 CTA barriers per
+#: step at K=100, C=8 (sm_90). Off by default until timed and checked on a GPU (run_gpu_bwd.py).
+RING_ADJOINT = False
+#: steps between two folds of RING_ADJ's duration-adjoint scratch into registers (a power of two; one
+#: barrier each; the scratch holds 2·RING_FOLD steps of (CP, KR) float64 per sequence)
+RING_FOLD = 16
 
 
 def _num_warps(elems: int) -> int:
@@ -124,6 +135,13 @@ class _Meta:
         self.ring = _ring_regime(K, C) and not edges and self.sr in (LOG.value, MAX.value)
         self.KR = max(2, _pow2(K + 1))
         self.ring_warps = _ring_warps(self.CP, self.KR)
+        # the backward's recompute on the same ring (kernels.scan_bwd_kernel, RING_RC), and its
+        # adjoint pass (RING_ADJ: no adjoint tape; the transition pull puts labels on the ring's
+        # lanes, so CP <= min(KR, 32)), folding duration adjoints every ``fold`` steps
+        self.ring_recompute = RING_RECOMPUTE and not edges and self.sr in (LOG.value, MAX.value)
+        self.ring_adjoint = (RING_ADJOINT and not edges and self.sr in (LOG.value, MAX.value)
+                             and self.CP <= min(self.KR, 32))
+        self.fold = RING_FOLD
         # kernels index within one sequence with int32 (the batch offset is int64)
         per_seq = max((T + 1) * C, T * (K + 1) * C * C if edges else 0,
                       2 * _pow2(self.delta + 2 * K + 1) * self.CP * self.SP)
@@ -133,6 +151,15 @@ class _Meta:
         self._consts = dict(SR=self.sr, KK=self.KK, S=self.S, CP=self.CP, KP=self.KP, SP=self.SP,
                             EDGES=self.edges, HAS_SB=self.has_sb)
         self._scalars = {}
+
+    def bwd_ring(self, recompute: bool) -> dict:
+        """The backward's register-ring switches for a call (RECOMPUTE or not)."""
+        return dict(USE_RING_RECOMPUTE=recompute and self.ring_recompute, USE_RING_ADJOINT=self.ring_adjoint)
+
+    def bwd_warps(self, recompute: bool) -> int:
+        """Warps of the backward: the ring's when a ring step runs in it (its layout, and no
+        spills at K=100, C=8: 4 warps need more than 255 registers a thread there)."""
+        return self.ring_warps if any(self.bwd_ring(recompute).values()) else self.num_warps
 
     def consts(self):
         return self._consts
@@ -161,12 +188,12 @@ class _Meta:
 
 @functools.lru_cache(maxsize=512)
 def _cached_meta(*key):
-    return _Meta(*key[:-3])  # the tuning globals end the key
+    return _Meta(*key[:-6])  # the tuning globals end the key
 
 
 def tuning() -> tuple:
     """The tuning globals a cached launch plan depends on (part of every cache key)."""
-    return NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD
+    return NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD, RING_RECOMPUTE, RING_ADJOINT, RING_FOLD
 
 
 def _meta(*args) -> _Meta:
@@ -297,7 +324,7 @@ def tape_with(m: _Meta, R, sizes=(), sizes64=()):
     """(Tape, flat pieces of the ``sizes`` in the compute dtype, of the ``sizes64`` in float64):
     a caller's buffers that live as long as the tape, carved from its allocations."""
     arrays, more = {}, {None: sizes, torch.float64: sizes64}
-    for dtype, names in _tape_names(m.edges, m.has_sb, m.routes, m.lse):
+    for dtype, names in _tape_names(m.edges, m.has_sb, m.routes, m.lse, m.ring_adjoint):
         bases = dtype == torch.float64  # the bases share the float64 tapes' allocation
         extra = more.get(dtype, ())
         parts = m.tapes(R, len(names), dtype, bases, extra)
@@ -307,12 +334,12 @@ def tape_with(m: _Meta, R, sizes=(), sizes64=()):
 
 
 @functools.cache
-def _tape_names(edges, has_sb, routed, norm) -> tuple:
+def _tape_names(edges, has_sb, routed, norm, ring_adjoint) -> tuple:
     """(dtype, the Tape fields in it) of a variant's tape; dtype None: the compute dtype."""
     want = dict(to=not edges, tp=has_sb, tam=norm, ttm=norm and not edges)
     # float64: the adjoints (ta) and the logsumexp sums (taz, ttz) the softmax weights are
     # normalised by, so the adjoint recursion conserves probability mass over 10^6 steps
-    want64 = dict(ta=True, taz=norm, ttz=norm and not edges)
+    want64 = dict(ta=not ring_adjoint, taz=norm, ttz=norm and not edges)
     want_int = dict(tra=routed, trt=routed and not edges)
     return ((None, ["tv"] + [k for k, v in want.items() if v]), (torch.float64, [k for k, v in want64.items() if v]),
             (torch.int32, [k for k, v in want_int.items() if v]))
@@ -369,10 +396,16 @@ def _bwd(m: _Meta, grad_value, ops: Operands, saved, grads: Optional[Grads] = No
         gtr, gdur, gtau0, gend, *gsb = _empty_like(like, m.dtype)
         grads = Grads(gcum=torch.empty_like(ops.cum), gtr=gtr, gdur=gdur, gtau0=gtau0, gend=gend,
                       gsb=gsb[0] if gsb else None)
+    ring = m.bwd_ring(recompute)
+    rot = torch.empty(m.B, 2, m.CP, 2 * m.KR, dtype=m.dtype, device=m.device) if any(ring.values()) else None
+    gsc = torch.empty(m.B, 2 * m.fold + 5, m.CP, m.KR, dtype=torch.float64, device=m.device) if m.ring_adjoint else None
     gv_s, gv_b = gv.stride()
     _launch(scan_bwd_kernel, m, (recompute, *_aligned(*ops, gv), gv_s, gv_b), dict(
-        **_pointers(ops, tape, ck, grads), gv_ptr=gv,
-        **m.scalars(R), GV_S=gv_s, GV_B=gv_b, RECOMPUTE=recompute))
+        **_pointers(ops, tape, ck, grads), gv_ptr=gv, rot_ptr=rot, gsc_ptr=gsc,
+        **m.scalars(R), GV_S=gv_s, GV_B=gv_b, RECOMPUTE=recompute,
+        # KR, GM: constants where no ring runs (one compilation still serves every K of a KP)
+        KR=m.KR if any(ring.values()) else 2, GM=m.fold if m.ring_adjoint else 1, **ring),
+        num_warps=m.bwd_warps(recompute))
     return grads
 
 
