@@ -352,7 +352,8 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
     allocated by the caller (``tape_with``), when the forward keeps all of it."""
     dev = m.device
     full = bool(save_ck and m.store_all)
-    ring = m.ring and (RING_TAPES or not (full or (save_ck and m.nblk > 1)))  # see RING_TAPES
+    checkpoints = save_ck and m.nblk > 1
+    ring = m.ring and (RING_TAPES or not (full or checkpoints))  # see RING_TAPES
     if full:
         R = m.r_tape
         tape = _bwd_tape(m, R) if tape is None else tape
@@ -364,7 +365,7 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
         rings = m.tapes(R, 1 if m.edges else 2)
         tape = Tape(tv=rings[0], to=None if m.edges else rings[1], tb=m.bases(R))
     ck = Checkpoints()
-    if save_ck and m.nblk > 1:
+    if checkpoints:
         ck = Checkpoints(ckv=torch.empty(m.B, m.nblk, m.KP, m.CP, m.SP, dtype=m.dtype, device=dev),
                          ckb=torch.empty(m.B, m.nblk, m.KP, 2, dtype=torch.float64, device=dev),
                          ckn=torch.empty(m.B, m.nblk, 2, dtype=torch.float64, device=dev))
