@@ -104,6 +104,18 @@ def run_one(flags, store_all, inputs, T, reps, ref=None, ref64=None):
 
 
 def main(argv=None):
+    """Runs the flag sets, then leaves launch's flags as it found them (tests call this in-process)."""
+    from semiring_flash.ops.triton import launch
+
+    saved = {f: getattr(launch, f) for f in ALL_FLAGS + ("STORE_ALL_BYTES",)}
+    try:
+        return _main(argv)
+    finally:
+        for f, v in saved.items():
+            setattr(launch, f, v)
+
+
+def _main(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, default=100_000)
     ap.add_argument("--K", type=int, default=K_)
