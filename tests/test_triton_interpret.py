@@ -140,10 +140,10 @@ def test_register_ring_default_regime(K, C, want):
     assert not m(SEMIRINGS[2]).ring  # entropy steps on the tape
 
 
-@pytest.mark.parametrize("every", [None, 12])
+@pytest.mark.parametrize("every", [None, 6])
 def test_register_ring_only_for_forwards_that_store_nothing(every, monkeypatch):
     """Default RING_TAPES: the value-only forward takes the ring, a forward that stores the
-    backward's tape (every=None: all of it) or checkpoints (every=12) takes the tape step."""
+    backward's tape (every=None: all of it) or checkpoints (every=6) takes the tape step."""
     from semiring_flash.ops.triton import launch
     monkeypatch.setattr(launch, "RING_FORWARD", True)
     seen = []
@@ -151,7 +151,7 @@ def test_register_ring_only_for_forwards_that_store_nothing(every, monkeypatch):
     monkeypatch.setattr(launch, "_launch", lambda kernel, m, variant, kw, **o: (
         seen.append(kw.get("USE_RING")), real(kernel, m, variant, kw, **o))[1])
     sr = SEMIRINGS[0]
-    ins, L = _factored(sr, 2, 40, 3, 2, seed=5, neg=True)
+    ins, L = _factored(sr, 2, 16, 3, 2, seed=5, neg=True)
     with torch.no_grad():
         v0 = kernels.factored_scan_triton(sr, *ins[:5], L, checkpoint_every=every)
     xs = [x.detach().requires_grad_() for x in ins[:5]]
@@ -217,9 +217,10 @@ RING_BWD = {"recompute": ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE"), "adjo
             "all": ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE", "RING_ADJOINT")}
 
 
-@pytest.fixture(params=[pytest.param(k, marks=() if k == "all" else pytest.mark.slow) for k in RING_BWD])
+@pytest.fixture(params=["all"])
 def ring_bwd(request, monkeypatch):
-    """The backward's register-ring flags (off by default until run on a GPU), one set per param;
+    """The backward's register-ring flags (off by default until run on a GPU): every flag on, or a
+    set named by indirect parametrization (``EACH_RING_BWD``: each flag set, in the dense test);
     the adjoint ring folds its duration adjoints every 4 steps (several folds, not aligned with
     the blocks)."""
     from semiring_flash.ops.triton import launch
@@ -236,7 +237,12 @@ def _value_grads(sr, ins, L, every, sb=True):
     return [v.detach()] + list(torch.autograd.grad(v.sum(), wrt))
 
 
-@pytest.mark.parametrize("K", [pytest.param(3, id="K3"), pytest.param(5, id="K5", marks=pytest.mark.slow)])
+#: each flag set at K = 3, every flag at K = 5 too (the other ring tests take every flag: CI time)
+EACH_RING_BWD = [pytest.param(k, 3, id=f"{k}-K3", marks=() if k == "all" else pytest.mark.slow) for k in RING_BWD] + [
+    pytest.param("all", 5, id="all-K5", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("ring_bwd, K", EACH_RING_BWD, indirect=["ring_bwd"])
 @pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
 def test_ring_backward_vs_dense_and_bitwise_the_stored_tape(si, K, ring_bwd):
     """K not a power of two, mixed lengths, -inf zeros, T = 16 > KR (the ring wraps), 4 blocks:
