@@ -159,25 +159,29 @@ def test_loop_body_follows_llvm_loop_comments():
     assert body.count("bar.sync") == 2 and "shfl.sync" in body and "ex2" in body
 
 
-@pytest.mark.slow
-def test_real_forward_kernel_sm90_barriers():
-    """The real forward kernel compiled for sm_90 (in a process without the interpreter): the
-    register ring keeps at most 8 CTA barriers per step under every option set (the tape step
-    had 10-22), and nothing spills."""
+def _proxy_rows(mode):
+    """ptx_proxy.py's rows for the real kernels (``mode``: --real or --real-bwd), compiled for
+    sm_90 in a subprocess without TRITON_INTERPRET."""
     import json
-    import os
     import subprocess
-    import sys
     import tempfile
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "rows.json")
-        subprocess.run([sys.executable, os.path.join(root, "benchmarks", "latency", "ptx_proxy.py"), "--real",
+        subprocess.run([sys.executable, os.path.join(root, "benchmarks", "latency", "ptx_proxy.py"), mode,
                         "--json", out], check=True, env=env, cwd=root, capture_output=True)
         with open(out) as f:
-            rows = json.load(f)["rows"]
+            return json.load(f)["rows"]
+
+
+@pytest.mark.slow
+def test_real_forward_kernel_sm90_barriers():
+    """The real forward kernel compiled for sm_90 (in a process without the interpreter): the
+    register ring keeps at most 8 CTA barriers per step under every option set (the tape step
+    had 10-22), and nothing spills."""
+    rows = _proxy_rows("--real")
     assert set(rows) >= {"log", "log+ck", "log+full", "max", "max+bp", "max+ck", "max+full"}
     for name, row in rows.items():
         assert row["bar_loop"] <= 8 and row["local"] == 0, (name, row)
@@ -188,20 +192,7 @@ def test_real_backward_kernel_sm90_barriers():
     """The real backward compiled for sm_90 (ptx_proxy.py --real-bwd): with the register-ring
     flags, at most 6 CTA barriers per recompute step and 4 per adjoint step (one of them the
     duration-adjoint fold, every RING_FOLD steps), fewer than on the tape; no local spills."""
-    import json
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "rows.json")
-        subprocess.run([sys.executable, os.path.join(root, "benchmarks", "latency", "ptx_proxy.py"), "--real-bwd",
-                        "--json", out], check=True, env=env, cwd=root, capture_output=True)
-        with open(out) as f:
-            rows = json.load(f)["rows"]
+    rows = _proxy_rows("--real-bwd")
     for sr in ("log", "max"):
         for part, most in (("recompute", 6), ("adjoint", 4)):
             ring, tape = rows[f"{sr}+rc ring_rc+adj: {part}"], rows[f"{sr}+rc: {part}"]
