@@ -5,7 +5,7 @@
 #                                      interpreter-heavy and multi-second oracle cases)
 # Other arguments go to pytest, e.g. bash scripts/test.sh --fast tests/test_engine.py -k dense
 # The tests run on every core (pytest-xdist, --dist worksteal; SF_TEST_WORKERS=N to choose,
-# 0 for one process): on 2 cores the whole suite takes 7.6 min of pytest instead of 11.2.
+# 0 for one process): on 2 cores the whole suite takes about 5 min of pytest instead of 11.
 source "$(dirname "$0")/_venv.sh" test
 args=(-n "${SF_TEST_WORKERS:-auto}" --dist worksteal)
 for a in "$@"; do

@@ -136,6 +136,39 @@ def test_unchecked_lengths_are_clamped_by_the_kernels():
     assert not torch.isnan(wild[1])  # length clamped to 0: no segmentation, but no NaN either
 
 
+@pytest.mark.parametrize("ring", [False, True], ids=["tape_step", "ring"])
+def test_length_zero_reads_no_unwritten_tape_row(ring, monkeypatch):
+    """A length clamped to 0 has log Z = -inf and zero gradients, whatever the fresh buffers hold:
+    every torch.empty comes filled with NaN, so a read of a row the forward never wrote shows.
+    (The final read took α(0) from an unwritten tape row: NaN or garbage once memory was reused.)"""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton kernels on CPU tensors need TRITON_INTERPRET=1")
+    from semiring_flash.ops.triton import launch
+
+    monkeypatch.setattr(launch, "RING_FORWARD", ring)
+    m = model()
+    leaves = [m.scores.clone().requires_grad_(), m.transition.clone().requires_grad_(), m.duration.clone().requires_grad_()]
+    originals = {name: getattr(torch, name) for name in ("empty", "empty_like")}
+    for name, make in originals.items():
+        def filled(*a, make=make, **kw):
+            x = make(*a, **kw)
+            return x.fill_(float("nan")) if x.is_floating_point() else x.fill_(-7)
+        monkeypatch.setattr(torch, name, filled)
+    with sf.validation_mode("off"):
+        pots = sf.SegmentPotentials(leaves[0], transition=leaves[1], duration=leaves[2], lengths=torch.tensor([T, -2]))
+        z = sf.SemiMarkovCRF(pots, backend="triton").partition
+        with torch.no_grad():
+            z_nograd = sf.SemiMarkovCRF(pots, backend="triton").partition
+        grads = torch.autograd.grad(z[1], leaves)
+    for name, make in originals.items():
+        monkeypatch.setattr(torch, name, make)
+    assert z[1] == float("-inf") and z_nograd[1] == float("-inf")
+    assert torch.isfinite(z[0]) and z[0] == sf.SemiMarkovCRF(model(lengths=torch.tensor([T, 1])), backend="triton").partition[0]
+    for g in grads:
+        assert torch.equal(g, torch.zeros_like(g))
+
+
 def test_pair_of_distributions_needs_equal_lengths():
     p = sf.SemiMarkovCRF(model(lengths=torch.tensor([T, 3])))
     with pytest.raises(ValueError, match="same lengths"):

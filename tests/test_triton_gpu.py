@@ -342,3 +342,34 @@ def test_direct_launch_equals_generic_launch_bitwise(edges, monkeypatch):
             got = call(x)
             for a, b in zip(got, ref):
                 assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("sr", [sf.LogSemiring, sf.MaxSemiring], ids=["log", "max"])
+@pytest.mark.parametrize("store", ["value", "tape", "checkpoints"])
+def test_register_ring_on_poisoned_memory_matches_the_tape_step(sr, store, monkeypatch):
+    """The register-ring forward (K=100, C=8) with the caching allocator full of NaN: its value,
+    and (RING_TAPES) the gradients from the tape or checkpoints it stores, equal the tape step's.
+    Step 1 once read the rotated duration table before the barrier that completes it: stale
+    memory then gave log Z off by O(1) and wrong tape rows, hidden when the allocator handed back
+    the previous call's table (benchmarks) and invisible to the sequential interpreter."""
+    k = _kernels()
+    from semiring_flash.ops.triton import launch
+
+    monkeypatch.setattr(launch, "RING_TAPES", True)
+    if store == "checkpoints":
+        monkeypatch.setattr(launch, "STORE_ALL_BYTES", 0)
+    B, T, K, C = 1, 3000, 100, 8
+    ins, L = _factored(sr, B, T, K, C, seed=9, dtype=torch.float32, mixed=False)
+    ins = [x.detach() for x in ins[:5]]
+    out = {}
+    for ring in (False, True):
+        monkeypatch.setattr(launch, "RING_FORWARD", ring)
+        torch.cuda.empty_cache()
+        poison = torch.full((64 << 20,), float("nan"), device=DEV)  # 256 MB of NaN, freed into the cache
+        del poison
+        xs = [x.clone().requires_grad_(store != "value") for x in ins]
+        v = k.factored_scan_triton(sr, *xs, L)
+        out[ring] = [v.detach()] + (list(torch.autograd.grad(v.sum(), xs)) if store != "value" else [])
+    for a, b in zip(out[True], out[False]):
+        assert torch.isfinite(a).all()
+        assert _rel(a, b) <= 1e-5, (store, [_rel(x, y) for x, y in zip(out[True], out[False])])

@@ -125,7 +125,24 @@ def resources(cubin: bytes) -> dict:
 def measure(kernel) -> dict:
     row = measure_body(loop_body(kernel.asm["ptx"]), kernel)
     row.update(resources(kernel.asm["cubin"]))
+    row["ld32_after_first_store"] = loads_after_first_store(kernel.asm["ptx"])
     return row
+
+
+def loads_after_first_store(ptx: str) -> int:
+    """32-bit global loads between the kernel's first global store and the next CTA barrier.
+    In the register-ring forward without FULL, the first stores are the rotated duration table
+    (float32), which other threads read: any such load there races with the table's writers."""
+    lines = ptx.splitlines()
+    first = next((i for i, line in enumerate(lines) if re.search(r"\bst\.global", line)), None)
+    if first is None:
+        return 0
+    n = 0
+    for line in lines[first:]:
+        if re.search(r"\bbar\.sync\b|\bbarrier\.sync\b", line):
+            break
+        n += bool(re.search(r"\bld\.global(\.\w+)*\.(b32|f32)\b", line))
+    return n
 
 
 def measure_body(body: str, kernel) -> dict:

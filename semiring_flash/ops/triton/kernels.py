@@ -484,12 +484,16 @@ def scan_fwd_kernel(
         base1 = base0 * 0.0
         bl = base1  # BASE(L)
         alpha = tl.full((CP,), float("-inf"), v0.dtype)  # α(L)
-        cum_t, dw, sbt = _ring_terms(1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
     elif not EDGES:
         # loop invariants: duration tile (d-1, c) and transition tile (c', c)
         dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
         tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
     tl.debug_barrier()
+    if RING:
+        # step 1's terms only now: other threads wrote parts of the rotated table before the
+        # barrier (read before it, step 1 took stale memory's durations on the GPU: log Z off
+        # by O(1), tape rows wrong from row 1, while the sequential interpreter was exact)
+        cum_t, dw, sbt = _ring_terms(1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
     for t in range(1, L + 1):
         bt0 = base0
         bt1 = base1
@@ -550,13 +554,13 @@ def scan_fwd_kernel(
         bl1 = tl.load(tb_b + sl * 2 + 1)
         if EDGES:
             x = tl.load(tv_b + sl * (CP * SP) + cr * SP + s3)
-        else:
-            x = tl.load(to_b + sl * (CP * SP) + cr * SP + s3)
+        else:  # α(0) is never stored: no segment ends at 0 (L = 0 only with unchecked lengths)
+            x = tl.load(to_b + sl * (CP * SP) + cr * SP + s3, mask=L > 0, other=0.0)
     if EDGES:
         x = tl.where(okf, x, zero_value(s3, SR))
     else:
         e3 = tl.load(end_ptr + b * C + cr, mask=cr < C, other=0.0)
-        x = tl.where(okf, mul_pot(x, e3, s3, SR), zero_value(s3, SR))
+        x = tl.where(okf & (L > 0), mul_pot(x, e3, s3, SR), zero_value(s3, SR))
     v, rv, _, _ = plus0(x, SR, KK)  # (1, SP)
     if SR == ENTROPY:
         vb = v.to(tl.float64) + tl.where(s2 == 1, bl1, bl0)
@@ -702,8 +706,9 @@ def _final_pull(L, GV_S, C, R, gv_b, end_b, gend_b, tv_b, to_b,
     if EDGES:
         x = tl.load(tv_b + sl * (CP * SP) + cr * SP + s3)
         x = tl.where(okf, x, zero_value(s3, SR))
-    else:
-        x = tl.load(to_b + sl * (CP * SP) + cr * SP + s3)
+    else:  # α(0): see scan_fwd_kernel's final read
+        okf = okf & (L > 0)
+        x = tl.load(to_b + sl * (CP * SP) + cr * SP + s3, mask=L > 0, other=0.0)
         e3 = tl.load(end_b + cr, mask=cr < C, other=0.0)
         x = tl.where(okf, mul_pot(x, e3, s3, SR), zero_value(s3, SR))
     v, rv, vm, vz = plus0(x, SR, KK)  # (1, SP)
@@ -1115,6 +1120,10 @@ def scan_bwd_kernel(
                     tl.store(gsb_b + c1, pt.to(dur3.dtype), mask=c1 < C)
                 tl.store(gtau0_ptr + s2 * (B * C) + b * C + c2, a_tau.to(dur3.dtype), mask=(c2 < C) & (s2 < S))
     if not EDGES:
+        if L == 0:  # unchecked lengths only: no block ran, so none wrote these adjoints (all zero)
+            tl.store(gcum_b + c1, tl.zeros((CP,), dtype=tl.float64), mask=c1 < C)
+            tl.store(gend_b + c1, tl.zeros((CP,), dtype=dur3.dtype), mask=c1 < C)
+            tl.store(gtau0_ptr + s2 * (B * C) + b * C + c2, tl.zeros((CP, SP), dtype=dur3.dtype), mask=(c2 < C) & (s2 < S))
         # rows past the sequence's end: zero (the buffers come uninitialised)
         for r in range(L + 1, T + 1):
             tl.store(gcum_b + r * C + c1, tl.zeros((CP,), dtype=tl.float64), mask=c1 < C)

@@ -51,10 +51,13 @@ STORE_ALL_BYTES = 128 << 20
 #: 1.72 s. "measured": where it was timed and checked on a GPU (K >= 32 and C <= 8, a warp per
 #: label and the slots on lanes); True: every factored log/max forward; False: never.
 RING_FORWARD = "measured"
-#: ... also for forwards that store the backward's tape or checkpoints (FULL / SAVE_CK). Off: on the
-#: H100 those runs gave gradients up to 5e-2 (of the largest) away from the tape step's at T=10^5,
-#: K=100, C=8, while the interpreter agrees to 1e-6: a GPU-only fault in the ring's tape stores, not
-#: found yet (docs/gpu.md). The interpreter tests turn it on.
+#: ... also for forwards that store the backward's tape or checkpoints (FULL / SAVE_CK). Off until a
+#: GPU run after the fix of 2026-12-07: the H100 gradients up to 5e-2 (of the largest) away from the
+#: tape step's came from a race, not from the stores. Step 1 read the rotated duration table before
+#: the barrier that completes it; stale memory then gave wrong rows from row 1 (K=100, C=8), while
+#: K=32, C=4 came out bitwise equal (docs/gpu.md). The value-only ring had the same race, hidden
+#: when the allocator handed back the previous call's table. tests/test_triton_gpu.py
+#: (test_register_ring_on_poisoned_memory_matches_the_tape_step) decides; the interpreter tests turn it on.
 RING_TAPES = False
 #: The backward's block recompute (checkpointed calls) of factored log/max on the register ring
 #: (kernels.scan_bwd_kernel, RING_RC): the tape rows of a ring forward, bit for bit. Off by
