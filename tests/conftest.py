@@ -14,6 +14,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(1)
 
 
+def dot(g, x):
+    """Σ g·x where g != 0: a gradient paired with an input that may hold -inf (a structural zero)
+    counts 0 there, not nan (0·-inf)."""
+    return torch.where(g != 0, g * x, torch.zeros_like(x)).sum()
+
+
 # -- module-level guards of the Triton suites (call them before importing the kernels) --------------------
 def require_gpu_kernels():
     """Skip the calling module unless the kernels can run compiled on CUDA; returns triton."""

@@ -8,6 +8,7 @@ import semiring_flash as sf
 from semiring_flash.ops.dispatch import entry_value
 from semiring_flash.ops.dense import dense_edges, dense_factored
 from semiring_flash.ops.streaming import edge_scan, factored_scan
+from conftest import dot as _dot
 
 SEMIRINGS = [sf.LogSemiring, sf.MaxSemiring, sf.EntropySemiring, sf.KMaxSemiring(3), sf.CrossEntropySemiring, sf.KLDivergenceSemiring]
 NEG = float("-inf")
@@ -26,10 +27,6 @@ def _factored_case(sr, B, T, K, C, seed, neg_inf):
     lengths[0] = T
     tau0 = entry_value(sr, entry, torch.float64)
     return [x.requires_grad_() for x in (cum, trans, dur, tau0.detach(), end)], lengths
-
-
-def _dot(g, x):
-    return torch.where(g != 0, g * x, torch.zeros_like(x)).sum()
 
 
 def _check_euler(value, inputs):

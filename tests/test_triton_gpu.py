@@ -10,7 +10,7 @@ torch-struct parity on materialized edges.
 import pytest
 import torch
 
-from conftest import require_gpu_kernels
+from conftest import dot as _dot, require_gpu_kernels
 
 pytestmark = [pytest.mark.gpu]
 triton = require_gpu_kernels()  # before triton is imported (see conftest.require_interpreter)
@@ -51,10 +51,6 @@ def _factored(sr, B, T, K, C, seed, neg=True, dtype=torch.float64, scale=1.0, mi
 def _rel(a, b):
     a, b = a.double(), b.double()
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-300)).item()
-
-
-def _dot(g, x):
-    return torch.where(g != 0, g * x, torch.zeros_like(x)).sum()
 
 
 # ----------------------------------------------------------------------------------------------

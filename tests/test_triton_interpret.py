@@ -9,7 +9,7 @@ imported (see ``conftest.require_interpreter``).
 import pytest
 import torch
 
-from conftest import interpreter_marks, require_interpreter
+from conftest import dot as _dot, interpreter_marks, require_interpreter
 
 triton = require_interpreter()
 
@@ -53,10 +53,6 @@ def _edges(B, T, K, C, seed, neg, dtype=torch.float64):
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     lengths[0] = T
     return e.to(dtype).requires_grad_(), lengths
-
-
-def _dot(g, x):
-    return torch.where(g != 0, g * x, torch.zeros_like(x)).sum()
 
 
 def _check_grads(sr, a, b, ins, seed, tol):
