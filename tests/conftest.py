@@ -14,6 +14,27 @@ sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(1)
 
 
+def _poison_fresh_buffers():
+    """SF_POISON_EMPTY=1: every torch.empty / empty_like / new_empty comes back filled with NaN
+    (integers: -7), so a read of memory no kernel wrote shows as a failure instead of passing on
+    zeroed pages. A debugging lens for the whole suite, off by default."""
+    def filled(make):
+        def wrapper(*a, **kw):
+            x = make(*a, **kw)
+            if x.numel() and not x.is_meta:
+                with torch.no_grad():
+                    x.fill_(float("nan") if x.is_floating_point() or x.is_complex() else (-7 if x.dtype != torch.bool else True))
+            return x
+        return wrapper
+    torch.empty = filled(torch.empty)
+    torch.empty_like = filled(torch.empty_like)
+    torch.Tensor.new_empty = filled(torch.Tensor.new_empty)
+
+
+if os.environ.get("SF_POISON_EMPTY") == "1":
+    _poison_fresh_buffers()
+
+
 def dot(g, x):
     """Σ g·x where g != 0: a gradient paired with an input that may hold -inf (a structural zero)
     counts 0 there, not nan (0·-inf)."""

@@ -34,6 +34,8 @@ LAUNCHES = 4  # the glue before the scan, the forward scan, the backward scan, t
 def test_public_api_step_host_work_is_pinned(monkeypatch):
     """The host work of SegmentPotentials -> partition -> gradients on the Triton backend: aten ops
     (each ~10 µs of host time on a GPU host) and kernel launches, counted with the kernels stubbed."""
+    if os.environ.get("SF_POISON_EMPTY") == "1":
+        pytest.skip("SF_POISON_EMPTY adds a fill to every allocation")
     launched = []
 
     class Stub:  # records the launch; the kernels' outputs stay unwritten (the host path only)

@@ -264,13 +264,17 @@ def configs():
     out["baseline"] = baseline_config
     out["baseline_full"] = lambda K, C: real_config(K, C, full=True)
     out["baseline_ck"] = lambda K, C: real_config(K, C, save_ck=True)
+    return {**out, **gluon_configs()}
+
+
+def gluon_configs():
+    """name -> config of the Gluon variants ({} for a triton without Gluon: the table says so)."""
     try:
         from benchmarks.latency import gluon_variants
-    except Exception as e:  # noqa: BLE001  (a triton without Gluon: the table says so)
+    except Exception as e:  # noqa: BLE001
         print(f"no Gluon variants: {type(e).__name__}: {e}")
-    else:
-        out.update({name: gluon_variants.kernel_config for name in gluon_variants.GLUON_VARIANTS})
-    return out
+        return {}
+    return {name: gluon_variants.kernel_config for name in gluon_variants.GLUON_VARIANTS}
 
 
 def main(argv=None):
@@ -281,13 +285,14 @@ def main(argv=None):
     ap.add_argument("--dump", help="write each variant's ttgir/ptx here")
     ap.add_argument("--real", action="store_true", help="only the real forward kernel, per option set (REAL)")
     ap.add_argument("--real-bwd", action="store_true", help="only the real backward kernel, per flag set (REAL_BWD)")
+    ap.add_argument("--gluon", action="store_true", help="only the Gluon variants")
     args = ap.parse_args(argv)
     if args.real_bwd:
         return _table(real_bwd_rows(args.K, args.C), args, "real backward kernel, per step loop")
     if args.real:
         return _table(real_rows(args.K, args.C), args, "real forward kernel")
     rows = {}
-    for name, config in configs().items():
+    for name, config in (gluon_configs() if args.gluon else configs()).items():
         try:
             fn, consts, nw = config(args.K, args.C) if name.startswith("baseline") else config(name, args.K, args.C)
             k = compile_sm90(fn, consts, nw)
