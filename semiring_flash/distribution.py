@@ -97,9 +97,10 @@ class SemiMarkovCRF(Distribution):
     @_lazy_property
     def partition(self) -> torch.Tensor:
         """log Z, (B,)."""
-        # channel 0 of the raw value, indexed here: a call taking the tensor would be one more
-        # torch.compile graph (dynamo compiles every frame whose arguments hold tensors)
-        return self._struct(LogSemiring).sum(self._potentials, _raw=True)[0]
+        # the one channel of the raw value, taken here: a call taking the tensor would be one more
+        # torch.compile graph (dynamo compiles every frame whose arguments hold tensors). squeeze,
+        # not [0]: its backward is a view, select's a zero fill and a copy (two GPU ops per step)
+        return self._struct(LogSemiring).sum(self._potentials, _raw=True).squeeze(0)
 
     @_lazy_property
     def max(self) -> torch.Tensor:
