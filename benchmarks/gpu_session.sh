@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One device call that checks and times what is still open on a GPU (device time is scarce:
+# one call, every step logged to $OUT even when an earlier one fails). Run from the repo root:
+#   OUT=out bash benchmarks/gpu_session.sh                 # every step
+#   OUT=out bash benchmarks/gpu_session.sh ring api        # only these steps
+# Steps (each under STEP_LIMIT seconds, default 240):
+#   ring      the register ring on NaN-poisoned memory vs the tape step (decides launch.RING_TAPES)
+#   gpu       every GPU test (pytest -m gpu)
+#   bwd       the backward per register-ring flag set, B=1, K=100, C=8 (latency/run_gpu_bwd.py)
+#   viterbi   Viterbi at T=10^6 split into forward and backtrace (latency/viterbi_split.py)
+#   api       the public API at B=32, T=128, K=8, C=16: eager, CUDA graph, host breakdown
+#   mid       B=16, T=1000, K=30, C=39 (issue 11's batched case)
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PY:-python3}
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(ring gpu bwd viterbi api mid)
+
+run_step() {
+  local name=$1
+  shift
+  local t0=$SECONDS
+  timeout "${STEP_LIMIT:-240}" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc, $((SECONDS - t0)) s"
+  tail -n 4 "$OUT/$name.log"
+}
+
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >"$OUT/gpu.txt" 2>&1
+for s in "${steps[@]}"; do
+  case $s in
+    ring) run_step ring "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py -k poisoned ;;
+    gpu) run_step gpu "$PY" -m pytest -q -p no:cacheprovider -m gpu tests ;;
+    bwd) OUT="$OUT" run_step bwd "$PY" benchmarks/latency/run_gpu_bwd.py ;;
+    viterbi) OUT="$OUT" run_step viterbi "$PY" benchmarks/latency/viterbi_split.py ;;
+    api) run_step api "$PY" benchmarks/gpu_bench.py --cases api --no-torch-engine --out "$OUT/api" ;;
+    mid) run_step mid "$PY" benchmarks/gpu_bench.py --cases mid --no-torch-engine --out "$OUT/mid" ;;
+    *) echo "unknown step $s" >&2 ;;
+  esac
+done
