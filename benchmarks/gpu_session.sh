@@ -9,14 +9,16 @@
 #   bwd       the backward per register-ring flag set, B=1, K=100, C=8 (latency/run_gpu_bwd.py)
 #   viterbi   Viterbi at T=10^6 split into forward and backtrace (latency/viterbi_split.py)
 #   api       the public API at B=32, T=128, K=8, C=16: eager, CUDA graph, host breakdown
-#   mid       B=16, T=1000, K=30, C=39 (issue 11's batched case)
+#   mid       B=16, T=1000, K=30, C=39 (issue 11's batched case; its 160 MiB tape is over
+#             launch.STORE_ALL_BYTES, so the backward recomputes)
+#   mid256    the same with STORE_ALL_BYTES = 256 MiB (the whole tape kept: is it under 12 ms?)
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python3}
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(ring gpu bwd viterbi api mid)
+[ ${#steps[@]} -eq 0 ] && steps=(ring gpu bwd viterbi api mid mid256)
 
 run_step() {
   local name=$1
@@ -37,6 +39,10 @@ for s in "${steps[@]}"; do
     viterbi) OUT="$OUT" run_step viterbi "$PY" benchmarks/latency/viterbi_split.py ;;
     api) run_step api "$PY" benchmarks/gpu_bench.py --cases api --no-torch-engine --out "$OUT/api" ;;
     mid) run_step mid "$PY" benchmarks/gpu_bench.py --cases mid --no-torch-engine --out "$OUT/mid" ;;
+    mid256) run_step mid256 "$PY" -c "import runpy, sys; from semiring_flash.ops.triton import launch
+launch.STORE_ALL_BYTES = 256 << 20
+sys.argv = ['gpu_bench.py', '--cases', 'mid', '--no-torch-engine', '--out', '$OUT/mid256']
+runpy.run_path('benchmarks/gpu_bench.py', run_name='__main__')" ;;
     *) echo "unknown step $s" >&2 ;;
   esac
 done
