@@ -50,6 +50,7 @@ import torch as _torch
 from . import distribution as _distribution
 from . import semirings as _sr
 from . import struct as _struct
+from .ops import dispatch
 from .potentials import SegmentPotentials
 
 try:  # the real package, for the structures that are not ours
@@ -173,10 +174,8 @@ class SemiMarkovCRF(_distribution.SemiMarkovCRF):
         """Number of segmentations of nonzero weight, (B,) (torch-struct's ``count``; float, like theirs)."""
         if self.factored:
             raise TypeError("count needs torch-struct edges; for SegmentPotentials use pots.to_edges()")
-        # log-space counting: 0 for every allowed edge, −inf for the structural zeros (exact in float64)
-        free = _torch.zeros((), dtype=_torch.float64, device=self.potentials.device)
-        log_ones = _torch.where(self.potentials == float("-inf"), float("-inf"), free)
-        return self._struct().sum(log_ones, self.lengths).exp().to(self.potentials.dtype)
+        # counted in float64 by the counting semiring, like torch-struct (a log-space count is not an integer)
+        return dispatch.count_edges(self.potentials.detach(), self.token_lengths).to(self.potentials.dtype)
 
     def gumbel_crf(self, temperature: float = 1.0):
         """One Gumbel-max sample per example, in the marginals' layout (torch-struct's ``gumbel_crf``)."""

@@ -528,6 +528,11 @@ def test_count_matches_torch_struct_and_enumeration():
     for b in range(3):
         finite = int((enumerate_edge_paths(e[b]).scores > float("-inf")).sum())
         _close(count[b], torch.tensor(float(finite), dtype=F64))
+    # exact integers where exp(log count) is not: 3 segmentations of N=4, K=3, C=1 came out 2.9999999999999996
+    for N, K, C in [(4, 3, 1), (20, 4, 4), (12, 3, 3)]:
+        ones = torch.zeros(1, N - 1, K, C, C, dtype=F64)
+        assert sts.SemiMarkovCRF(ones).count.item() == torch_struct.SemiMarkovCRF(ones.clone()).count.item()
+    assert sts.SemiMarkovCRF(torch.zeros(1, 3, 3, 1, 1, dtype=F64)).count.item() == count_edge_paths(3, 3, 1) == 3
     with pytest.raises(TypeError, match="count needs torch-struct edges"):
         sts.SemiMarkovCRF(sf.SegmentPotentials(torch.randn(1, 3, 2), transition=torch.zeros(2, 2), duration=torch.zeros(2, 2))).count  # noqa: B018
 
