@@ -157,3 +157,38 @@ def test_each_log_path_matches_streaming_engine(case):
     for a, b in zip(torch.autograd.grad(fast.sum(), leaves, retain_graph=True), torch.autograd.grad(ref.sum(), leaves)):
         assert not torch.isnan(a).any()
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("grammar", ["transition", "end"])
+@pytest.mark.parametrize("gap", [90.0, 100.0, 103.0, 110.0])
+def test_scaled_forward_never_drops_a_state_the_grammar_needs(grammar, gap):
+    """fp32, log-softmax-like scores: a label `gap` nats behind the best at some token underflows in
+    probability space (subnormal from ~87, zero from ~104). With −inf transitions or end weights the
+    grammar can make that label the only way on: the call must then leave the scaled forward
+    (it gave log Z = −120 for −110, a negative NLL and NaN gradients), with float64 values and
+    gradients to fp32 precision."""
+    inf = math.inf
+    if grammar == "transition":  # labels A, B, X; A -> X, B -> B, X -> X only; the encoder says A, then B, B
+        trans = torch.tensor([[-inf, -inf, 0.0], [-inf, 0.0, -inf], [-inf, -inf, 0.0]])
+        scores = torch.tensor([[[0.0, -gap, -gap], [-60.0, 0.0, -60.0], [-60.0, 0.0, -60.0]]])
+        end = None
+    else:  # any transition; only label 1 may end the sequence, and the encoder says 0 to the end
+        trans = torch.zeros(2, 2)
+        scores = torch.tensor([[[0.0, -20.0], [0.0, -20.0], [0.0, -gap]]])
+        end = torch.tensor([-inf, 0.0])
+
+    def run(dtype, fast):
+        leaves = [scores.to(dtype).requires_grad_(), trans.to(dtype).requires_grad_()]
+        pots = sf.SegmentPotentials(leaves[0], transition=leaves[1], duration=torch.zeros(1, leaves[0].shape[-1], dtype=dtype),
+                                    start=torch.zeros(leaves[0].shape[-1], dtype=dtype),
+                                    end=None if end is None else end.to(dtype))
+        inp, args = _engine_args(pots, sf.LogSemiring)
+        z = (linear_chain.linear_chain_scan if fast else streaming.factored_scan)(sf.LogSemiring, *args)[0]
+        return z, torch.autograd.grad(z.sum(), leaves)
+
+    z32, g32 = run(torch.float32, fast=True)
+    z64, g64 = run(torch.float64, fast=False)
+    assert abs(z32.item() - z64.item()) <= 1e-6 * abs(z64.item())
+    for a, b in zip(g32, g64):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)

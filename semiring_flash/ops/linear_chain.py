@@ -123,9 +123,12 @@ def _log_scan_scaled(entry, w, transition, end, lengths, ragged: bool):
     and every transition column spanning ≤ MAX_SPREAD, the label with the best shifted emission gets
     q ≥ exp(−MAX_SPREAD) / C, so s cannot underflow; with −inf entries it can (a grammar forcing a
     path through labels of far worse emission, or no path at all), which is detected, and the caller
-    falls back to the log-space loop. A label whose weight underflows to 0 carries a posterior below
-    fp32 resolution. Four autograd nodes and O(C) saved memory per token, instead of the (B, C, C)
-    log-sum-exp; the normalisers and shifts add up in float64.
+    falls back to the log-space loop. With finite transitions and end weights a label whose weight
+    underflows carries a posterior below fp32 resolution (every continuation of it is open to the best
+    label at most MAX_SPREAD worse); with −inf ones the grammar can make that label the only way on,
+    so a state it can reach that fell below the dtype's smallest normal number sends the call to the
+    log-space loop too (``_lost_reachable_state``). Four autograd nodes and O(C) saved memory per
+    token, instead of the (B, C, C) log-sum-exp; the normalisers and shifts add up in float64.
     """
     B, T, C = w.shape
     top = _finite(transition.detach().amax(-2, keepdim=True))  # (B, 1, C)
@@ -150,7 +153,10 @@ def _log_scan_scaled(entry, w, transition, end, lengths, ragged: bool):
     top_end = _finite(end.detach().amax(-1, keepdim=True))
     last = (p.squeeze(1) * torch.exp(end - top_end)).sum(-1)
     norms = torch.cat(norms, 1).flatten(1)  # (B, T): s0, s(1), ..., s(T-1)
-    if bool((norms == 0).any() | (last == 0).any()):
+    failed = (norms == 0).any() | (last == 0).any()
+    if not (torch.isfinite(transition).all() & torch.isfinite(end).all()):
+        failed = failed | _lost_reachable_state(states, transition, first, w, lengths)
+    if bool(failed):
         return None
     total = torch.log(last).double() + (m0 + top_end).squeeze(-1).double()
     valid = torch.arange(T, device=w.device) < lengths.unsqueeze(1)  # tokens 0..L-1 count
@@ -204,3 +210,21 @@ def viterbi(
     score = score.squeeze(-1)
     labels = torch.where(valid & torch.isfinite(score).unsqueeze(1), labels, -1)  # no finite path: empty
     return score, labels, labels >= 0
+
+
+@torch.no_grad()
+def _lost_reachable_state(states, transition, first, w, lengths) -> torch.Tensor:
+    """Whether a state the grammar reaches from a live one fell below the smallest normal number
+    (its mass is gone or inexact), at a token inside its sequence: a 0-d bool tensor.
+
+    By induction the first loss is at a state reachable in one step from states that are still
+    live (> 0), so one batched matmul over all tokens finds it; −inf potentials are the exact zeros
+    of ``isfinite``, so the check is structural, not numerical.
+    """
+    p = torch.cat(states, 1)  # (B, T, C), each row normalised
+    live = (p[:, :-1] > 0).to(p.dtype)
+    allowed = torch.isfinite(transition).to(p.dtype)
+    reach = torch.cat([torch.isfinite(first).unsqueeze(1),
+                       (torch.bmm(live, allowed) > 0) & torch.isfinite(w[:, 1:])], 1)
+    inside = (torch.arange(p.shape[1], device=p.device) < lengths.unsqueeze(1)).unsqueeze(-1)
+    return (reach & inside & (p < torch.finfo(p.dtype).tiny)).any()
