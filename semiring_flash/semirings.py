@@ -48,6 +48,7 @@ factory does. Unlike torch-struct, 0̄ is −inf (torch-struct fills −1e5).
 from __future__ import annotations
 
 import copy
+import operator
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -192,12 +193,14 @@ class Semiring:
         return self.mul_potential(self.ones(w.shape[1:], w.dtype, w.device), w)
 
     def unconvert(self, v: torch.Tensor) -> torch.Tensor:
-        return v[0]
+        """Semiring value (S, ...) -> the score: torch-struct squeezes the channel dim (a no-op when
+        it is not 1; the squeeze's backward is a view, where [0]'s fills zeros and copies)."""
+        return v.squeeze(0)
 
-    def _as_potential(self, w: torch.Tensor) -> torch.Tensor:
+    def _as_potential(self, w) -> torch.Tensor:
         if self.n_potentials == 1:
             return w.unsqueeze(0)
-        return w
+        return torch.stack(list(w)) if isinstance(w, (list, tuple)) else w  # torch-struct passes [p, q]
 
     # -- algebra ------------------------------------------------------------
     def mul_potential(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -341,11 +344,18 @@ class KMaxSemiring(Semiring):
     indicator_gradient = True
 
     def __init__(self, k: int):
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        try:  # any integer (numpy ints, 0-d integer tensors: torch-struct takes them), not bool or float
+            k_int = None if isinstance(k, bool) else operator.index(k)
+        except TypeError:
+            k_int = None
+        if k_int is None or k_int < 1:
             raise ValueError(f"KMaxSemiring: k must be a positive int, got {k!r}")
-        self.k = k
+        self.k = k = k_int
         self._zero = (NEG_INF,) * k
         self._one = (0.0,) + (NEG_INF,) * (k - 1)
+
+    def unconvert(self, v: torch.Tensor) -> torch.Tensor:
+        return v[0]  # the best score (torch-struct's KMax indexes too)
 
     def _top(self, x, dim):
         """(values, flat indices) of the k best over (channel, dim), channel-first."""

@@ -241,6 +241,11 @@ def test_semiring_ops_match_torch_structs(name):
     ours_c, theirs_c = sr.convert(w), ts_sr.convert(w)
     _close(ours_c.clamp(min=-1e5), theirs_c)  # 0̄ channels: −inf here, −1e5 there
     _close(sr.unconvert(ours_c), ts_sr.unconvert(theirs_c))
+    # unconvert of a tensor whose dim 0 is not a channel: torch-struct squeezes (a no-op), or indexes
+    x = torch.rand(3, 2, dtype=F64)
+    assert sr.unconvert(x).shape == ts_sr.unconvert(x).shape
+    if sr.n_potentials == 2:  # the pair as torch-struct code passes it: a list [p, q]
+        _close(sr.convert(list(w.unbind(0))), ts_sr.convert(list(w.unbind(0))))
 
 
 @pytest.mark.parametrize("name", ["max", "kmax3"])
@@ -259,9 +264,14 @@ def test_kmax_factory_and_class_style_use():
     x = torch.randn(4, 3, 5)
     _close(sts.LogSemiring.sum(x), torch.logsumexp(x, -1), 1e-6)  # used like torch-struct's classes
     assert sts.SemiMarkov(sts.MaxSemiring).semiring is sf.MaxSemiring
-    for bad in (0, -1, 2.0, True):
+    for bad in (0, -1, 2.0, True, torch.tensor(2.0), "2"):
         with pytest.raises(ValueError, match="k must be a positive int"):
             sts.KMaxSemiring(bad)
+    np = pytest.importorskip("numpy")
+    for k in (np.int64(3), torch.tensor(3)):  # any integer, as torch-struct takes
+        assert sts.KMaxSemiring(k) == srs.KMaxSemiring(3)
+    e = torch.randn(2, 4, 3, 2, 2, dtype=F64)
+    _close(sts.SemiMarkovCRF(e).kmax(np.int64(3)), torch_struct.SemiMarkovCRF(e.clone()).kmax(3))
 
 
 # ------------------------------------------------------ torch-struct's structures on ours
