@@ -93,14 +93,31 @@ class SemiMarkov:
                      force_grad: bool = False) -> tuple[torch.Tensor, list]:
         """(value (S, B), [potentials]) like torch-struct; never mutates inputs.
 
-        ``force_grad`` is torch-struct's argument: the value is always differentiable here.
+        For torch-struct edges (a tensor, or the pair [p, q]) the potentials are what torch-struct
+        returns: the semiring's converted edges (S, B, N-1, K+1, C, C) the value is computed from,
+        so ``grad(unconvert(value).sum(0), potentials)`` is torch-struct's marginals recipe.
+        ``force_grad``: they require grad even when the input does not (a detached copy is made
+        the leaf). Only the potential channels feed the value: the statistic channel of an
+        entropy / cross-entropy / KL conversion gets a zero gradient (torch-struct's gets the
+        marginals). Potentials objects come back as given (their public form).
         """
-        pots = self._all(log_potentials, lengths)
-        value = dispatch.potentials_value(self.semiring, pots, self.backend)
-        return value, [p.public() for p in pots]
+        sr = self.semiring
+        xs = list(log_potentials) if isinstance(log_potentials, (list, tuple)) else [log_potentials]
+        if not all(isinstance(x, torch.Tensor) for x in xs):
+            pots = self._all(log_potentials, lengths)
+            return dispatch.potentials_value(sr, pots, self.backend), [p.public() for p in pots]
+        if force_grad and torch.is_grad_enabled() and not any(x.requires_grad for x in xs):
+            xs = [x.detach().requires_grad_() for x in xs]
+        converted = sr.convert(xs if sr.n_potentials > 1 else xs[0])  # (S, B, ...): channels 0..P-1 are the potentials
+        edges = list(converted[: sr.n_potentials].unbind(0))
+        return self._value(edges if sr.n_potentials > 1 else edges[0], lengths), [converted]
+
+    def _value(self, log_potentials, lengths=None) -> torch.Tensor:
+        """Semiring value (S, B) of the potentials (one, or the pair [p, q])."""
+        return dispatch.potentials_value(self.semiring, self._all(log_potentials, lengths), self.backend)
 
     def sum(self, log_potentials, lengths: torch.Tensor | None = None, _raw: bool = False) -> torch.Tensor:
-        v = self.logpartition(log_potentials, lengths)[0]
+        v = self._value(log_potentials, lengths)
         return v if _raw else self.semiring.unconvert(v)
 
     # -- gradients of the value -------------------------------------------------

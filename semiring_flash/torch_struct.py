@@ -34,7 +34,8 @@ Every public name of torch-struct 0.5 is here:
 
 ``SemiMarkov(semiring)`` also takes semirings the way torch-struct code gives
 them: torch-struct's own semiring classes (mapped by name, ``KMaxSemiring(k)``
-by its ``size()``).
+by its ``size()``); a semiring our engines do not run (counting, a user's own
+torch-struct-style class) gets torch-struct's own ``SemiMarkov``.
 
 Differences from torch-struct 0.5 (table in docs/migrating.md): mixed-length
 batches are right (torch-struct 0.5 gets them wrong); inputs are never given
@@ -122,8 +123,21 @@ class SemiMarkov(_struct.SemiMarkov):
     """torch-struct's ``SemiMarkov`` struct; ``semiring`` may be a class, as torch-struct code passes it.
 
     Two-distribution semirings (cross-entropy, KL) take ``[p_edges, q_edges]``,
-    as torch-struct's distributions pass them.
+    as torch-struct's distributions pass them. A semiring our engines do not run (not
+    log-space like ``StdSemiring``, a torch-struct class we do not map such as
+    ``GumbelCRFSemiring(t)`` or a ``CheckpointSemiring`` of one, or a user's own torch-struct-style
+    semiring class) gets torch-struct's own ``SemiMarkov`` (materialized, with its mixed-length
+    limitation) when torch-struct is installed, so such code keeps working; else a TypeError.
     """
+
+    def __new__(cls, semiring=LogSemiring, backend: str = "auto"):
+        try:
+            ours = as_semiring(semiring)
+        except TypeError:
+            ours = None
+        if (ours is None or not ours.log_space) and _ts is not None and cls is SemiMarkov:
+            return _ts.SemiMarkov(semiring)
+        return super().__new__(cls)
 
     def __init__(self, semiring=LogSemiring, backend: str = "auto"):
         super().__init__(as_semiring(semiring), backend)

@@ -399,6 +399,46 @@ def test_std_counts_linear_chain_paths_and_is_refused_by_our_engine():
         sf.SemiMarkov(srs.StdSemiring)
 
 
+def test_shim_semimarkov_hands_semirings_we_do_not_run_to_torch_struct(monkeypatch):
+    """Counting, torch-struct classes we do not map and a user's own torch-struct-style semiring:
+    the shim's SemiMarkov is torch-struct's own for them (same numbers), so such code keeps working;
+    without torch-struct, a TypeError."""
+
+    class MyLog(torch_struct.Semiring):  # torch-struct style: class-level static operations
+        zero = -1e5
+
+        @staticmethod
+        def sum(xs, dim=-1):
+            return torch.logsumexp(xs, dim=dim)
+
+        @staticmethod
+        def mul(a, b):
+            return a + b
+
+        @staticmethod
+        def zero_(xs):
+            return xs.fill_(-1e5)
+
+        @staticmethod
+        def one_(xs):
+            return xs.fill_(0.0)
+
+    x = _inputs("SemiMarkov", 5)
+    ones = torch.ones_like(x)
+    for semiring, theirs, inp in [(srs.StdSemiring, torch_struct.StdSemiring, ones),
+                                  (torch_struct.StdSemiring, torch_struct.StdSemiring, ones),
+                                  (MyLog, MyLog, x), (torch_struct.GumbelMaxSemiring(1.0), None, x)]:
+        struct = sts.SemiMarkov(semiring)
+        assert isinstance(struct, torch_struct.SemiMarkov)
+        if theirs is not None:
+            _close(struct.sum(inp.clone()), torch_struct.SemiMarkov(theirs).sum(inp.clone()))
+    _close(sts.SemiMarkov(MyLog).sum(x.clone()), sts.SemiMarkov(sts.LogSemiring).sum(x))
+    assert type(sts.SemiMarkov(sts.LogSemiring)) is sts.SemiMarkov  # ours where our engines run it
+    monkeypatch.setattr(sts, "_ts", None)
+    with pytest.raises(TypeError, match="not supported"):
+        sts.SemiMarkov(MyLog)
+
+
 def _sparsemax_kkt(x, p):
     """p = argmax_{p in simplex} <p, x> − ½‖p‖² ⟺ p ≥ 0, Σp = 1, x − p = τ on the support, x ≤ τ off it.
 
@@ -556,3 +596,30 @@ def test_gumbel_crf_straight_through_gradient_reaches_the_potentials():
     (grad,) = torch.autograd.grad((sample * torch.randn(sample.shape, generator=g, dtype=F64)).sum(), e)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert e.grad is None  # nothing accumulated on the user's tensor by the sampling itself
+
+
+@pytest.mark.parametrize("name", ["log", "max", "kmax3"])
+@pytest.mark.parametrize("input_requires_grad", [False, True])
+def test_logpartition_serves_torch_structs_marginals_recipe(name, input_requires_grad):
+    """torch-struct's own marginals, written by hand: logpartition(x, force_grad=True) returns the
+    converted edges (S, B, ...) the value depends on; grad(unconvert(v).sum(0), edges), unconvert.
+    (It raised without requires_grad, and returned batch element 0 alone with it.) The input is
+    never touched."""
+    x = torch.randn(2, 5, 3, 3, 3, dtype=F64, generator=torch.Generator().manual_seed(4))
+    if input_requires_grad:
+        x.requires_grad_()
+
+    def recipe(struct, sr, x):
+        v, [edges] = struct(sr).logpartition(x, force_grad=True)
+        (m,) = torch.autograd.grad(sr.unconvert(v).sum(0), edges)
+        return v, edges, sr.unconvert(m)
+
+    v, edges, m = recipe(sts.SemiMarkov, OURS[name], x)
+    tv, tedges, tm = recipe(torch_struct.SemiMarkov, THEIRS[name], _clone(x))
+    assert edges.shape == tedges.shape and m.shape == tm.shape == x.shape
+    _close(v, tv)
+    _close(m, tm)
+    assert x.requires_grad == input_requires_grad and x.grad is None
+    with torch.no_grad():  # no graph wanted: the value and the edges are plain
+        v, [edges] = sts.SemiMarkov(OURS[name]).logpartition(x.detach(), force_grad=True)
+    assert not v.requires_grad and edges.shape == tedges.shape
