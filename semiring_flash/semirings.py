@@ -139,14 +139,15 @@ class Semiring:
         return len(self._zero)
 
     @property
-    def zero(self) -> torch.Tensor:
-        """Per-channel 0̄, shape (S,) (torch-struct's ``zero``)."""
-        return torch.tensor(self._zero)
+    def zero(self) -> float | torch.Tensor:
+        """0̄ (torch-struct's ``zero``): a number for a one-channel semiring, as torch-struct code uses
+        it (``torch.full(shape, sr.zero)``, ``x.masked_fill(mask, sr.zero)``); per channel, (S,), otherwise."""
+        return self._zero[0] if len(self._zero) == 1 else torch.tensor(self._zero)
 
     @property
-    def one(self) -> torch.Tensor:
-        """Per-channel 1̄, shape (S,) (torch-struct's ``one``)."""
-        return torch.tensor(self._one)
+    def one(self) -> float | torch.Tensor:
+        """1̄, like ``zero``: a number for a one-channel semiring, else (S,)."""
+        return self._one[0] if len(self._one) == 1 else torch.tensor(self._one)
 
     @staticmethod
     def _filled(values, shape, dtype, device) -> torch.Tensor:
@@ -182,9 +183,9 @@ class Semiring:
         """Set xs[:, mask] to 0̄ in place (mask broadcasts against xs[0])."""
         return self._fill_channels(xs, self._zero, mask)
 
-    def fill(self, c: torch.Tensor, mask: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Out of place: channel vector v (S,) where mask, c elsewhere (mask broadcasts against c[0])."""
-        v = v.to(dtype=c.dtype, device=c.device).view((-1,) + (1,) * (c.dim() - 1))
+    def fill(self, c: torch.Tensor, mask: torch.Tensor, v) -> torch.Tensor:
+        """Out of place: channel vector v (S,) (or a number) where mask, c elsewhere (mask broadcasts against c[0])."""
+        v = torch.as_tensor(v, dtype=c.dtype, device=c.device).view((-1,) + (1,) * (c.dim() - 1))
         return torch.where(mask.to(c.device), v, c)
 
     def convert(self, w: torch.Tensor) -> torch.Tensor:

@@ -102,6 +102,15 @@ def as_semiring(semiring) -> _sr.Semiring:
     and torch-struct semiring classes (``torch_struct.MaxSemiring``, the class
     ``torch_struct.KMaxSemiring(k)`` returns, ...), matched by name.
     """
+    ours = _mapped(semiring)
+    if ours is None:
+        supported = ", ".join(list(_BY_NAME) + ["KMaxSemiring(k)", "TempMax(alpha)", "Checkpoint(Shard)Semiring(...)"])
+        raise TypeError(f"semiring {semiring!r} is not supported by semiring_flash's SemiMarkov; supported: {supported}")
+    return ours
+
+
+def _mapped(semiring) -> _sr.Semiring | None:
+    """Our instance for what torch-struct code passes as a semiring; None for one we do not map."""
     if isinstance(semiring, _sr.Semiring):
         return semiring
     if isinstance(semiring, type):
@@ -113,10 +122,8 @@ def as_semiring(semiring) -> _sr.Semiring:
         name = semiring.__name__
         if name == "KMaxSemiring" and callable(getattr(semiring, "size", None)):
             return _sr.KMaxSemiring(int(semiring.size()))  # torch-struct's KMaxSemiring(k) class
-        if name in _BY_NAME:
-            return _BY_NAME[name]
-    supported = ", ".join(list(_BY_NAME) + ["KMaxSemiring(k)", "TempMax(alpha)", "Checkpoint(Shard)Semiring(...)"])
-    raise TypeError(f"semiring {semiring!r} is not supported by semiring_flash's SemiMarkov; supported: {supported}")
+        return _BY_NAME.get(name)
+    return None
 
 
 class SemiMarkov(_struct.SemiMarkov):
@@ -131,10 +138,7 @@ class SemiMarkov(_struct.SemiMarkov):
     """
 
     def __new__(cls, semiring=LogSemiring, backend: str = "auto"):
-        try:
-            ours = as_semiring(semiring)
-        except TypeError:
-            ours = None
+        ours = _mapped(semiring)
         if (ours is None or not ours.log_space) and _ts is not None and cls is SemiMarkov:
             return _ts.SemiMarkov(semiring)
         return super().__new__(cls)
