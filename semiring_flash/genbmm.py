@@ -16,7 +16,8 @@ come back in the input dtype. Gradients are exact and deterministic; logbmm is t
 differentiable (the second derivative always runs the PyTorch path). An output whose
 terms are all −inf is −inf with zero gradients, never NaN (genbmm gives −1e9 there).
 samplebmm draws its k's in the forward pass from torch's default generator, so
-``torch.manual_seed`` makes it repeatable.
+``torch.manual_seed`` makes it repeatable. ``BandedMatrix`` and ``banddiag`` are genbmm's
+banded matrices (``semiring_flash.banded``), which torch-struct's semirings and Alignment use.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import functools
 
 import torch
 
+from .banded import BandedMatrix, banddiag  # noqa: F401 (genbmm's banded matrices; torch-struct tests for the class)
 from .ops import bmm_torch
 from .ops.dispatch import choose_backend, optional_module
 from .validation import check_same_device, check_tensor, compute_dtype
 
-__all__ = ["logbmm", "maxbmm", "samplebmm", "prodmaxbmm"]
+__all__ = ["logbmm", "maxbmm", "samplebmm", "prodmaxbmm", "BandedMatrix", "banddiag"]
 
 
 def _implementation(backend: str, device: torch.device):

@@ -101,6 +101,11 @@ class _SafeLogSumExp(torch.autograd.Function):
         return LogSemiring.plus_grad(x, ctx.dim) * g.unsqueeze(ctx.dim), None
 
 
+def _is_banded(x) -> bool:
+    """A genbmm BandedMatrix (ours or genbmm's own): matched by its methods, not imported here."""
+    return not isinstance(x, torch.Tensor) and hasattr(x, "multiply_log") and hasattr(x, "transpose")
+
+
 def logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
     """logsumexp whose gradient is finite (0) where every input is −inf.
 
@@ -257,7 +262,18 @@ class Semiring:
 
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Value × value matrix product: (S, ..., n, k) ⊗ (S, ..., k, m) -> (S, ..., n, m), batch dims broadcast."""
+        if _is_banded(a):
+            return self._banded_matmul(a, b)
         return self.sum(self.mul(a.unsqueeze(-1), b.unsqueeze(-3)), -2)
+
+    #: the genbmm BandedMatrix product of this semiring (torch-struct's Log, Max and Std have one); None: none
+    banded_product: str | None = None
+
+    def _banded_matmul(self, a, b):
+        """torch-struct's ``matmul`` of genbmm banded matrices (its Alignment): b.multiply_*(a.transpose())."""
+        if self.banded_product is None:
+            raise TypeError(f"{self!r} has no banded-matrix product (torch-struct's Log, Max and Std semirings have one)")
+        return getattr(b, self.banded_product)(a.transpose())
 
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """⊕_i a[..., i] ⊗ b[..., i] (through ``matmul``, so its overrides apply)."""
@@ -304,6 +320,7 @@ class _LogSemiring(Semiring):
     name = "log"
     triton_id = 0
     plus_vjp = "softmax"
+    banded_product = "multiply_log"
 
     def sum(self, x, dim=-1):
         return logsumexp(x, dim)
@@ -318,6 +335,7 @@ class _MaxSemiring(Semiring):
     triton_id = 1
     plus_vjp = "argmax"
     indicator_gradient = True
+    banded_product = "multiply_max"
 
     def sum(self, x, dim=-1):
         # torch.max routes the gradient to one index: the argmax indicator.
@@ -586,6 +604,7 @@ class _StdSemiring(Semiring):
     """The counting semiring (+, ×, 0, 1) on plain (not log) weights."""
 
     name = "std"
+    banded_product = "multiply"
     _zero = (0.0,)
     _one = (1.0,)
     log_space = False
@@ -603,6 +622,8 @@ class _StdSemiring(Semiring):
         return x.sum(dim)
 
     def matmul(self, a, b):
+        if _is_banded(a):
+            return self._banded_matmul(a, b)
         return torch.matmul(a, b)
 
     def shift(self, x):  # pragma: no cover - not log-space: the engines refuse it
@@ -753,6 +774,8 @@ class _CheckpointMatmul:
 
     def matmul(self, a, b):
         base = super().matmul
+        if _is_banded(a):
+            return base(a, b)
         a3, b3, batch = _broadcast_rows(a, b)
         n, k, m = a3.shape[1], a3.shape[2], b3.shape[2]
         if a3.shape[0] * n * k * m <= self._min_size:
@@ -803,6 +826,8 @@ class _GenbmmMatmul:
     def matmul(self, a, b):
         from . import genbmm  # imported on use: the kernels are optional
 
+        if _is_banded(a):
+            return self._banded_matmul(a, b)
         a3, b3, batch = _broadcast_rows(a, b)
         return getattr(genbmm, self._kernel)(a3.contiguous(), b3.contiguous()).reshape(*batch, a3.shape[1], b3.shape[2])
 

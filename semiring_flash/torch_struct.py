@@ -59,6 +59,24 @@ try:  # the real package, for the structures that are not ours
 except ImportError:  # pragma: no cover - exercised by tests that hide torch_struct
     _ts = None
 
+
+def _lend_banded_matrices() -> None:
+    """torch-struct's Alignment builds ``genbmm.BandedMatrix`` and cannot run without genbmm (a CUDA
+    build); where genbmm is not installed its module gets ours (semiring_flash.genbmm), whose banded
+    products our Log/Max/Std semirings' ``matmul`` take, as torch-struct's do with genbmm's."""
+    import importlib.util
+    import sys
+
+    alignment = sys.modules.get("torch_struct.alignment")
+    if alignment is not None and not hasattr(alignment, "genbmm") and importlib.util.find_spec("genbmm") is None:
+        from . import genbmm
+
+        alignment.genbmm = genbmm
+
+
+if _ts is not None:
+    _lend_banded_matrices()
+
 version = "0.5"  # the torch-struct API this module mirrors
 EXTRA = "torch-struct"  # pyproject extra that installs the real package
 

@@ -4,8 +4,6 @@ semirings on structures built on ``semiring.matmul`` (LinearChain, CKY), float64
 path. (semiring_flash.torch_struct's Fast semirings are tested with the shim.)
 """
 
-import types
-
 import pytest
 import torch
 
@@ -17,11 +15,8 @@ from semiring_flash import genbmm  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def our_genbmm(monkeypatch):
-    """Stand in for the genbmm module torch-struct imports (banded matrices are not provided:
-    no tensor is ever an instance of the placeholder class)."""
-    ours = types.SimpleNamespace(logbmm=genbmm.logbmm, maxbmm=genbmm.maxbmm, samplebmm=genbmm.samplebmm,
-                                 BandedMatrix=type("NoBandedMatrix", (), {}))
-    monkeypatch.setattr(fast_semirings, "genbmm", ours, raising=False)
+    """Stand in for the genbmm module torch-struct imports (BandedMatrix included)."""
+    monkeypatch.setattr(fast_semirings, "genbmm", genbmm, raising=False)
 
 
 def _chain(seed, B=3, N=7, C=4):
