@@ -96,8 +96,38 @@ _ONE = FIXTURE.read_text().split("//")[0] + "//\n"
 def test_genbank_bad_files_raise(tmp_path, content, match):
     path = tmp_path / "bad.gb"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as err:
         parse_genbank(path)
+    assert str(path) in str(err.value)  # every error names the file
+
+
+def _damaged_gzip():
+    """A gzip whose deflate stream is damaged in the middle (zlib.error, not EOFError/OSError)."""
+    raw = bytearray(gzip.compress(_ONE.encode()))
+    for k in range(30, 60):
+        raw[k] ^= 0xFF
+    return bytes(raw)
+
+
+def test_genbank_damaged_gzip_body_is_a_value_error(tmp_path):
+    path = tmp_path / "bad.gb.gz"
+    path.write_bytes(_damaged_gzip())
+    with pytest.raises(ValueError, match="corrupt or truncated gzip") as err:
+        parse_genbank(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("first_second", [(0, 1), (1, 0)])
+def test_cds_overlap_raises_in_either_order(first_second):
+    """A single-exon CDS inside another CDS's intron: an overlap whichever comes first in the file
+    (the exon was silently relabelled as intron when the spliced CDS came second)."""
+    seq = "acgt" * 15
+    feats = ["     CDS             join(1..10,40..50)", "     CDS             20..30"]
+    record = ("LOCUS       x   60 bp  DNA\nFEATURES             Location/Qualifiers\n"
+              + "\n".join(feats[i] for i in first_second)
+              + "\nORIGIN\n        1 " + " ".join(seq[j:j + 10] for j in range(0, 60, 10)) + "\n//\n")
+    with pytest.raises(ValueError, match="overlapping CDS features"):
+        gene_segments(parse_genbank(record)[0])
 
 
 def test_genbank_gzip_by_content_and_type_errors(tmp_path):

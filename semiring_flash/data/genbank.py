@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,11 +82,18 @@ def parse_genbank(path_or_text: str | Path) -> list[Locus]:
     length, a CDS location that runs backwards or leaves the sequence).
     """
     if isinstance(path_or_text, (str, Path)) and "\n" not in str(path_or_text):
-        text = _read_text(Path(path_or_text))
-    elif isinstance(path_or_text, str):
-        text = path_or_text
-    else:
+        try:  # every error names the file
+            return _parse_text(_read_text(Path(path_or_text)))
+        except ValueError as err:
+            if str(path_or_text) in str(err):
+                raise
+            raise ValueError(f"{path_or_text}: {err}") from err
+    if not isinstance(path_or_text, str):
         raise TypeError(f"parse_genbank takes a path or GenBank text, got {type(path_or_text).__name__}")
+    return _parse_text(path_or_text)
+
+
+def _parse_text(text: str) -> list[Locus]:
     loci = []
     for record in text.split("\n//"):
         lines = record.strip("\n").splitlines()
@@ -134,7 +142,7 @@ def _read_text(path: Path) -> str:
     if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the suffix
         try:
             raw = gzip.decompress(raw)
-        except (EOFError, OSError) as err:
+        except (EOFError, OSError, zlib.error) as err:
             raise ValueError(f"{path}: corrupt or truncated gzip file ({err})") from err
     try:
         text = raw.decode("utf-8")
@@ -154,14 +162,12 @@ def gene_segments(locus: Locus) -> list[tuple[int, int, int]]:
     labels = [IG] * len(locus)
     for c in locus.cds:
         ex, intr = (EXP, INP) if c.strand == "+" else (EXM, INM)
-        for k, (a, b) in enumerate(c.exons):
+        spans = [(a, b, ex) for a, b in c.exons] + [(b, a2, intr) for (_, b), (a2, _) in zip(c.exons, c.exons[1:])]
+        for a, b, label in spans:  # exons and introns alike: any base two CDS claim is an overlap, in either order
             for t in range(a, b):
                 if labels[t] != IG:
-                    raise ValueError(f"locus {locus.name}: overlapping CDS features")
-                labels[t] = ex
-            if k + 1 < len(c.exons):
-                for t in range(b, c.exons[k + 1][0]):
-                    labels[t] = intr
+                    raise ValueError(f"locus {locus.name}: overlapping CDS features (base {t + 1})")
+                labels[t] = label
     segs, s = [], 0
     for t in range(1, len(labels) + 1):
         if t == len(labels) or labels[t] != labels[s] or (labels[t] in (EXP, EXM) and _exon_break(locus, t)):
