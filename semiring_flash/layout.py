@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .segmentation import FactoredMarginals, Segmentation
+from .segmentation import FactoredMarginals, Segmentation, segment_lists
 
 __all__ = ["StateLayout", "to_segmentation"]
 
@@ -225,24 +225,6 @@ class StateLayout:
         return T_int, D_int, start_i, end_i
 
 
-def _segment_lists(gold) -> list:
-    """Per-sequence lists of (start, end, label) with int fields (a float label like 1.5 is refused, not truncated)."""
-    out = []
-    for b, segs in enumerate(gold):
-        if not isinstance(segs, (list, tuple)):
-            raise TypeError(f"gold[{b}] must be a list of (start, end, label) tuples, got {type(segs).__name__}")
-        rows = []
-        for seg in segs:
-            if not isinstance(seg, (list, tuple)) or len(seg) != 3:
-                raise TypeError(f"gold[{b}] holds {seg!r}; each segment is a (start, end_exclusive, label) tuple")
-            try:
-                rows.append(tuple(operator.index(v) for v in seg))
-            except TypeError:
-                raise TypeError(f"gold[{b}] segment {tuple(seg)!r}: start, end and label must be ints") from None
-        out.append(rows)
-    return out
-
-
 def _integer_tensor(name: str, x: torch.Tensor) -> torch.Tensor:
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
@@ -278,7 +260,7 @@ def to_segmentation(gold, lengths: torch.Tensor, T: int, device=None, num_labels
             raise TypeError(f"gold starts must be a bool tensor, got {gold[1].dtype}")
         seg = Segmentation(labels, gold[1].bool(), lengths.to(labels.device))
     elif isinstance(gold, (list, tuple)):
-        seg = Segmentation.from_segments(_segment_lists(gold), T=T, device=device)
+        seg = Segmentation.from_segments(segment_lists(gold), T=T, device=device)
     else:
         raise TypeError("gold must be a Segmentation, a list of (start, end, label) lists, (labels, starts) tensors "
                         f"or per-token labels (B, T); got {type(gold).__name__}")

@@ -302,9 +302,11 @@ class SemiCRFHead(nn.Module):
     # -- checkpoints: the structure travels with the weights -------------------------------------
     def _config(self) -> dict:
         lay = self.layout
+        # duration_normalize changes a parametric family's distribution (a table ignores it)
+        normalize = bool(self.durations.normalize) if self.durations.family != "table" else None
         return dict(num_labels=self.num_labels, in_features=self.in_features, max_duration=lay.max_d,
                     min_duration=lay.min_d, long_segments=lay.long, first_token=self.first_token,
-                    duration=self.durations.family, center=self.center)
+                    duration=self.durations.family, duration_normalize=normalize, center=self.center)
 
     def get_extra_state(self) -> dict:
         return {"config": self._config()}
@@ -314,9 +316,10 @@ class SemiCRFHead(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         extra = state_dict.get(prefix + "_extra_state")
-        if isinstance(extra, dict) and extra.get("config") != self._config():
-            saved, mine = extra.get("config", {}), self._config()
-            diff = {k: (saved.get(k), mine.get(k)) for k in mine if saved.get(k) != mine.get(k)}
+        saved, mine = (extra.get("config") or {}) if isinstance(extra, dict) else {}, self._config()
+        # keys a checkpoint predates (e.g. duration_normalize) are not compared
+        diff = {k: (saved[k], mine[k]) for k in mine if k in saved and saved[k] != mine[k]}
+        if diff:
             error_msgs.append(f"SemiCRFHead structure differs from the checkpoint's (saved, this head): {diff}; "
                               "build the head with the checkpoint's arguments")
         for name in _GRAMMAR:

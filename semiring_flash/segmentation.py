@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Segmentation", "FactoredMarginals"]
+__all__ = ["Segmentation", "FactoredMarginals", "segment_lists"]
+
+
+def segment_lists(gold, where: str = "gold") -> list:
+    """Per-sequence lists of (start, end, label) with int fields: a float label like 1.5 (or a bool)
+    is a TypeError, not truncated; a negative label a ValueError (−1 marks padding)."""
+    out = []
+    for b, segs in enumerate(gold):
+        if not isinstance(segs, (list, tuple)):
+            raise TypeError(f"{where}[{b}] must be a list of (start, end, label) tuples, got {type(segs).__name__}")
+        rows = []
+        for seg in segs:
+            if not isinstance(seg, (list, tuple)) or len(seg) != 3:
+                raise TypeError(f"{where}[{b}] holds {seg!r}; each segment is a (start, end_exclusive, label) tuple")
+            if any(isinstance(v, bool) for v in seg):
+                raise TypeError(f"{where}[{b}] segment {tuple(seg)!r}: start, end and label must be ints, not bools")
+            try:
+                row = tuple(operator.index(v) for v in seg)
+            except TypeError:
+                raise TypeError(f"{where}[{b}] segment {tuple(seg)!r}: start, end and label must be ints") from None
+            if row[2] < 0:
+                raise ValueError(f"{where}[{b}] segment {row!r}: labels are >= 0")
+            rows.append(row)
+        out.append(rows)
+    return out
 
 
 @dataclass
@@ -93,7 +118,9 @@ class Segmentation:
     @classmethod
     def from_segments(cls, segments: Sequence[Sequence[tuple[int, int, int]]], T: int | None = None,
                       device: torch.device | str | None = None) -> "Segmentation":
-        """From per-sequence lists of (start, end_exclusive, label) tiling [0, length)."""
+        """From per-sequence lists of (start, end_exclusive, label) tiling [0, length); int fields
+        (``segment_lists``: a float label is a TypeError, not truncated)."""
+        segments = segment_lists(segments, "segments")
         lengths = [max((e for _, e, _ in segs), default=0) for segs in segments]
         T = T or max(lengths)
         labels = torch.full((len(segments), T), -1, dtype=torch.long)
@@ -103,7 +130,7 @@ class Segmentation:
             for s, e, c in sorted(segs):
                 if s != pos or e <= s:
                     raise ValueError(f"segments of sequence {b} must tile [0, length) in order; got {(s, e, c)} at {pos}")
-                labels[b, s:e] = int(c)
+                labels[b, s:e] = c
                 starts[b, s] = True
                 pos = e
         return cls(labels.to(device), starts.to(device), torch.tensor(lengths, device=device))

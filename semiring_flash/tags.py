@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .segmentation import Segmentation
+from .segmentation import Segmentation, segment_lists
 
 __all__ = [
     "segments_to_tags", "tags_to_segments", "segmentation_to_tags", "tags_to_segmentation",
@@ -52,10 +52,21 @@ def _tag(prefix: str, x: str) -> str:
 
 
 def segments_to_tags(segments, scheme: str = "BIO", names=None, outside=None) -> list:
-    """(start, end, label) tiling -> list of tags ("B-x", "I-x", "E-x", "S-x", "O")."""
+    """(start, end, label) tiling of [0, length) -> list of tags ("B-x", "I-x", "E-x", "S-x", "O").
+
+    The segments must tile in order from 0 with int fields and labels that ``names`` covers
+    (else ValueError / TypeError naming the segment)."""
     scheme = _scheme(scheme)
     inside = "M" if scheme == "BMES" else "I"
     outside = set() if outside is None else ({outside} if isinstance(outside, int) else set(outside))
+    (segments,) = segment_lists([list(segments)], "segments")
+    pos = 0
+    for seg in segments:
+        if seg[0] != pos or seg[1] <= seg[0]:
+            raise ValueError(f"segments must tile [0, length) in order from 0; got {seg} where a segment starting at {pos} was due")
+        if names is not None and seg[2] >= len(names) and seg[2] not in outside:
+            raise ValueError(f"segment {seg}: label {seg[2]} has no name (names has {len(names)})")
+        pos = seg[1]
     tags = []
     for s, e, c in segments:
         n = e - s
@@ -92,10 +103,15 @@ def tags_to_segments(tags, scheme: str = "BIO", names=None, outside=None, merge_
     """Tags -> (start, end, label) tiling; ``O`` tokens get label ``outside`` (required if any O)."""
     scheme = _scheme(scheme)
     label = _label_of(names)
+    if isinstance(tags, str):
+        raise TypeError(f"tags must be a sequence of tag strings, got the string {tags!r}")
+    prefixes = set(_PREFIXES[scheme])
 
     out = []
     cur = None  # [start, label, closed]
     for t, tag in enumerate(tags):
+        if not isinstance(tag, str):
+            raise TypeError(f"tag {t} must be a string, got {tag!r}")
         if tag == "O":
             if outside is None:
                 raise ValueError("tags contain 'O' but no outside label was given")
@@ -110,8 +126,15 @@ def tags_to_segments(tags, scheme: str = "BIO", names=None, outside=None, merge_
                 out.append((t, t + 1, outside))
             continue
         prefix, _, x = tag.partition("-")
+        if prefix not in prefixes:  # a typo, lowercase or another scheme's tag is not repaired, it is refused
+            raise ValueError(f"tag {t} {tag!r}: not a {scheme} tag (prefixes {'/'.join(_PREFIXES[scheme])}, or O)")
         prefix = "I" if prefix == "M" else prefix
-        c = label(x)
+        try:
+            c = label(x)
+        except ValueError as err:
+            raise ValueError(f"tag {t} {tag!r}: {err}") from None
+        if c < 0:
+            raise ValueError(f"tag {t} {tag!r}: labels are >= 0")
         cont = prefix in ("I", "E") and cur is not None and cur[1] == c and cur[2] == "open"
         if not cont:
             if cur is not None:
@@ -307,7 +330,8 @@ def tag_ids_to_segmentation(tag_ids: torch.Tensor, vocab, scheme: str = "BIO", n
 
 def segmentation_to_tag_ids(seg: Segmentation, vocab, scheme: str = "BIO", names=None, outside: int | None = None,
                             pad: int = -100) -> torch.Tensor:
-    """:class:`Segmentation` (..., T) -> tag ids over ``vocab`` (..., T), ``pad`` past the lengths; vectorised."""
+    """:class:`Segmentation` (..., T) -> tag ids over ``vocab`` (..., T), ``pad`` past the lengths and over
+    the empty segmentation (labels −1: a sequence no segmentation fits); vectorised."""
     scheme = _scheme(scheme)
     parsed = _parse_vocab(vocab, scheme)
     index = {str(n): i for i, n in enumerate(names)} if names is not None else None
@@ -323,7 +347,7 @@ def segmentation_to_tag_ids(seg: Segmentation, vocab, scheme: str = "BIO", names
         if c is not None and c < n_labels:
             table[p, c] = i
     table = table.to(seg.labels.device)
-    valid = seg.valid()
+    valid = seg.valid() & (seg.labels >= 0)
     labels = seg.labels.clamp(min=0)
     starts = seg.starts & valid
     last = torch.zeros_like(starts)

@@ -144,6 +144,14 @@ def test_state_dict_carries_the_grammar():
         SemiCRFHead(None, C, 3, allowed_transitions=grammar).load_state_dict(sd)
     with pytest.raises(RuntimeError, match="max_duration"):
         SemiCRFHead(None, C, 4, allowed_transitions=grammar, allowed_start=start).load_state_dict(sd, strict=False)
+    # a parametric family's duration_normalize changes the distribution: part of the structure (a table ignores it)
+    SemiCRFHead(None, C, 3, allowed_transitions=grammar, allowed_start=start, duration_normalize=False).load_state_dict(sd)
+    negbin = SemiCRFHead(None, C, 3, duration="negbin").state_dict()
+    with pytest.raises(RuntimeError, match="duration_normalize"):
+        SemiCRFHead(None, C, 3, duration="negbin", duration_normalize=False).load_state_dict(negbin)
+    predates = {**negbin, "_extra_state": {"config": {k: v for k, v in negbin["_extra_state"]["config"].items()
+                                                      if k != "duration_normalize"}}}
+    SemiCRFHead(None, C, 3, duration="negbin", duration_normalize=False).load_state_dict(predates)  # an older checkpoint loads
     old = {k: v for k, v in sd.items() if k not in ("allowed_transitions", "_extra_state")}
     with pytest.raises(RuntimeError, match="Missing key"):  # a checkpoint without its grammar fails loudly too
         twin.load_state_dict(old)

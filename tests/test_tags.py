@@ -182,3 +182,44 @@ def test_tag_conversion_errors():
         tag_ids_to_segmentation(torch.tensor([[0]]), vocab, "BIO", TYPES)
     with pytest.raises(ValueError, match="labels must lie in"):
         token_labels_to_segmentation(torch.tensor([[0, 5]]), num_labels=3)
+
+
+def test_string_converters_refuse_what_they_cannot_mean():
+    """Tags outside the scheme (typos, lowercase, another scheme), non-string tags and a bare string
+    are refused like the vectorised path refuses them (they became silent segment starts); segments
+    that do not tile, float or negative labels, and labels without a name are refused too (a gap gave
+    3 tags for 4 tokens, a float label 'B-1.5')."""
+    for tags, match in [(["b-PER", "i-PER"], "not a BIO tag"), (["X-PER"], "not a BIO tag"), (["Z"], "not a BIO tag"),
+                        (["B-PER", "E-PER"], "not a BIO tag"), (["B-NOPE"], "unknown tag label")]:
+        with pytest.raises(ValueError, match=match):
+            tags_to_segments(tags, "BIO", NAMES)
+    with pytest.raises(TypeError, match="the string"):
+        tags_to_segments("B-0", "BIO")
+    with pytest.raises(TypeError, match="tag 1 must be a string"):
+        tags_to_segments(["B-PER", None], "BIO", NAMES)
+    with pytest.raises(ValueError, match=">= 0"):
+        tags_to_segments(["B--1"], "BIO")
+    assert tags_to_segments(["B-PER", "M-PER", "E-PER"], "BMES", NAMES) == [(0, 3, 1)]
+    for segs, err, match in [([(0, 2, 0), (3, 4, 0)], ValueError, "tile"), ([(0, 3, 0), (2, 4, 1)], ValueError, "tile"),
+                             ([(3, 1, 0)], ValueError, "tile"), ([(0, 2, 1.5)], TypeError, "must be ints"),
+                             ([(0, 2, -1)], ValueError, ">= 0"), ([(0, 2, 7)], ValueError, "has no name")]:
+        with pytest.raises(err, match=match):
+            segments_to_tags(segs, "BIO", NAMES)
+
+
+def test_from_segments_refuses_float_labels():
+    """collate builds gold with Segmentation.from_segments: a label 1.7 was truncated to 1 there while
+    the head refuses the same list."""
+    with pytest.raises(TypeError, match="must be ints"):
+        sf.Segmentation.from_segments([[(0, 3, 1.7)]])
+    with pytest.raises(TypeError, match="must be ints"):
+        sf.collate.collate([(torch.randn(3, 4), [(0, 3, 1.7)])])
+    assert sf.Segmentation.from_segments([[(0, 3, torch.tensor(1))]]).labels.tolist() == [[1, 1, 1]]
+
+
+def test_tag_ids_of_the_empty_segmentation_are_padding():
+    """A sequence no segmentation fits decodes to the empty Segmentation (labels -1): its tag ids are
+    pad, like its labels, not 'I-A I-A'."""
+    empty = sf.Segmentation(torch.full((1, 3), -1), torch.zeros(1, 3, dtype=torch.bool), torch.tensor([2]))
+    vocab = tag_vocab("BIO", ["A", "B"])
+    assert segmentation_to_tag_ids(empty, vocab, "BIO", names=["A", "B"]).tolist() == [[-100, -100, -100]]
