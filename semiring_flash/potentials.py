@@ -102,7 +102,7 @@ class SegmentPotentials:
         host_lengths = given_lengths and lengths.device.type == "cpu" and device.type != "cpu"  # GPU potentials
 
         def value_checks():
-            yield all_finite(base_name, base)
+            yield all_finite(base_name, base, lengths)
             for name, v in (("transition", transition), ("duration", duration)) + optional:
                 if v is not None:
                     yield no_nan_or_pos_inf(name, v)

@@ -134,8 +134,15 @@ def check_shape(name: str, x: torch.Tensor, expected: tuple, what: str) -> None:
         raise ValueError(f"{name} must have shape {what} = {shown}, got {tuple(x.shape)}")
 
 
-def _nan_or_posinf_message(name: str, x: torch.Tensor) -> Callable[[], str]:
+def _nan_or_posinf_message(name: str, x: torch.Tensor, lengths: torch.Tensor | None = None) -> Callable[[], str]:
     def message():
+        if lengths is not None and x.dim() == 3:  # (B, T, C): say so when only the padding is bad
+            bad = ~torch.isfinite(x).all(-1)
+            inside = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device).unsqueeze(1)
+            if not (bad & inside).any():
+                return (f"{name} is NaN or infinite only past the lengths (padding, e.g. fully masked attention rows): "
+                        "zero it there (x.masked_fill(~mask[..., None], 0)); a NaN in the encoder's output also "
+                        "reaches its gradients")
         if torch.isnan(x).any():
             return f"{name} contains NaN (use -inf for a structural zero)"
         if torch.isposinf(x).any():
@@ -151,9 +158,10 @@ def no_nan_or_pos_inf(name: str, x: torch.Tensor) -> Check:
     return ~(x.amax() < float("inf")), _nan_or_posinf_message(name, x)  # amax propagates NaN
 
 
-def all_finite(name: str, x: torch.Tensor) -> Check:
+def all_finite(name: str, x: torch.Tensor, lengths: torch.Tensor | None = None) -> Check:
+    """Every entry finite; ``lengths`` (B,) of a (B, T, C) x: the message says when only padding is bad."""
     x = x.detach()
-    return ~(x.abs().amax() < float("inf")), _nan_or_posinf_message(name, x)
+    return ~(x.abs().amax() < float("inf")), _nan_or_posinf_message(name, x, lengths)
 
 
 def lengths_in_range(name: str, lengths: torch.Tensor, low: int, high: int) -> Check:

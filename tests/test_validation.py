@@ -124,3 +124,15 @@ def test_triton_backend_unavailable_is_a_clear_error(monkeypatch):
         sf.SemiMarkovCRF(make(), backend="triton").partition
     # auto quietly falls back to the torch engine
     assert torch.isfinite(sf.SemiMarkovCRF(make(), backend="auto").partition).all()
+
+
+def test_nan_only_in_the_padding_is_named_as_such():
+    """Fully masked attention rows give NaN features past the lengths: the error says where and what
+    to do, instead of a bare 'contains NaN'."""
+    scores = torch.randn(2, 6, 3)
+    scores[1, 4:] = float("nan")
+    with pytest.raises(ValueError, match="only past the lengths"):
+        sf.SegmentPotentials(scores, transition=torch.zeros(3, 3), duration=torch.zeros(2, 3), lengths=torch.tensor([6, 4]))
+    scores[1, 3, 0] = float("nan")  # one inside: the plain message
+    with pytest.raises(ValueError, match="scores contains NaN"):
+        sf.SegmentPotentials(scores, transition=torch.zeros(3, 3), duration=torch.zeros(2, 3), lengths=torch.tensor([6, 4]))
