@@ -58,7 +58,11 @@ def lengths_to_mask(lengths: torch.Tensor, T: int | None = None) -> torch.Tensor
     lengths = torch.as_tensor(lengths)
     if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.dim() != 1:
         raise TypeError(f"lengths must be a 1-D integer tensor, got {lengths.dtype} of shape {tuple(lengths.shape)}")
-    T = int(lengths.max()) if T is None else int(T)
+    if lengths.numel() and int(lengths.min()) < 0:
+        raise ValueError(f"lengths must be >= 0, got {lengths.tolist()}")
+    T = (int(lengths.max()) if lengths.numel() else 0) if T is None else int(T)
+    if lengths.numel() and int(lengths.max()) > T:
+        raise ValueError(f"lengths must be <= T = {T}, got {lengths.tolist()}")
     return torch.arange(T, device=lengths.device) < lengths.unsqueeze(1)
 
 
@@ -68,8 +72,9 @@ def mask_to_lengths(mask: torch.Tensor, batch: int | None = None, T: int | None 
         raise TypeError(f"mask must be a bool tensor (B, T), got "
                         f"{mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__}")
     want = (batch if batch is not None else "B", T if T is not None else "T")
-    if mask.dim() != 2 or (batch is not None and mask.shape[0] != batch) or (T is not None and mask.shape[1] != T):
-        raise ValueError(f"mask must have shape (B, T) = {want}, got {tuple(mask.shape)}")
+    if mask.dim() != 2 or (batch is not None and mask.shape[0] != batch) or (T is not None and mask.shape[1] != T) \
+            or mask.shape[1] == 0:
+        raise ValueError(f"mask must have shape (B, T) = {want} with T >= 1, got {tuple(mask.shape)}")
     if not bool(mask[:, 0].all()):
         bad = int(torch.nonzero(~mask[:, 0])[0])
         raise ValueError(f"mask[:, 0] must be all True (every sequence has a first token); sequence {bad} does not")

@@ -156,6 +156,8 @@ def segmentation_to_tags(seg: Segmentation, scheme: str = "BIO", names=None, out
 def tags_to_segmentation(tag_lists, scheme: str = "BIO", names=None, outside=None, merge_outside: bool = True,
                          T: int | None = None, device=None) -> Segmentation:
     """Tag lists -> :class:`Segmentation` (B, T)."""
+    if len(tag_lists) == 0:
+        raise ValueError("tag_lists is empty: give one tag list per sequence")
     segs = [tags_to_segments(t, scheme, names, outside, merge_outside) for t in tag_lists]
     return Segmentation.from_segments(segs, T=T, device=device)
 
@@ -180,8 +182,12 @@ def labels_to_segments(labels, length: int | None = None) -> list:
     """Per-token labels (list or 1-D tensor) -> maximal runs as (start, end, label)."""
     if isinstance(labels, torch.Tensor):
         labels = labels.tolist()
-    labels = labels[:length] if length is not None else labels
-    return merge_runs([(t, t + 1, int(c)) for t, c in enumerate(labels)])
+    if length is not None:
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= len(labels):
+            raise ValueError(f"length must be an int in [0, {len(labels)}], got {length!r}")
+        labels = labels[:length]
+    (segs,) = segment_lists([[(t, t + 1, c) for t, c in enumerate(labels)]], "labels")  # ints >= 0, not truncated
+    return merge_runs(segs)
 
 
 # ---------------------------------------------------------------------------------------------

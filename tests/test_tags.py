@@ -223,3 +223,22 @@ def test_tag_ids_of_the_empty_segmentation_are_padding():
     empty = sf.Segmentation(torch.full((1, 3), -1), torch.zeros(1, 3, dtype=torch.bool), torch.tensor([2]))
     vocab = tag_vocab("BIO", ["A", "B"])
     assert segmentation_to_tag_ids(empty, vocab, "BIO", names=["A", "B"]).tolist() == [[-100, -100, -100]]
+
+
+def test_small_helpers_refuse_bad_input():
+    from semiring_flash.collate import lengths_to_mask, mask_to_lengths
+
+    with pytest.raises(ValueError, match=">= 0"):
+        lengths_to_mask(torch.tensor([2, -1]))
+    with pytest.raises(ValueError, match="<= T = 2"):
+        lengths_to_mask(torch.tensor([3]), T=2)
+    with pytest.raises(ValueError, match="T >= 1"):
+        mask_to_lengths(torch.zeros(2, 0, dtype=torch.bool))
+    with pytest.raises(ValueError, match="tag_lists is empty"):
+        sf.tags.tags_to_segmentation([])
+    with pytest.raises(TypeError, match="must be ints"):
+        labels_to_segments([0, 1.5])
+    with pytest.raises(ValueError, match="length must be"):
+        labels_to_segments([0, 1], length=-1)
+    assert labels_to_segments(torch.tensor([0, 0, 1, 1, 2]), length=4) == [(0, 2, 0), (2, 4, 1)]
+    assert lengths_to_mask(torch.tensor([2, 0])).tolist() == [[True, True], [False, False]]
