@@ -27,7 +27,6 @@ The same unique-decomposition argument keeps the likelihood exact.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 
 import torch

@@ -364,7 +364,7 @@ class SemiCRFHead(nn.Module):
         window starts the sequence, use ``start``); next_labels[b] likewise after
         it (−1: use ``end``). Entry is transition[prev, c]; exit transition[c, next].
         """
-        C, dev = self.num_labels, self.transition.device
+        C = self.num_labels
         trans = self._masked(self.transition, self.allowed_transitions)
         start = self._masked(self.start, self.allowed_start).expand(B, C)
         end = self._masked(self.end, self.allowed_end).expand(B, C)

@@ -29,7 +29,7 @@ from semiring_flash.data import (
     parse_genbank,
     segments_to_genes,
 )
-from semiring_flash.data import _fetch, augustus
+from semiring_flash.data import augustus
 from semiring_flash.data._fetch import fetch_deb_members, fetch_sdist_member, read_deb_members, verified
 from semiring_flash.data.peoples_daily import POS_GROUPS, coarse_pos
 
