@@ -145,6 +145,20 @@ def test_float64_model_matches_the_general_path_tightly():
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_gradients_come_back_in_the_input_dtype(dtype):
+    """bf16/fp16 inputs (compute in float32): the glue's float64 gradients are stored in the user's
+    dtype through float32 (stored directly, bf16 gradients came out 0 in the interpreter)."""
+    for shared, option in ((True, "init"), (False, "cum")):
+        d, L = _model(shared, option, dtype=dtype)
+        _, g_fast = _value_and_grads(sf.LogSemiring, d, L, True)
+        _, g_ref = _value_and_grads(sf.LogSemiring, d, L, False)
+        for name, a, b in zip(d, g_fast, g_ref):
+            assert a.dtype == b.dtype == dtype, name
+            assert b.abs().sum() > 0.1, name
+            torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2, msg=name)
+
+
 def test_plan_is_cached_per_signature():
     """One plan per (shapes, dtypes, strides, device, options); a new signature gets its own."""
     d, L = _model(True, "init")

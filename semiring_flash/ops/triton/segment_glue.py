@@ -85,6 +85,16 @@ def segment_prep_kernel(
 
 
 @triton.jit
+def _store_out(ptr, x, mask):
+    """Store a (float64) gradient in the user's dtype; a 16-bit one through float32 (Triton 3.6's
+    interpreter rounds float64 -> bfloat16 wrongly: the gradients came out 0)."""
+    if ptr.dtype.element_ty == tl.float64:
+        tl.store(ptr, x, mask=mask)
+    else:
+        tl.store(ptr, x.to(tl.float32).to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _batch_out(out_ptr, acc, g, ob, off, mask, SHARED: tl.constexpr):
     """Per-batch gradient rows g (BB, ...) of a parameter: stored at ob + off (per-batch parameter),
     or added to acc (a shared one; stored by the caller after the last chunk)."""
@@ -92,7 +102,7 @@ def _batch_out(out_ptr, acc, g, ob, off, mask, SHARED: tl.constexpr):
         if SHARED:
             acc += tl.sum(g.to(tl.float64), axis=0)
         else:
-            tl.store(out_ptr + ob + off, g, mask=mask)
+            _store_out(out_ptr + ob + off, g, mask)
     return acc
 
 
@@ -117,7 +127,7 @@ def segment_grads_kernel(
                 j = (tl.cdiv(T, BT) - 1 - i) * BT + t1
                 ok = (j < T) & (cc < C)
                 x = tl.load(gcum_ptr + b * (T + 1) * C + (j + 1) * C + cc, mask=ok, other=0.0)
-                tl.store(osc_ptr + b * T * C + j * C + cc, tl.cumsum(x, 0, reverse=True) + carry[None, :], mask=ok)
+                _store_out(osc_ptr + b * T * C + j * C + cc, tl.cumsum(x, 0, reverse=True) + carry[None, :], ok)
                 carry += tl.sum(x, 0)
     else:  # chunks of BB sequences: 3-D tiles (BB, rows, C)
         b3 = tl.arange(0, BB)[:, None, None]
@@ -157,13 +167,13 @@ def segment_grads_kernel(
                 a_en = _batch_out(oen_ptr, a_en, g_en, bb2 * C, c2, vm, SH_EN)
         r2 = c1[:, None]
         if SH_TR and otr_ptr is not None:
-            tl.store(otr_ptr + r2 * C + c2, a_tr, mask=(r2 < C) & (c2 < C))
+            _store_out(otr_ptr + r2 * C + c2, a_tr, (r2 < C) & (c2 < C))
         if SH_DU and odu_ptr is not None:
             k2 = tl.arange(0, KP)[:, None]
-            tl.store(odu_ptr + k2 * C + c2, a_du, mask=(k2 < K) & (c2 < C))
+            _store_out(odu_ptr + k2 * C + c2, a_du, (k2 < K) & (c2 < C))
         if SH_IN and oin_ptr is not None:
-            tl.store(oin_ptr + c1, a_in, mask=c1 < C)
+            _store_out(oin_ptr + c1, a_in, c1 < C)
         if SH_ST and ost_ptr is not None:
-            tl.store(ost_ptr + c1, a_st, mask=c1 < C)
+            _store_out(ost_ptr + c1, a_st, c1 < C)
         if SH_EN and oen_ptr is not None:
-            tl.store(oen_ptr + c1, a_en, mask=c1 < C)
+            _store_out(oen_ptr + c1, a_en, c1 < C)
