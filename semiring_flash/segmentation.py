@@ -121,8 +121,13 @@ class Segmentation:
         """From per-sequence lists of (start, end_exclusive, label) tiling [0, length); int fields
         (``segment_lists``: a float label is a TypeError, not truncated)."""
         segments = segment_lists(segments, "segments")
+        if not segments:
+            raise ValueError("segments is empty: give one list of segments per sequence")
         lengths = [max((e for _, e, _ in segs), default=0) for segs in segments]
-        T = T or max(lengths)
+        if T is None:
+            T = max(lengths)
+        elif T < max(lengths):
+            raise ValueError(f"T = {T} is shorter than a sequence's segments (they end at {max(lengths)})")
         labels = torch.full((len(segments), T), -1, dtype=torch.long)
         starts = torch.zeros(len(segments), T, dtype=torch.bool)
         for b, segs in enumerate(segments):
@@ -148,6 +153,8 @@ class Segmentation:
 
     def check(self, num_labels: int) -> None:
         """Raise ValueError unless every sequence is a well-formed segmentation (or the empty one)."""
+        if (self.lengths > self.T).any() or (self.lengths < 0).any():
+            raise ValueError(f"Segmentation.lengths must lie in [0, T = {self.T}], got {self.lengths.tolist()}")
         ok = self.valid()
         empty = self.empty().unsqueeze(-1)
         if ((self.labels != -1) & ok & empty).any():

@@ -242,3 +242,15 @@ def test_small_helpers_refuse_bad_input():
         labels_to_segments([0, 1], length=-1)
     assert labels_to_segments(torch.tensor([0, 0, 1, 1, 2]), length=4) == [(0, 2, 0), (2, 4, 1)]
     assert lengths_to_mask(torch.tensor([2, 0])).tolist() == [[True, True], [False, False]]
+
+
+def test_from_segments_refuses_a_T_shorter_than_the_segments():
+    with pytest.raises(ValueError, match="T = 3 is shorter"):
+        sf.Segmentation.from_segments([[(0, 2, 1), (2, 5, 0)]], T=3)
+    with pytest.raises(ValueError, match="segments is empty"):
+        sf.Segmentation.from_segments([])
+    seg = sf.Segmentation.from_segments([[(0, 2, 1)]], T=4)
+    assert seg.labels.tolist() == [[1, 1, -1, -1]] and seg.lengths.tolist() == [2]
+    bad = sf.Segmentation(torch.zeros(1, 3, dtype=torch.long), torch.tensor([[True, False, False]]), torch.tensor([5]))
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        bad.check(2)
