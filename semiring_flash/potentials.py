@@ -155,7 +155,7 @@ class SegmentPotentials:
     def cum(self) -> torch.Tensor:
         """(B, T+1, C) float64 prefix sums (centred if requested), differentiable."""
         if self.scores is not None:
-            s = self.scores.cumsum(1, dtype=torch.float64)
+            s = self.scores.to(torch.float64).cumsum(1)
             cum = torch.cat([s.new_zeros(self.batch, 1, self.C), s], 1)
         else:
             cum = self.cum_scores.to(torch.float64)
