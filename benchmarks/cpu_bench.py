@@ -213,7 +213,10 @@ def write_outputs(results: dict, out_dir: str) -> None:
         json.dump(results, f, indent=2)
     with open(os.path.join(out_dir, "cpu_bench.md"), "w") as f:
         f.write(markdown(results))
-    plot(results, os.path.join(out_dir, "cpu_bench.png"))
+    try:
+        plot(results, os.path.join(out_dir, "cpu_bench.png"))
+    except ImportError as err:  # matplotlib is the `bench` extra: the table and JSON stand without it
+        print(f"no plot ({err}); pip install 'semiring_flash[bench]' for cpu_bench.png")
 
 
 def _busy(c: dict) -> str:

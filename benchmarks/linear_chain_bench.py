@@ -167,8 +167,11 @@ def main(argv=None) -> int:
         f.write(f"# K = 1 head vs pytorch-crf\n\n`{meta['command'].strip()}` — {meta['date_utc']} UTC, {meta['machine']}, "
                 f"torch {meta['torch']}, {args.threads} thread(s), median of {args.repeats} interleaved repeats.\n\n"
                 + table + "\n")
-    _plot(results, os.path.join(args.out, "linear_chain_bench.png"))
     print(table)
+    try:
+        _plot(results, os.path.join(args.out, "linear_chain_bench.png"))
+    except ImportError as err:  # matplotlib is the `bench` extra: the table and the agreement check stand without it
+        print(f"no plot ({err}); pip install 'semiring_flash[bench]' for linear_chain_bench.png")
     bad = [r for r in results if r["max_rel_loglik_diff"] > 1e-5 or not r["decode_equal"]]
     if bad:
         print("DISAGREEMENT with pytorch-crf:", [(r["B"], r["T"], r["C"], r["max_rel_loglik_diff"], r["decode_equal"]) for r in bad])

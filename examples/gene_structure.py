@@ -594,12 +594,15 @@ def main(argv=None):
                   f"coding-base F1 {metrics['coding_base']['f1']:.3f}  (train {tr['seconds']:.0f} s, decode {dec_s:.0f} s)")
             trained.append((names[kind].split(" (")[0], model, kind))
 
-    posterior_plot(trained, plot_locus, out / "posteriors.png", device)
     results["plot_locus"] = plot_locus.name
     results["total_seconds"] = time.perf_counter() - t_start
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.json").write_text(json.dumps(results, indent=2))  # before the plot: results survive it
     (out / "results.md").write_text(markdown(results))
     print(markdown(results))
+    try:
+        posterior_plot(trained, plot_locus, out / "posteriors.png", device)
+    except ImportError as err:  # matplotlib comes with the `demo` extra (scripts/demo.sh installs it)
+        print(f"no posteriors.png ({err}); pip install 'semiring_flash[demo]' for the plot")
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'posteriors.png'} "
           f"(total {results['total_seconds']:.0f} s)")
     return results

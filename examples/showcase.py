@@ -1,6 +1,6 @@
 """A short CPU showcase: exact semi-CRF inference, checked against torch-struct, then at a length torch-struct cannot hold.
 
-    bash scripts/demo.sh          (or: python examples/showcase.py)
+    python examples/showcase.py       (the main job, scripts/demo.sh, is examples/gene_structure.py)
 """
 
 from __future__ import annotations
