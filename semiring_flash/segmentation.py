@@ -72,8 +72,12 @@ class Segmentation:
     lengths: torch.Tensor
 
     def __post_init__(self):
-        if not isinstance(self.labels, torch.Tensor) or self.labels.is_floating_point():
-            raise TypeError("Segmentation.labels must be an integer tensor (..., T)")
+        if not isinstance(self.labels, torch.Tensor) or self.labels.is_floating_point() or self.labels.is_complex() \
+                or self.labels.dtype == torch.bool:
+            got = self.labels.dtype if isinstance(self.labels, torch.Tensor) else type(self.labels).__name__
+            raise TypeError(f"Segmentation.labels must be an integer tensor (..., T), got {got}")
+        if self.labels.dtype != torch.long:  # int8/int16/int32 labels: one dtype for gather and indexing
+            self.labels = self.labels.long()
         if not isinstance(self.starts, torch.Tensor):
             raise TypeError("Segmentation.starts must be a bool tensor (..., T)")
         if self.labels.shape != self.starts.shape:

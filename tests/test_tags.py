@@ -254,3 +254,14 @@ def test_from_segments_refuses_a_T_shorter_than_the_segments():
     bad = sf.Segmentation(torch.zeros(1, 3, dtype=torch.long), torch.tensor([[True, False, False]]), torch.tensor([5]))
     with pytest.raises(ValueError, match="lengths must lie in"):
         bad.check(2)
+
+
+def test_segmentation_labels_of_any_integer_dtype_bools_refused():
+    p = sf.SegmentPotentials(torch.randn(1, 3, 2), transition=torch.zeros(2, 2), duration=torch.zeros(2, 2))
+    starts = torch.tensor([[True, False, True]])
+    want = sf.SemiMarkovCRF(p).log_prob(sf.Segmentation(torch.tensor([[0, 0, 1]]), starts, 3))
+    for dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
+        seg = sf.Segmentation(torch.tensor([[0, 0, 1]], dtype=dtype), starts, 3)
+        assert seg.labels.dtype == torch.long and torch.equal(sf.SemiMarkovCRF(p).log_prob(seg), want)
+    with pytest.raises(TypeError, match="integer tensor"):
+        sf.Segmentation(torch.tensor([[True, True, False]]), starts, 3)
