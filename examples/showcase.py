@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import torch
 
 import semiring_flash as sf
+
+# torch-struct 0.5 (the oracle here) warns about its own missing arg_constraints on every distribution
+warnings.filterwarnings("ignore", message=".*does not define `arg_constraints`")
 
 
 def progress(iterable, **kwargs):
@@ -46,7 +50,7 @@ def parity(B=4, T=64, K=8, C=6, seed=0):
         t1 = time.perf_counter()
         b = fn(theirs)
         t2 = time.perf_counter()
-        rows.append((name, float((a - b).abs().max()), t1 - t0, t2 - t1))
+        rows.append((name, float((a - b).detach().abs().max()), t1 - t0, t2 - t1))
     print(f"\nParity with torch-struct 0.5 on edges B={B}, T={T}, K={K}, C={C} (float64)")
     print(f"{'property':<12}{'max |diff|':>12}{'ours (s)':>10}{'t-struct (s)':>14}")
     for name, diff, ta, tb in rows:
@@ -59,8 +63,10 @@ def long_sequence(T=50_000, K=32, C=8, seed=0):
     regime = torch.randint(0, C, (T // 500 + 1,), generator=g).repeat_interleave(500)[:T]
     scores = torch.randn(1, T, C, generator=g) + 2.0 * torch.nn.functional.one_hot(regime, C).unsqueeze(0)
     scores.requires_grad_()
-    transition = torch.randn(C, C, generator=g).requires_grad_()
-    duration = torch.randn(K, C, generator=g).requires_grad_()
+    # a label switch costs 4, a segment continuing its label nothing, and longer segments score a
+    # little more: the decoded segments follow the regimes (noise alone would cut them up)
+    transition = torch.full((C, C), -4.0).fill_diagonal_(0.0).requires_grad_()
+    duration = (0.05 * torch.arange(1, K + 1, dtype=torch.float32)).unsqueeze(1).repeat(1, C).requires_grad_()
     pots = sf.SegmentPotentials(scores, transition=transition, duration=duration)
     dist = sf.SemiMarkovCRF(pots, backend="torch")
     t0 = time.perf_counter()
@@ -74,7 +80,9 @@ def long_sequence(T=50_000, K=32, C=8, seed=0):
     print(f"  log Z = {float(logz):.4f}; forward+backward {t1 - t0:.1f} s; Viterbi {t2 - t1:.1f} s")
     print(f"  the materialized edge tensor would take {edge_bytes / 2**20:,.0f} MiB; never built here")
     print(f"  gradient norms: scores {scores.grad.norm():.3f}, transition {transition.grad.norm():.3f}")
+    labels = torch.tensor([c for s, e, c in best for _ in range(s, e)])
     print(f"  Viterbi: {len(best)} segments; first five (start, end, label): {best[:5]}")
+    print(f"  decoded labels agree with the hidden regime on {float((labels == regime).float().mean()):.1%} of the tokens")
 
 
 def main():
