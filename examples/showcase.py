@@ -77,7 +77,7 @@ def long_sequence(T=50_000, K=32, C=8, seed=0):
     t2 = time.perf_counter()
     edge_bytes = T * (K + 1) * C * C * 4
     print(f"\nFactored semi-CRF, B=1, T={T:,}, K={K}, C={C} (float32, float64 prefix sums)")
-    print(f"  log Z = {float(logz):.4f}; forward+backward {t1 - t0:.1f} s; Viterbi {t2 - t1:.1f} s")
+    print(f"  log Z = {logz.item():.4f}; forward+backward {t1 - t0:.1f} s; Viterbi {t2 - t1:.1f} s")
     print(f"  the materialized edge tensor would take {edge_bytes / 2**20:,.0f} MiB; never built here")
     print(f"  gradient norms: scores {scores.grad.norm():.3f}, transition {transition.grad.norm():.3f}")
     labels = torch.tensor([c for s, e, c in best for _ in range(s, e)])
