@@ -137,6 +137,8 @@ def _mapped(semiring) -> _sr.Semiring | None:
                 return ours
         if issubclass(semiring, _sr.KMaxSemiring):
             raise TypeError("pass KMaxSemiring(k) (an instance with its k), not the KMaxSemiring class")
+        if not str(getattr(semiring, "__module__", "")).startswith("torch_struct"):
+            return None  # a user's class, whatever its name: its own operations may differ from ours
         name = semiring.__name__
         if name == "KMaxSemiring" and callable(getattr(semiring, "size", None)):
             return _sr.KMaxSemiring(int(semiring.size()))  # torch-struct's KMaxSemiring(k) class

@@ -440,6 +440,9 @@ def test_shim_semimarkov_hands_semirings_we_do_not_run_to_torch_struct(monkeypat
             _close(struct.sum(inp.clone()), torch_struct.SemiMarkov(theirs).sum(inp.clone()))
     _close(sts.SemiMarkov(MyLog).sum(x.clone()), sts.SemiMarkov(sts.LogSemiring).sum(x))
     assert type(sts.SemiMarkov(sts.LogSemiring)) is sts.SemiMarkov  # ours where our engines run it
+    named = type("MaxSemiring", (MyLog,), {})  # a user's class named like one of torch-struct's: its own operations
+    assert isinstance(sts.SemiMarkov(named), torch_struct.SemiMarkov)
+    _close(sts.SemiMarkov(named).sum(x.clone()), sts.SemiMarkov(sts.LogSemiring).sum(x))
     monkeypatch.setattr(sts, "_ts", None)
     with pytest.raises(TypeError, match="not supported"):
         sts.SemiMarkov(MyLog)
