@@ -51,14 +51,11 @@ class BandedMatrix:
         return f"BandedMatrix(batch={self.data.shape[0]}, n={self.data.shape[1]}, lu={self.lu}, ld={self.ld}, fill={self.fill})"
 
     # -- band bookkeeping (data-level moves, genbmm's definitions) -----------------------------
-    def _new(self, lu: int, ld: int) -> torch.Tensor:
-        batch, n, _ = self.data.shape
-        return self.data.new_full((batch, n, lu + ld + 1), self.fill)
-
-    def _pad(self, k: int, dim: int) -> torch.Tensor:
+    def _pad(self, k: int, dim: int, value=None) -> torch.Tensor:
+        """k slots (dim 2) or columns (dim 1) of ``value`` (default: fill)."""
         shape = list(self.data.shape)
         shape[dim] = k
-        return self.data.new_full(shape, self.fill)
+        return self.data.new_full(shape, self.fill if value is None else value)
 
     def band_shift(self, t: int) -> "BandedMatrix":
         """Drop the first t band slots and pad t at the end (t < 0: the reverse); (lu + t, ld − t)."""
@@ -94,20 +91,17 @@ class BandedMatrix:
         """One fill column in front, the last column dropped; (lu + 1, ld − 1)."""
         return BandedMatrix(torch.cat([self._pad(1, 1), self.data[:, :-1]], 1), self.lu + 1, self.ld - 1, self.fill)
 
-    def _expand(self, lu: int, ld: int) -> "BandedMatrix":
-        """The same matrix with a wider band (lu, ld) ≥ (self.lu, self.ld), new slots fill."""
-        s = lu - self.lu
-        data = torch.cat([self._pad(s, 2), self.data, self._pad(ld - self.ld, 2)], 2)
+    def _expand(self, lu: int, ld: int, value=None) -> "BandedMatrix":
+        """The same matrix with a wider band (lu, ld) ≥ (self.lu, self.ld), new slots ``value`` (default: fill)."""
+        data = torch.cat([self._pad(lu - self.lu, 2, value), self.data, self._pad(ld - self.ld, 2, value)], 2)
         return BandedMatrix(data, lu, ld, self.fill)
 
     def op(self, other: "BandedMatrix", op, zero=0) -> "BandedMatrix":
         """Elementwise ``op(self, other)`` on the union of the bands; slots only self has keep its
         value, slots neither has are ``zero`` (genbmm's definition)."""
         lu, ld = max(self.lu, other.lu), max(self.ld, other.ld)
-        batch, n, _ = self.data.shape
-        mine = torch.full((batch, n, lu + ld + 1), zero, dtype=self.data.dtype, device=self.data.device)
-        s1, s2 = lu - self.lu, lu - other.lu
-        mine = torch.cat([mine[:, :, :s1], self.data, mine[:, :, s1 + self.width:]], 2)
+        mine = self._expand(lu, ld, zero).data
+        s2 = lu - other.lu
         combined = op(mine[:, :, s2:s2 + other.width], other.data)
         data = torch.cat([mine[:, :, :s2], combined, mine[:, :, s2 + other.width:]], 2)
         return BandedMatrix(data, lu, ld, self.fill)

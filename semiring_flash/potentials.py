@@ -102,7 +102,8 @@ class SegmentPotentials:
         host_lengths = given_lengths and lengths.device.type == "cpu" and device.type != "cpu"  # GPU potentials
 
         def value_checks():
-            yield all_finite(base_name, base, lengths)
+            # used positions: scores 0..L-1, cum_scores 0..L (for the message on padding only)
+            yield all_finite(base_name, base, lengths + (cum_scores is not None))
             for name, v in (("transition", transition), ("duration", duration)) + optional:
                 if v is not None:
                     yield no_nan_or_pos_inf(name, v)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Segmentation", "FactoredMarginals", "segment_lists"]
+__all__ = ["Segmentation", "FactoredMarginals", "segment_lists", "check_tiling"]
 
 
 def segment_lists(gold, where: str = "gold") -> list:
@@ -33,6 +33,17 @@ def segment_lists(gold, where: str = "gold") -> list:
             rows.append(row)
         out.append(rows)
     return out
+
+
+def check_tiling(segs, where: str) -> int:
+    """The length a list of (start, end, label) segments tiles, in order from 0; else ValueError."""
+    pos = 0
+    for seg in segs:
+        if seg[0] != pos or seg[1] <= seg[0]:
+            raise ValueError(f"{where} must tile [0, length) in order from 0; got {tuple(seg)} where a segment "
+                             f"starting at {pos} was due")
+        pos = seg[1]
+    return pos
 
 
 @dataclass
@@ -135,13 +146,10 @@ class Segmentation:
         labels = torch.full((len(segments), T), -1, dtype=torch.long)
         starts = torch.zeros(len(segments), T, dtype=torch.bool)
         for b, segs in enumerate(segments):
-            pos = 0
-            for s, e, c in sorted(segs):
-                if s != pos or e <= s:
-                    raise ValueError(f"segments of sequence {b} must tile [0, length) in order; got {(s, e, c)} at {pos}")
+            check_tiling(sorted(segs), f"segments of sequence {b}")
+            for s, e, c in segs:
                 labels[b, s:e] = c
                 starts[b, s] = True
-                pos = e
         return cls(labels.to(device), starts.to(device), torch.tensor(lengths, device=device))
 
     def segments(self) -> list[list[tuple[int, int, int]]]:

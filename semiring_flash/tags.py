@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .segmentation import Segmentation, segment_lists
+from .segmentation import Segmentation, check_tiling, segment_lists
 
 __all__ = [
     "segments_to_tags", "tags_to_segments", "segmentation_to_tags", "tags_to_segmentation",
@@ -60,13 +60,10 @@ def segments_to_tags(segments, scheme: str = "BIO", names=None, outside=None) ->
     inside = "M" if scheme == "BMES" else "I"
     outside = set() if outside is None else ({outside} if isinstance(outside, int) else set(outside))
     (segments,) = segment_lists([list(segments)], "segments")
-    pos = 0
+    check_tiling(segments, "segments")
     for seg in segments:
-        if seg[0] != pos or seg[1] <= seg[0]:
-            raise ValueError(f"segments must tile [0, length) in order from 0; got {seg} where a segment starting at {pos} was due")
         if names is not None and seg[2] >= len(names) and seg[2] not in outside:
             raise ValueError(f"segment {seg}: label {seg[2]} has no name (names has {len(names)})")
-        pos = seg[1]
     tags = []
     for s, e, c in segments:
         n = e - s

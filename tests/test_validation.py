@@ -136,3 +136,17 @@ def test_nan_only_in_the_padding_is_named_as_such():
     scores[1, 3, 0] = float("nan")  # one inside: the plain message
     with pytest.raises(ValueError, match="scores contains NaN"):
         sf.SegmentPotentials(scores, transition=torch.zeros(3, 3), duration=torch.zeros(2, 3), lengths=torch.tensor([6, 4]))
+
+
+def test_nan_in_cum_scores_at_the_length_is_not_padding():
+    """cum_scores (B, T+1, C) uses positions 0..L: a NaN at L is inside, one past it is padding."""
+    cum = torch.cat([torch.zeros(1, 1, 3), torch.randn(1, 6, 3).cumsum(1)], 1)
+    kw = dict(transition=torch.zeros(3, 3), duration=torch.zeros(2, 3), lengths=torch.tensor([4]))
+    past = cum.clone()
+    past[0, 5:] = float("nan")
+    with pytest.raises(ValueError, match="only past the lengths"):
+        sf.SegmentPotentials(cum_scores=past, **kw)
+    at = cum.clone()
+    at[0, 4:] = float("nan")
+    with pytest.raises(ValueError, match="cum_scores contains NaN"):
+        sf.SegmentPotentials(cum_scores=at, **kw)
