@@ -306,6 +306,12 @@ def host_breakdown(name, fn, dims, results, reps=100, rounds=5):
     for label, v in stages.items():
         print(f"{label:44s} {v['us']:9.1f} {v['calls']:6.1f}")
     print(f"{'whole call under cProfile':44s} {r['profiled_call_us']:9.1f}", flush=True)
+    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:25]  # where the time itself is spent
+    r["top_tottime"] = [dict(where=f"{os.path.basename(f)}:{line} {fname}", us=1e6 * v[2] / reps, calls=v[0] / reps)
+                        for (f, line, fname), v in top]
+    print(f"{'top functions by own time (cProfile)':60s} {'us/call':>9s} {'calls':>6s}")
+    for t in r["top_tottime"]:
+        print(f"{t['where'][:60]:60s} {t['us']:9.1f} {t['calls']:6.1f}")
     results.append(r)
 
 

@@ -8,7 +8,8 @@
 #   gpu       every GPU test (pytest -m gpu)
 #   bwd       the backward per register-ring flag set, B=1, K=100, C=8 (latency/run_gpu_bwd.py)
 #   viterbi   Viterbi at T=10^6 split into forward and backtrace (latency/viterbi_split.py)
-#   api       the public API at B=32, T=128, K=8, C=16: eager, CUDA graph, host breakdown
+#   api       the public API at B=32, T=128, K=8, C=16: eager, CUDA graph, host breakdown; then
+#             host_floor.py (one torch op, allocation, launch, autograd round trip on this host)
 #   mid       B=16, T=1000, K=30, C=39 (issue 11's batched case; its 160 MiB tape is over
 #             launch.STORE_ALL_BYTES, so the backward recomputes)
 #   mid256    the same with STORE_ALL_BYTES = 256 MiB (the whole tape kept: is it under 12 ms?)
@@ -37,7 +38,8 @@ for s in "${steps[@]}"; do
     gpu) run_step gpu "$PY" -m pytest -q -p no:cacheprovider -m gpu tests ;;
     bwd) OUT="$OUT" run_step bwd "$PY" benchmarks/latency/run_gpu_bwd.py ;;
     viterbi) OUT="$OUT" run_step viterbi "$PY" benchmarks/latency/viterbi_split.py ;;
-    api) run_step api "$PY" benchmarks/gpu_bench.py --cases api --no-torch-engine --out "$OUT/api" ;;
+    api) run_step api "$PY" benchmarks/gpu_bench.py --cases api --no-torch-engine --out "$OUT/api"
+         run_step floor "$PY" benchmarks/host_floor.py ;;
     mid) run_step mid "$PY" benchmarks/gpu_bench.py --cases mid --no-torch-engine --out "$OUT/mid" ;;
     mid256) run_step mid256 "$PY" -c "import runpy, sys; from semiring_flash.ops.triton import launch
 launch.STORE_ALL_BYTES = 256 << 20

@@ -355,7 +355,11 @@ def test_fp32_compute_vs_float64_dense(si):
 
 
 @pytest.mark.slow
-def test_viterbi_matches_max_gradient_path():
+@pytest.mark.parametrize("block", [4, 4096], ids=["blocks", "one-block"])
+def test_viterbi_matches_max_gradient_path(block, monkeypatch):
+    from semiring_flash.ops.triton import segments
+
+    monkeypatch.setattr(segments, "CHAIN_BLOCK", block)
     sr = sf.MaxSemiring
     ins, L = _factored(sr, 3, 12, 4, 3, seed=7, neg=True)
     cum, trans, dur, tau0, end, _ = ins
@@ -371,6 +375,46 @@ def test_viterbi_matches_max_gradient_path():
             if t < L[b] and starts[b, t]:
                 cur = int(g[b, t].argmax())
             assert int(labels[b, t]) == (cur if t < L[b] else -1)
+
+
+def _walk(bpa, bpt, fin, L, T):
+    """The chain from (L, fin), walked in Python: the backtrace's reference."""
+    labels, starts = [-1] * T, [0] * T
+    t, c = (L, fin) if fin >= 0 else (0, 0)
+    while t > 0:
+        d = int(bpa[t, c]) + 1
+        labels[t - d:t] = [c] * d
+        starts[t - d] = 1
+        t, c = t - d, int(bpt[t - d, c]) if t > d else 0  # position 0: no route
+    return labels, starts
+
+
+@pytest.mark.parametrize("block", [4, 8, 16, 4096])
+def test_parallel_backtrace_matches_a_walk_of_the_chain(block):
+    """segments.backtrace (pointer jumping inside blocks, one load per block, blocks walked in
+    parallel) against a Python walk: mixed lengths, segments longer than a block, a sequence
+    without a segmentation (fin −1), garbage backpointers past L and in row 0 (any int16)."""
+    from semiring_flash.ops.triton import launch, segments
+
+    g = torch.Generator().manual_seed(block)
+    B, T, K, C = 4, 15, 6, 3
+    lengths = torch.tensor([15, 11, 1, 9])
+    fin = torch.tensor([2, 0, 1, -1], dtype=torch.int32)
+    bpa = torch.randint(-32768, 32767, (B, T + 1, C), generator=g, dtype=torch.int16)
+    bpt = torch.randint(-32768, 32767, (B, T + 1, C), generator=g, dtype=torch.int16)
+    for b in range(B):
+        L = int(lengths[b])
+        for t in range(1, L + 1):
+            long = torch.rand(C, generator=g) < 0.3  # mostly one-token segments: long chains inside a block
+            bpa[b, t] = torch.where(long, torch.randint(0, min(K, t), (C,), generator=g), 0)
+        bpt[b, 1:L] = torch.randint(0, C, (L - 1, C), generator=g)  # row 0 stays garbage, as the forward leaves it
+    bpa[0, 15, 2] = 5  # a 6-token segment: it skips whole blocks of 4 states
+    bp = launch.Backpointers(bpa, bpt, fin)
+    labels, starts = segments.backtrace(bp, fin, lengths, B, T, C, K, block)
+    for b in range(B):
+        want_labels, want_starts = _walk(bpa[b], bpt[b], int(fin[b]), int(lengths[b]), T)
+        assert labels[b].tolist() == want_labels
+        assert starts[b].tolist() == want_starts
 
 
 @pytest.mark.slow

@@ -39,7 +39,8 @@ _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin
 _PTR_TYPES = {"cum_ptr": "*fp64", "len_ptr": "*i64", "tb_ptr": "*fp64", "ckb_ptr": "*fp64", "ckn_ptr": "*fp64",
               "out_ptr": "*fp64", "taz_ptr": "*fp64", "ttz_ptr": "*fp64", "lengths_ptr": "*i64", "bpa_ptr": "*i16",
               "bpt_ptr": "*i16", "fin_ptr": "*i32", "tra_ptr": "*i32", "trt_ptr": "*i32", "ta_ptr": "*fp64",
-              "gcum_ptr": "*fp64", "gsc_ptr": "*fp64"}
+              "gcum_ptr": "*fp64", "gsc_ptr": "*fp64", "link_ptr": "*i32", "exit_ptr": "*i32", "entry_ptr": "*i32",
+              "len_ptr": "*i64", "labels_ptr": "*i64", "starts_ptr": "*i8"}
 
 
 def signature(fn, constexprs: dict) -> dict:

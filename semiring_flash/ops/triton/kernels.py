@@ -1145,40 +1145,71 @@ def scan_bwd_kernel(
 # Viterbi backtrace (max semiring, factored input)
 # --------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["T"])
-def backlink_kernel(bpa_ptr, bpt_ptr, link_ptr, T, C, BLOCK: tl.constexpr):
-    """link[b, t, c] = d << 16 | c': the segment ending at t with label c has duration d and
-    follows label c' = bpt[b, t - d, c] (any label where t - d = 0). One parallel pass, so the
-    backtrace's chain has one dependent load per segment instead of two."""
+def backchain_kernel(bpa_ptr, bpt_ptr, link_ptr, exit_ptr, T, C, BLOCK: tl.constexpr, ROUNDS: tl.constexpr):
+    """One block of BLOCK states s = t·C + c of one sequence per program (grid (B, blocks)).
+
+    link[s] = d << 16 | c': the segment ending at t with label c has duration d and follows
+    label c' = bpt[t − d, c]. exit[s] = the first state of s's chain below the block (−1: the
+    chain ends at position 0 inside it, or s holds no backpointers), by pointer jumping inside
+    the block: a chain has fewer than 2^ROUNDS states in one block, so ROUNDS rounds of
+    ``next = next[next]`` reach its exit. Rows past a sequence's end hold no backpointers
+    (uninitialised memory): their states point nowhere (−1) and stay in bounds."""
     b = tl.cast(tl.program_id(0), tl.int64)
-    i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # t·C + c over t = 0..T
-    ok = i < (T + 1) * C
-    row = b * (T + 1) * C
+    i0 = tl.program_id(1) * BLOCK
+    i = i0 + tl.arange(0, BLOCK)
+    n = (T + 1) * C
+    ok = i < n
+    row = b * n
     d = tl.load(bpa_ptr + row + i, mask=ok, other=0).to(tl.int32) + 1
+    t = i // C
     prev = i - d * C  # (t - d)·C + c
-    # rows past a sequence's end hold no backpointers: any d there stays in bounds (d >= 1)
-    cp = tl.load(bpt_ptr + row + prev, mask=ok & (prev >= C) & (d >= 1), other=0).to(tl.int32)
-    tl.store(link_ptr + row + i, (d << 16) | cp, mask=ok)
+    # position 0 has no route (any label there; its row is not written), nor has a row past L
+    cp = tl.load(bpt_ptr + row + prev, mask=ok & (d >= 1) & (prev >= C), other=0).to(tl.int32)
+    valid = ok & (d >= 1) & (d <= t) & (cp >= 0) & (cp < C)
+    tl.store(link_ptr + row + i, tl.where(valid, (d << 16) | cp, 0), mask=ok)  # d = 0: no segment
+    nxt = tl.where(valid, prev - (i - t * C) + cp, -1)
+    tl.store(exit_ptr + row + i, nxt, mask=ok)
+    for _ in tl.static_range(ROUNDS):
+        tl.debug_barrier()  # the last round's stores are visible to the whole block
+        inside = ok & (nxt >= i0)
+        far = tl.load(exit_ptr + row + nxt, mask=inside, other=-1)
+        tl.debug_barrier()  # every gather of this round is done before any store
+        nxt = tl.where(inside, far, nxt)
+        tl.store(exit_ptr + row + i, nxt, mask=ok)
 
 
-@triton.jit(do_not_specialize=["T"])
-def backtrace_kernel(link_ptr, fin_ptr, len_ptr, labels_ptr, starts_ptr, T, C, KP: tl.constexpr):
-    """Walk the links (``backlink_kernel``) from (L, best final label) to 0, one segment per
-    iteration: one dependent load, one vector store of the segment.
-
-    labels (B, T) int64 and starts (B, T) int8 must be pre-filled (-1 / 0) past L.
-    A final label of -1 marks a sequence without a segmentation: nothing is written.
-    """
+@triton.jit(do_not_specialize=["T", "NB"])
+def backentry_kernel(exit_ptr, fin_ptr, len_ptr, entry_ptr, T, C, NB, BLOCK: tl.constexpr):
+    """From (L, best final label), follow the exits (``backchain_kernel``): entry[b, j] = the
+    chain's first state in block j. One program per sequence, one dependent load per block the
+    chain visits; entry must be pre-filled with −1 (blocks the chain skips or never reaches).
+    A final label of −1 marks a sequence without a segmentation: nothing is written."""
     b = tl.cast(tl.program_id(0), tl.int64)
     L = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
     c = tl.load(fin_ptr + b).to(tl.int32)
+    s = tl.where(c >= 0, L * C + c, -1)
+    while s >= C:  # a state past position 0
+        tl.store(entry_ptr + b * NB + s // BLOCK, s)
+        s = tl.load(exit_ptr + b * (T + 1) * C + s)
+
+
+@triton.jit(do_not_specialize=["T", "NB"])
+def backwalk_kernel(link_ptr, entry_ptr, labels_ptr, starts_ptr, T, C, NB, BLOCK: tl.constexpr, KP: tl.constexpr):
+    """The chain's segments inside block j (grid (B, blocks)): from entry[b, j] down to the
+    block's start, one dependent load and one vector store per segment; blocks in parallel.
+
+    labels (B, T) int64 and starts (B, T) int8 must be pre-filled (-1 / 0) past L."""
+    b = tl.cast(tl.program_id(0), tl.int64)
+    i0 = tl.program_id(1) * BLOCK
+    s = tl.load(entry_ptr + b * NB + tl.program_id(1))
     o = tl.arange(0, KP)
-    t = tl.where(c >= 0, L, 0)
-    while t > 0:
-        v = tl.load(link_ptr + (b * (T + 1) + t) * C + c)
+    while (s >= i0) & (s >= C):
+        v = tl.load(link_ptr + b * (T + 1) * C + s)
         d = v >> 16
+        t = s // C
+        c = s - t * C
         pos = t - d + o
         ok = o < d
         tl.store(labels_ptr + b * T + pos, (c + o * 0).to(tl.int64), mask=ok)
         tl.store(starts_ptr + b * T + pos, (o == 0).to(tl.int8), mask=ok)
-        t = t - d
-        c = v & 0xFFFF
+        s = tl.where(d >= 1, (t - d) * C + (v & 0xFFFF), -1)  # a chain state always has d >= 1
