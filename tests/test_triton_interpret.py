@@ -263,6 +263,25 @@ def test_ring_backward_slot_and_lane_extremes_vs_dense(si, T, K, C, every, ring_
     _check_factored_vs_dense(sr, si, ins, L, every)
 
 
+def test_kept_tape_is_linear_one_row_per_position():
+    """A kept (store-all) tape has one row per position (R = 0, kernels._tape_rows), not a
+    mirrored ring of pow2(T + 2K + 1) rows: issue 11's batched case (B=16, T=1000, K=30, C=39,
+    log, fp32) keeps its tape within the default budget (42 MB; 168 MB mirrored, over
+    STORE_ALL_BYTES, so its backward recomputed), and B=1, T=10^5, K=100, C=8 takes 34 MB
+    instead of 84 MB."""
+    from semiring_flash.ops.triton import launch
+
+    cpu = torch.device("cpu")
+    for (B, T, K, C), most in [((16, 1000, 30, 39), 43e6), ((1, 100_000, 100, 8), 35e6)]:
+        m = launch._meta(sf.LogSemiring, B, T, K, C, torch.float32, cpu, False, False, None)
+        assert m.store_all and m.r_tape == 0 and m.rows(m.r_tape) == T + K + 1
+        tape = launch.tape_with(m, m.r_tape)[0]
+        assert sum(x.numel() * x.element_size() for x in tape if x is not None) < most
+    # a checkpointed backward keeps its mirrored ring
+    m = launch._meta(sf.LogSemiring, 1, 1000, 30, 8, torch.float32, cpu, False, False, 100)
+    assert not m.store_all and m.r_tape == 256 and m.rows(m.r_tape) == 512
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
 def test_ring_backward_default_blocks_vs_dense(si, ring_bwd, monkeypatch):

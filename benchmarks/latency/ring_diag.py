@@ -52,7 +52,7 @@ for (B, T, K, C) in shapes:
         xn, yn = x.isnan(), y.isnan()
         both = ~xn & ~yn
         d = torch.where(both & (x != y), (x.double() - y.double()).abs() / (1 + x.double().abs()), 0.0)
-        R = m.r_tape; per = x.numel() // (B * 2 * R)
+        R = m.r_tape; per = x.numel() // (B * m.rows(R))
         bad = (d > 1e-5) | (xn != yn)
         idx = bad.nonzero().flatten()[:10].tolist()
         emit(dict(B=B, T=T, K=K, C=C, field=f, maxreldiff=float(d.max()), n_bad=int(bad.sum()), n_nan_off_only=int((xn & ~yn).sum()),

@@ -45,7 +45,10 @@ each value has (``_put``), never read back.
 Tape. Each program owns a circular *tape* in global memory, rows indexed by
 position mod R (R a power of two: ≥ K+1 in a plain forward, ≥ Δ + 2K + 1 in
 backward), each row stored twice (slot and slot + R) so that any window of
-K consecutive rows is contiguous (addresses = scalar + loop-invariant tile):
+K consecutive rows is contiguous (addresses = scalar + loop-invariant tile).
+A whole-sequence tape (FULL, and the backward without RECOMPUTE) is linear
+instead: R = 0 makes every slot formula the identity, one row per position
+(``_tape_rows``), 2–4× less memory than a mirrored ring of pow2(T + 2K + 1):
   VAL   ring value of the position: τ(t) (factored, after the start bias) or α(t) (edges)
   OUT   α(t) (factored)                 TPRE  τ(t) before the start bias (factored)
   RA/RT routes of the α / τ sums (max, kmax)   ADJ  adjoint of α(t) (backward; float64)
@@ -145,20 +148,32 @@ def _load_bases(tb_b, rows, ok, SR: tl.constexpr):
 
 @triton.jit
 def _store_row2(ptr_b, slot, R, v, CP: tl.constexpr, SP: tl.constexpr):
-    """Store a row at its slot and at its mirror slot + R (windows are then contiguous)."""
+    """Store a row at its slot and at its mirror slot + R (windows are then contiguous);
+    a linear tape (R = 0) has no mirror."""
     c2 = tl.arange(0, CP)[:, None]
     s2 = tl.arange(0, SP)[None, :]
     o = c2 * SP + s2
     tl.store(ptr_b + slot * (CP * SP) + o, v)
-    tl.store(ptr_b + (slot + R) * (CP * SP) + o, v)
+    if R != 0:
+        tl.store(ptr_b + (slot + R) * (CP * SP) + o, v)
 
 
 @triton.jit
 def _store_base2(tb_b, slot, R, base0, base1):
     tl.store(tb_b + slot * 2, base0)
     tl.store(tb_b + slot * 2 + 1, base1)
-    tl.store(tb_b + (slot + R) * 2, base0)
-    tl.store(tb_b + (slot + R) * 2 + 1, base1)
+    if R != 0:
+        tl.store(tb_b + (slot + R) * 2, base0)
+        tl.store(tb_b + (slot + R) * 2 + 1, base1)
+
+
+@triton.jit
+def _tape_rows(T, K, R):
+    """Rows per sequence of a tape: a ring of R slots, each stored twice (slot, slot + R), or
+    (R = 0) the whole sequence, one row per position 0..T plus K spare rows. With R = 0 every
+    slot formula is the identity (x & (R - 1) = x, mirror slot + R = slot), windows are
+    contiguous anyway, and the mirror stores are skipped."""
+    return tl.where(R == 0, T + K + 1, 2 * R)
 
 
 @triton.jit
@@ -261,9 +276,10 @@ def _put(ptr, v, lab, pos, N):
 
 @triton.jit
 def _put2(ptr, R, v, lab, pos, N):
-    """``_put`` at ptr and at its mirror ptr + R (a tape row's two slots)."""
+    """``_put`` at ptr and at its mirror ptr + R (a tape row's two slots; R = 0: linear, one)."""
     _put(ptr, v, lab, pos, N)
-    _put(ptr + R, v, lab, pos, N)
+    if R != 0:
+        _put(ptr + R, v, lab, pos, N)
 
 
 @triton.jit
@@ -444,7 +460,8 @@ def scan_fwd_kernel(
     RING: tl.constexpr = USE_RING and (not EDGES) and (SR == LOG or SR == MAX)  # launch.RING_FORWARD
     b = tl.cast(tl.program_id(0), tl.int64)
     L = tl.minimum(tl.maximum(tl.load(lengths_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
-    tape = b * (2 * R) * (CP * SP)  # rows [0, 2R): slot and mirror slot + R
+    rows = _tape_rows(T, K, R)
+    tape = b * rows * (CP * SP)  # rows [0, 2R): slot and mirror slot + R; or positions (R = 0)
     tv_b = None if tv_ptr is None else tv_ptr + tape
     to_b = None if to_ptr is None else to_ptr + tape
     tp_b = None if tp_ptr is None else tp_ptr + tape
@@ -454,7 +471,7 @@ def scan_fwd_kernel(
     taz_b = None if taz_ptr is None else taz_ptr + tape
     ttm_b = None if ttm_ptr is None else ttm_ptr + tape
     ttz_b = None if ttz_ptr is None else ttz_ptr + tape
-    tb_b = None if tb_ptr is None else tb_ptr + b * (2 * R) * 2
+    tb_b = None if tb_ptr is None else tb_ptr + b * rows * 2
     cum_b = None if cum_ptr is None else cum_ptr + b * (T + 1) * C
     sb_b = None if sb_ptr is None else sb_ptr + b * T * C
     edge_b = None if edges_ptr is None else edges_ptr + b * T * (K + 1) * C * C
@@ -913,7 +930,8 @@ def scan_bwd_kernel(
     RING_ADJ: tl.constexpr = USE_RING_ADJOINT and (not EDGES) and (SR == LOG or SR == MAX) and (CP <= KR) and (CP <= 32)
     b = tl.cast(tl.program_id(0), tl.int64)
     L = tl.minimum(tl.maximum(tl.load(lengths_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
-    tape = b * (2 * R) * (CP * SP)
+    rows = _tape_rows(T, K, R)
+    tape = b * rows * (CP * SP)
     tv_b = tv_ptr + tape
     ta_b = None if ta_ptr is None else ta_ptr + tape  # RING_ADJ keeps the adjoints in registers
     to_b = None if to_ptr is None else to_ptr + tape
@@ -924,7 +942,7 @@ def scan_bwd_kernel(
     taz_b = None if taz_ptr is None else taz_ptr + tape
     ttm_b = None if ttm_ptr is None else ttm_ptr + tape
     ttz_b = None if ttz_ptr is None else ttz_ptr + tape
-    tb_b = tb_ptr + b * (2 * R) * 2
+    tb_b = tb_ptr + b * rows * 2
     cum_b = None if cum_ptr is None else cum_ptr + b * (T + 1) * C
     sb_b = None if sb_ptr is None else sb_ptr + b * T * C
     edge_b = None if edges_ptr is None else edges_ptr + b * T * (K + 1) * C * C

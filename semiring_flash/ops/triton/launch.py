@@ -42,7 +42,9 @@ NUM_WARPS_OVERRIDE = None
 #: launch compiled kernels directly after their first call (see _launch); False: always Triton's generic path
 DIRECT_LAUNCH = True
 #: keep the whole forward tape (no recompute in backward) when it takes at most this many bytes;
-#: 128 MiB since the float64 adjoint tapes (B=1, T=10^5, K=100, C=8 needs 84 MB: 0.49 s kept vs 0.62 s recomputed, H200)
+#: 128 MiB since the float64 adjoint tapes (B=1, T=10^5, K=100, C=8: 0.49 s kept vs 0.62 s recomputed, H200).
+#: The kept tape is linear since 2026-12-07 (one row per position): that case takes 34 MB (84 MB
+#: mirrored), B=16, T=1000, K=30, C=39 takes 42 MB (168 MB: it used to recompute)
 STORE_ALL_BYTES = 128 << 20
 
 #: The factored log/max forward on the register ring (kernels._fac_ring_step: 6 CTA barriers per
@@ -120,18 +122,20 @@ class _Meta:
         self.edges, self.has_sb = edges, has_sb
         self.delta = checkpoint_every(T, K, every)
         # Short sequences: when every tape row of the whole batch fits in STORE_ALL_BYTES the
-        # forward keeps them all and the backward skips its recompute pass (one block).
-        r_all = _pow2(T + 2 * K + 1)
+        # forward keeps them all and the backward skips its recompute pass (one block), on a
+        # linear tape (R = 0: one row per position, kernels._tape_rows)
+        self.rows_all = T + K + 1
         self.lse = lse = self.sr in (LOG.value, ENTROPY.value)  # logsumexp normalisers on the tape
         self.routes = routes = self.sr in (MAX.value, KMAX.value)  # argmax routes on the tape
         n64 = 1 + 2 * lse  # adjoint and logsumexp sums: float64 tapes
         n_arr = 2 + has_sb + 2 * routes + 2 * lse
-        tape_bytes = B * 2 * r_all * self.CP * self.SP * (n_arr * (8 if dtype == torch.float64 else 4) + n64 * 8)
+        tape_bytes = B * self.rows_all * self.CP * self.SP * (n_arr * (8 if dtype == torch.float64 else 4) + n64 * 8)
         self.store_all = every is None and tape_bytes <= STORE_ALL_BYTES
         if self.store_all:
             self.delta = T
         self.nblk = -(-T // self.delta)
-        self.r_tape = _pow2(self.delta + 2 * K + 1)  # rows of the backward's (and a store-all forward's) tape
+        # the backward's (and a store-all forward's) tape: a ring of R slots (recompute), or linear (R = 0)
+        self.r_tape = 0 if self.store_all else _pow2(self.delta + 2 * K + 1)
         step = self.KP * self.CP * (self.CP if edges else 1) * self.SP
         self.num_warps = _num_warps(max(step, self.CP * self.CP * self.SP))
         # factored log / max forward: register ring of KR > K slots (kernels.scan_fwd_kernel, RING)
@@ -146,8 +150,7 @@ class _Meta:
                              and self.CP <= min(self.KR, 32))
         self.fold = RING_FOLD
         # kernels index within one sequence with int32 (the batch offset is int64)
-        per_seq = max((T + 1) * C, T * (K + 1) * C * C if edges else 0,
-                      2 * _pow2(self.delta + 2 * K + 1) * self.CP * self.SP)
+        per_seq = max((T + 1) * C, T * (K + 1) * C * C if edges else 0, self.rows(self.r_tape) * self.CP * self.SP)
         if per_seq >= 2**31:
             raise NotImplementedError(f"one sequence needs {per_seq} elements; the kernels index one sequence with int32")
         self.compiled = {}  # launch key -> compiled kernel (see _launch)
@@ -176,17 +179,23 @@ class _Meta:
         return kw
 
 
+    def rows(self, R) -> int:
+        """Rows per sequence of a tape (kernels._tape_rows): a ring of R slots stored twice, or
+        (R = 0) one row per position."""
+        return self.rows_all if R == 0 else 2 * R
+
     def tapes(self, R, n, dtype=None, bases=False, extra=()):
-        """n tapes (B, 2R, CP, SP) from one allocation, then (``bases``) the bases (B, 2R, 2) in
-        float64 too, then a caller's pieces of the ``extra`` sizes; flat views of one buffer
-        (the kernels index them themselves)."""
-        sizes = [self.B * 2 * R * self.CP * self.SP] * n + [self.B * 2 * R * 2] * bases + list(extra)
+        """n tapes (B, rows, CP, SP) from one allocation, then (``bases``) the bases (B, rows, 2)
+        in float64 too, then a caller's pieces of the ``extra`` sizes; flat views of one buffer
+        (the kernels index them themselves). rows: ``rows(R)``."""
+        rows = self.rows(R)
+        sizes = [self.B * rows * self.CP * self.SP] * n + [self.B * rows * 2] * bases + list(extra)
         if not sizes:
             return ()
         return torch.empty(sum(sizes), dtype=dtype or self.dtype, device=self.device).split_with_sizes(sizes)
 
     def bases(self, R):
-        return torch.empty(self.B, 2 * R, 2, dtype=torch.float64, device=self.device)
+        return torch.empty(self.B, self.rows(R), 2, dtype=torch.float64, device=self.device)
 
 
 @functools.lru_cache(maxsize=512)
