@@ -68,8 +68,7 @@ for T in (1_000_000,):
             bts[f"backtrace_block{block}_s"] = timed(lambda: segments.backtrace(bp, bp.fin, ops.lengths, B, T, C, K, block), 2)
         par = segments.backtrace(bp, bp.fin, ops.lengths, B, T, C, K)
         link = torch.empty(B, T + 1, C, dtype=torch.int32, device="cuda")
-        ext = torch.empty_like(link)
-        kernels.backchain_kernel[(B, -(-(T + 1) * C // 4096))](bp.bpa, bp.bpt, link, ext, T, C, BLOCK=4096, ROUNDS=1)
+        kernels.backlink_kernel[(B, -(-(T + 1) * C // 4096))](bp.bpa, bp.bpt, link, T, C, BLOCK=4096)
         labels = torch.full((B, T), -1, dtype=torch.int64, device="cuda")
         starts = torch.zeros(B, T, dtype=torch.int8, device="cuda")
         bts["backtrace_sequential_s"] = timed(lambda: sequential_backtrace_kernel[(B,)](

@@ -1163,29 +1163,40 @@ def scan_bwd_kernel(
 # Viterbi backtrace (max semiring, factored input)
 # --------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["T"])
-def backchain_kernel(bpa_ptr, bpt_ptr, link_ptr, exit_ptr, T, C, BLOCK: tl.constexpr, ROUNDS: tl.constexpr):
-    """One block of BLOCK states s = t·C + c of one sequence per program (grid (B, blocks)).
-
-    link[s] = d << 16 | c': the segment ending at t with label c has duration d and follows
-    label c' = bpt[t − d, c]. exit[s] = the first state of s's chain below the block (−1: the
-    chain ends at position 0 inside it, or s holds no backpointers), by pointer jumping inside
-    the block: a chain has fewer than 2^ROUNDS states in one block, so ROUNDS rounds of
-    ``next = next[next]`` reach its exit. Rows past a sequence's end hold no backpointers
-    (uninitialised memory): their states point nowhere (−1) and stay in bounds."""
+def backlink_kernel(bpa_ptr, bpt_ptr, link_ptr, T, C, BLOCK: tl.constexpr):
+    """link[b, s] = d << 16 | c' for every state s = t·C + c (grid (B, blocks of BLOCK)): the
+    segment ending at t with label c has duration d and follows label c' = bpt[b, t − d, c].
+    Rows past a sequence's end and position 0 hold no backpointers (uninitialised memory):
+    their states get d = 0, no segment, so no walk leaves the array or loops."""
     b = tl.cast(tl.program_id(0), tl.int64)
-    i0 = tl.program_id(1) * BLOCK
-    i = i0 + tl.arange(0, BLOCK)
+    i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     n = (T + 1) * C
     ok = i < n
     row = b * n
     d = tl.load(bpa_ptr + row + i, mask=ok, other=0).to(tl.int32) + 1
     t = i // C
     prev = i - d * C  # (t - d)·C + c
-    # position 0 has no route (any label there; its row is not written), nor has a row past L
+    # position 0 has no route (any label there; its row is not written)
     cp = tl.load(bpt_ptr + row + prev, mask=ok & (d >= 1) & (prev >= C), other=0).to(tl.int32)
-    valid = ok & (d >= 1) & (d <= t) & (cp >= 0) & (cp < C)
-    tl.store(link_ptr + row + i, tl.where(valid, (d << 16) | cp, 0), mask=ok)  # d = 0: no segment
-    nxt = tl.where(valid, prev - (i - t * C) + cp, -1)
+    valid = (d >= 1) & (d <= t) & (cp >= 0) & (cp < C)
+    tl.store(link_ptr + row + i, tl.where(valid, (d << 16) | cp, 0), mask=ok)
+
+
+@triton.jit(do_not_specialize=["T"])
+def backjump_kernel(link_ptr, exit_ptr, T, C, BLOCK: tl.constexpr, ROUNDS: tl.constexpr):
+    """exit[b, s] = the first state of s's chain below s's block of BLOCK states (−1: the chain
+    ends at position 0 inside the block, or s has no segment), by pointer jumping inside the
+    block (grid (B, blocks)): a chain has fewer than 2^ROUNDS states in one block, so ROUNDS
+    rounds of ``next = next[next]`` reach its exit."""
+    b = tl.cast(tl.program_id(0), tl.int64)
+    i0 = tl.program_id(1) * BLOCK
+    i = i0 + tl.arange(0, BLOCK)
+    n = (T + 1) * C
+    ok = i < n
+    row = b * n
+    v = tl.load(link_ptr + row + i, mask=ok, other=0)
+    d = v >> 16
+    nxt = tl.where(d >= 1, (i // C - d) * C + (v & 0xFFFF), -1)
     tl.store(exit_ptr + row + i, nxt, mask=ok)
     for _ in tl.static_range(ROUNDS):
         tl.debug_barrier()  # the last round's stores are visible to the whole block
@@ -1198,7 +1209,7 @@ def backchain_kernel(bpa_ptr, bpt_ptr, link_ptr, exit_ptr, T, C, BLOCK: tl.const
 
 @triton.jit(do_not_specialize=["T", "NB"])
 def backentry_kernel(exit_ptr, fin_ptr, len_ptr, entry_ptr, T, C, NB, BLOCK: tl.constexpr):
-    """From (L, best final label), follow the exits (``backchain_kernel``): entry[b, j] = the
+    """From (L, best final label), follow the exits (``backjump_kernel``): entry[b, j] = the
     chain's first state in block j. One program per sequence, one dependent load per block the
     chain visits; entry must be pre-filled with −1 (blocks the chain skips or never reaches).
     A final label of −1 marks a sequence without a segmentation: nothing is written."""
