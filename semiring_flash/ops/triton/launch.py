@@ -178,7 +178,6 @@ class _Meta:
                                          NBLK=self.nblk, **self._consts)
         return kw
 
-
     def rows(self, R) -> int:
         """Rows per sequence of a tape (kernels._tape_rows): a ring of R slots stored twice, or
         (R = 0) one row per position."""
