@@ -28,6 +28,7 @@ as CUDA-graph capture requires anyway.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Callable, Iterable, Union
 
 import torch
@@ -124,6 +125,17 @@ def check_tensor(name: str, x, ndims, *, floating: bool = True) -> torch.Tensor:
     if floating and not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     return x
+
+
+def checkpoint_interval(every) -> int | None:
+    """``checkpoint_every`` of the engines: None (the default Δ ≈ √(T·K)) or a positive integer
+    number of steps between checkpoints (0 or a negative one was silently replaced before)."""
+    if every is None:
+        return None
+    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
+        raise ValueError(f"checkpoint_every must be None or a positive integer (steps between "
+                         f"checkpoints), got {every!r}")
+    return int(every)
 
 
 def check_shape(name: str, x: torch.Tensor, expected: tuple, what: str) -> None:

@@ -119,6 +119,24 @@ def test_all_paths_forbidden_gives_neg_inf_and_zero_grads():
             assert g is None or not torch.isnan(g).any()
 
 
+@pytest.mark.parametrize("every", [0, -3, 2.5, True, "4"])
+def test_bad_checkpoint_interval_is_refused(every):
+    """0 and negative intervals were silently replaced (by the default on the torch engine, by K
+    on the kernels); a float was truncated."""
+    from semiring_flash.ops.streaming import edge_scan
+    from semiring_flash.validation import checkpoint_interval
+
+    sr = sf.LogSemiring
+    (cum, trans, dur, tau0, end), L = _factored_case(sr, 2, 8, 3, 2, 1, False)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        factored_scan(sr, cum, trans, dur, tau0, end, L, checkpoint_every=every)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        edge_scan(sr, torch.zeros(2, 8, 4, 2, 2, dtype=torch.float64), L, checkpoint_every=every)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        checkpoint_interval(every)
+    assert checkpoint_interval(None) is None and checkpoint_interval(4) == 4
+
+
 @pytest.mark.parametrize("sr", SEMIRINGS[:4], ids=lambda s: s.name)
 def test_checkpoint_interval_does_not_change_results(sr):
     (cum, trans, dur, tau0, end), L = _factored_case(sr, 2, 40, 5, 3, 7, True)

@@ -263,6 +263,13 @@ def test_ring_backward_slot_and_lane_extremes_vs_dense(si, T, K, C, every, ring_
     _check_factored_vs_dense(sr, si, ins, L, every)
 
 
+@pytest.mark.parametrize("every", [0, -2, 1.5])
+def test_kernels_refuse_a_bad_checkpoint_interval(every):
+    ins, L = _factored(sf.LogSemiring, 2, 6, 2, 2, seed=1, neg=False)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        kernels.factored_scan_triton(sf.LogSemiring, *ins[:5], L, checkpoint_every=every)
+
+
 def test_kept_tape_is_linear_one_row_per_position():
     """A kept (store-all) tape has one row per position (R = 0, kernels._tape_rows), not a
     mirrored ring of pow2(T + 2K + 1) rows: issue 11's batched case (B=16, T=1000, K=30, C=39,

@@ -35,7 +35,7 @@ import math
 import torch
 
 from ..semirings import Semiring
-from ..validation import compute_dtype
+from ..validation import checkpoint_interval, compute_dtype
 
 __all__ = ["factored_scan", "edge_scan", "default_checkpoint_every"]
 
@@ -439,7 +439,7 @@ def factored_scan(
         semiring, lengths, K, C, B, tau0.dtype, start_bias is not None, seg_bias is not None,
         [x.shape for x in inputs],
     )
-    every = checkpoint_every or default_checkpoint_every(rec.t_max, K)
+    every = checkpoint_interval(checkpoint_every) or default_checkpoint_every(rec.t_max, K)
     return semiring.settle_impossible(_run(rec, every, inputs, create_graph))
 
 
@@ -458,5 +458,5 @@ def edge_scan(
     P, B, T, K1, C, _ = edges.shape
     K = K1 - 1
     rec = _EdgeRecurrence(semiring, lengths, K, C, B, edges.dtype, [edges.shape])
-    every = checkpoint_every or default_checkpoint_every(rec.t_max, K)
+    every = checkpoint_interval(checkpoint_every) or default_checkpoint_every(rec.t_max, K)
     return semiring.settle_impossible(_run(rec, every, [edges], create_graph))

@@ -20,7 +20,7 @@ from triton.runtime.jit import JITFunction
 
 from ..streaming import default_checkpoint_every
 from .kernels import scan_bwd_kernel, scan_fwd_kernel
-from ...validation import compute_dtype
+from ...validation import checkpoint_interval, compute_dtype
 from .semiring import ENTROPY, KMAX, LOG, MAX
 
 __all__ = ["factored_scan_triton", "edge_scan_triton", "checkpoint_every"]
@@ -29,7 +29,8 @@ __all__ = ["factored_scan_triton", "edge_scan_triton", "checkpoint_every"]
 def checkpoint_every(T: int, K: int, every: int | None = None) -> int:
     """Δ of the kernels: the streaming engine's rule (≈ √(T·K)) or the caller's ``every``,
     raised to at least K (a checkpoint's K ring rows must lie in one block), at most T."""
-    base = default_checkpoint_every(T, K) if every is None else int(every)
+    every = checkpoint_interval(every)
+    base = default_checkpoint_every(T, K) if every is None else every
     return max(1, min(T, max(K, base)))
 
 
