@@ -5,7 +5,8 @@
 #   OUT=out bash benchmarks/gpu_session.sh ring api        # only these steps
 # Steps (each under STEP_LIMIT seconds, default 240):
 #   ring      the register ring on NaN-poisoned memory vs the tape step (decides launch.RING_TAPES)
-#   gpu       every GPU test (pytest -m gpu)
+#   gpu       the GPU test files (pytest -m gpu over tests/ stops at test_oracles.py: torch_struct is not
+#             installed there unless carried as a wheel)
 #   bwd       the backward per register-ring flag set, B=1, K=100, C=8 (latency/run_gpu_bwd.py)
 #   viterbi   Viterbi at T=10^6 split into forward and backtrace (latency/viterbi_split.py)
 #   api       the public API at B=32, T=128, K=8, C=16: eager, CUDA graph, host breakdown; then
@@ -35,7 +36,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >"$OUT/gpu.txt"
 for s in "${steps[@]}"; do
   case $s in
     ring) run_step ring "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py -k poisoned ;;
-    gpu) run_step gpu "$PY" -m pytest -q -p no:cacheprovider -m gpu tests ;;
+    gpu) run_step gpu "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py tests/test_segment_scan_gpu.py tests/test_training_step_gpu.py ;;
     bwd) OUT="$OUT" run_step bwd "$PY" benchmarks/latency/run_gpu_bwd.py ;;
     viterbi) OUT="$OUT" run_step viterbi "$PY" benchmarks/latency/viterbi_split.py ;;
     api) run_step api "$PY" benchmarks/gpu_bench.py --cases api --no-torch-engine --out "$OUT/api"

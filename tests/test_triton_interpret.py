@@ -289,6 +289,20 @@ def test_kept_tape_is_linear_one_row_per_position():
     assert not m.store_all and m.r_tape == 256 and m.rows(m.r_tape) == 512
 
 
+@pytest.mark.parametrize("every", [None, 6, 50])
+def test_one_block_is_always_kept(every, monkeypatch):
+    """A single block (Δ >= T) keeps its tape even over STORE_ALL_BYTES: recomputing it had no
+    checkpoint to start from, and the backward's checkpoint branch failed to compile (GPU)."""
+    from semiring_flash.ops.triton import launch
+
+    monkeypatch.setattr(launch, "STORE_ALL_BYTES", 0)
+    sr = sf.LogSemiring
+    m = launch._meta(sr, 2, 6, 8, 3, torch.float64, torch.device("cpu"), False, True, every)
+    assert m.nblk == 1 and m.store_all and m.r_tape == 0
+    ins, L = _factored(sr, 2, 6, 8, 3, seed=3, neg=True)
+    _check_factored_vs_dense(sr, 0, ins, L, every)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
 def test_ring_backward_default_blocks_vs_dense(si, ring_bwd, monkeypatch):

@@ -61,6 +61,7 @@ RING_FORWARD = "measured"
 #: K=32, C=4 came out bitwise equal (docs/gpu.md). The value-only ring had the same race, hidden
 #: when the allocator handed back the previous call's table. tests/test_triton_gpu.py
 #: (test_register_ring_on_poisoned_memory_matches_the_tape_step) decides; the interpreter tests turn it on.
+#: That test passed on an H100 on 2026-12-07 (22:10 UTC); still off until its forward + backward is timed.
 RING_TAPES = False
 #: The backward's block recompute (checkpointed calls) of factored log/max on the register ring
 #: (kernels.scan_bwd_kernel, RING_RC): the tape rows of a ring forward, bit for bit. Off by
@@ -131,7 +132,11 @@ class _Meta:
         n64 = 1 + 2 * lse  # adjoint and logsumexp sums: float64 tapes
         n_arr = 2 + has_sb + 2 * routes + 2 * lse
         tape_bytes = B * self.rows_all * self.CP * self.SP * (n_arr * (8 if dtype == torch.float64 else 4) + n64 * 8)
-        self.store_all = every is None and tape_bytes <= STORE_ALL_BYTES
+        # one block (Δ >= T: a short sequence, or the caller's interval) is always kept: its
+        # recompute would hold a larger ring (2·pow2(T + 2K + 1) rows) and has no checkpoint to
+        # start from (the backward's checkpoint branch does not compile without one: H100,
+        # 2026-12-07, B=1, T=2, K=2 with STORE_ALL_BYTES = 0)
+        self.store_all = self.delta >= T or (every is None and tape_bytes <= STORE_ALL_BYTES)
         if self.store_all:
             self.delta = T
         self.nblk = -(-T // self.delta)
