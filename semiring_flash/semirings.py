@@ -261,9 +261,13 @@ class Semiring:
         return self.sum(x, -1)
 
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Value × value matrix product: (S, ..., n, k) ⊗ (S, ..., k, m) -> (S, ..., n, m), batch dims broadcast."""
+        """Value × value matrix product: (S, ..., n, k) ⊗ (S, ..., k, m) -> (S, ..., n, m), batch dims broadcast;
+        genbmm banded matrices take the semiring's banded product (subclasses override ``_dense_matmul``)."""
         if _is_banded(a):
             return self._banded_matmul(a, b)
+        return self._dense_matmul(a, b)
+
+    def _dense_matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.sum(self.mul(a.unsqueeze(-1), b.unsqueeze(-3)), -2)
 
     #: the genbmm BandedMatrix product of this semiring (torch-struct's Log, Max and Std have one); None: none
@@ -621,9 +625,7 @@ class _StdSemiring(Semiring):
     def sum(self, x, dim=-1):
         return x.sum(dim)
 
-    def matmul(self, a, b):
-        if _is_banded(a):
-            return self._banded_matmul(a, b)
+    def _dense_matmul(self, a, b):
         return torch.matmul(a, b)
 
     def shift(self, x):  # pragma: no cover - not log-space: the engines refuse it
@@ -772,10 +774,8 @@ class _CheckpointMatmul:
     _min_size: int = 0
     _max_size: int | None = None
 
-    def matmul(self, a, b):
-        base = super().matmul
-        if _is_banded(a):
-            return base(a, b)
+    def _dense_matmul(self, a, b):
+        base = super()._dense_matmul
         a3, b3, batch = _broadcast_rows(a, b)
         n, k, m = a3.shape[1], a3.shape[2], b3.shape[2]
         if a3.shape[0] * n * k * m <= self._min_size:
@@ -823,11 +823,9 @@ class _GenbmmMatmul:
 
     _kernel: str = "logbmm"
 
-    def matmul(self, a, b):
+    def _dense_matmul(self, a, b):
         from . import genbmm  # imported on use: the kernels are optional
 
-        if _is_banded(a):
-            return self._banded_matmul(a, b)
         a3, b3, batch = _broadcast_rows(a, b)
         return getattr(genbmm, self._kernel)(a3.contiguous(), b3.contiguous()).reshape(*batch, a3.shape[1], b3.shape[2])
 
