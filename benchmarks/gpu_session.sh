@@ -14,6 +14,9 @@
 #   mid       B=16, T=1000, K=30, C=39 (issue 11's batched case; since the linear kept tape
 #             its 42 MB tape is kept, the backward does not recompute: is it under 12 ms?)
 #   midrc     the same with STORE_ALL_BYTES = 0 (the recompute path it took before)
+#   huge      B=1, T=10^7, K=100, C=8 forward + backward, default flags (issue 11: <= 20 s)
+#   hugering  the same with every register-ring flag on (RING_TAPES, RING_RECOMPUTE, RING_ADJOINT)
+#   midw4, midw16   the mid case with NUM_WARPS_OVERRIDE = 4 / 16 (the heuristic gives 8 there)
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -45,6 +48,15 @@ for s in "${steps[@]}"; do
     midrc) run_step midrc "$PY" -c "import runpy, sys; from semiring_flash.ops.triton import launch
 launch.STORE_ALL_BYTES = 0
 sys.argv = ['gpu_bench.py', '--cases', 'mid', '--no-torch-engine', '--out', '$OUT/midrc']
+runpy.run_path('benchmarks/gpu_bench.py', run_name='__main__')" ;;
+    huge) run_step huge "$PY" benchmarks/gpu_bench.py --cases huge --no-torch-engine --out "$OUT/huge" ;;
+    hugering) run_step hugering "$PY" -c "import runpy, sys; from semiring_flash.ops.triton import launch
+launch.RING_FORWARD = launch.RING_TAPES = launch.RING_RECOMPUTE = launch.RING_ADJOINT = True
+sys.argv = ['gpu_bench.py', '--cases', 'huge', '--no-torch-engine', '--out', '$OUT/hugering']
+runpy.run_path('benchmarks/gpu_bench.py', run_name='__main__')" ;;
+    midw4|midw16) run_step $s "$PY" -c "import runpy, sys; from semiring_flash.ops.triton import launch
+launch.NUM_WARPS_OVERRIDE = ${s#midw}
+sys.argv = ['gpu_bench.py', '--cases', 'mid', '--no-torch-engine', '--out', '$OUT/$s']
 runpy.run_path('benchmarks/gpu_bench.py', run_name='__main__')" ;;
     *) echo "unknown step $s" >&2 ;;
   esac

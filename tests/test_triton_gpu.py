@@ -343,15 +343,17 @@ def test_direct_launch_equals_generic_launch_bitwise(edges, monkeypatch):
 @pytest.mark.parametrize("sr", [sf.LogSemiring, sf.MaxSemiring], ids=["log", "max"])
 @pytest.mark.parametrize("store", ["value", "tape", "checkpoints"])
 def test_register_ring_on_poisoned_memory_matches_the_tape_step(sr, store, monkeypatch):
-    """The register-ring forward (K=100, C=8) with the caching allocator full of NaN: its value,
-    and (RING_TAPES) the gradients from the tape or checkpoints it stores, equal the tape step's.
+    """The register ring (K=100, C=8; the default there) with the caching allocator full of NaN: its
+    value, and the gradients from the tape or checkpoints its forward stores (RING_TAPES), its
+    recompute (RING_RECOMPUTE) and its adjoint pass (RING_ADJOINT), equal the tape steps'.
     Step 1 once read the rotated duration table before the barrier that completes it: stale
     memory then gave log Z off by O(1) and wrong tape rows, hidden when the allocator handed back
     the previous call's table (benchmarks) and invisible to the sequential interpreter."""
     k = _kernels()
     from semiring_flash.ops.triton import launch
 
-    monkeypatch.setattr(launch, "RING_TAPES", True)
+    for flag in ("RING_TAPES", "RING_RECOMPUTE", "RING_ADJOINT"):
+        monkeypatch.setattr(launch, flag, "measured")  # with RING_FORWARD, below: on / off
     if store == "checkpoints":
         monkeypatch.setattr(launch, "STORE_ALL_BYTES", 0)
     B, T, K, C = 1, 3000, 100, 8
@@ -360,6 +362,8 @@ def test_register_ring_on_poisoned_memory_matches_the_tape_step(sr, store, monke
     out = {}
     for ring in (False, True):
         monkeypatch.setattr(launch, "RING_FORWARD", ring)
+        m = launch._meta(sr, B, T, K, C, torch.float32, torch.device(DEV), False, False, None)
+        assert [m.ring, m.ring_tapes, m.ring_recompute, m.ring_adjoint] == [ring] * 4
         torch.cuda.empty_cache()
         poison = torch.full((64 << 20,), float("nan"), device=DEV)  # 256 MB of NaN, freed into the cache
         del poison

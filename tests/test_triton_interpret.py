@@ -128,18 +128,35 @@ def test_factored_register_ring_fwd_bwd_vs_dense(si, neg, mode, ring):
 
 @pytest.mark.parametrize("K, C, want", [(100, 8, True), (32, 2, True), (31, 8, False), (100, 9, False), (30, 39, False)])
 def test_register_ring_default_regime(K, C, want):
-    """By default the ring runs where it was checked on a GPU (K >= 32, C <= 8), log/max only."""
+    """By default the ring runs where it was checked on a GPU (K >= 32, C <= 8), log/max only: the
+    forward, its tape and checkpoint stores, the backward's recompute and its adjoint pass."""
     from semiring_flash.ops.triton import launch
-    assert launch.RING_FORWARD == "measured" and not launch.RING_TAPES
+    flags = ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE", "RING_ADJOINT")
+    assert all(getattr(launch, f) == "measured" for f in flags)
     m = lambda sr: launch._meta(sr, 1, 50, K, C, torch.float32, torch.device("cpu"), False, False, None)  # noqa: E731
-    assert m(SEMIRINGS[0]).ring is want and m(SEMIRINGS[1]).ring is want
-    assert not m(SEMIRINGS[2]).ring  # entropy steps on the tape
+    for sr in SEMIRINGS[:2]:
+        got = m(sr)
+        assert [got.ring, got.ring_tapes, got.ring_recompute, got.ring_adjoint] == [want] * 4
+    e = m(SEMIRINGS[2])  # entropy steps on the tape
+    assert not (e.ring or e.ring_tapes or e.ring_recompute or e.ring_adjoint)
+
+
+def test_ring_backward_flags_follow_the_ring_forward_by_default(monkeypatch):
+    """With the ring forward off, the "measured" recompute and adjoint go off too (they re-form the
+    ring forward's roundings); set True, each runs on its own."""
+    from semiring_flash.ops.triton import launch
+    m = lambda: launch._meta(SEMIRINGS[0], 1, 50, 100, 8, torch.float32, torch.device("cpu"), False, False, None)  # noqa: E731
+    monkeypatch.setattr(launch, "RING_FORWARD", False)
+    assert not (m().ring_tapes or m().ring_recompute or m().ring_adjoint)
+    monkeypatch.setattr(launch, "RING_ADJOINT", True)
+    assert m().ring_adjoint and not m().ring_recompute
 
 
 @pytest.mark.parametrize("every", [None, 6])
 def test_register_ring_only_for_forwards_that_store_nothing(every, monkeypatch):
-    """Default RING_TAPES: the value-only forward takes the ring, a forward that stores the
-    backward's tape (every=None: all of it) or checkpoints (every=6) takes the tape step."""
+    """Default RING_TAPES outside the measured regime (here K = 3 with RING_FORWARD on): the
+    value-only forward takes the ring, a forward that stores the backward's tape (every=None: all
+    of it) or checkpoints (every=6) takes the tape step."""
     from semiring_flash.ops.triton import launch
     monkeypatch.setattr(launch, "RING_FORWARD", True)
     seen = []
@@ -215,7 +232,7 @@ RING_BWD = {"recompute": ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE"), "adjo
 
 @pytest.fixture(params=["all"])
 def ring_bwd(request, monkeypatch):
-    """The backward's register-ring flags (off by default until run on a GPU): every flag on, or a
+    """The backward's register-ring flags (by default on only at K >= 32, C <= 8): every flag on, or a
     set named by indirect parametrization (``EACH_RING_BWD``: each flag set, in the dense test);
     the adjoint ring folds its duration adjoints every 4 steps (several folds, not aligned with
     the blocks)."""

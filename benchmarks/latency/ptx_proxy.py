@@ -208,16 +208,17 @@ def real_rows(K: int = 100, C: int = 8) -> dict:
 
 def real_bwd_config(K: int, C: int, sr: int = 0, recompute: bool = False, flags=()):
     """The real backward kernel as ``launch._bwd`` launches it for B=1 (factored, no start bias, fp32):
-    semiring id ``sr``, RECOMPUTE, and the launch flags ``flags`` (e.g. "RING_RECOMPUTE") on."""
+    semiring id ``sr``, RECOMPUTE, and the launch flags ``flags`` (e.g. "RING_RECOMPUTE") on, the
+    backward's other ring flags off (whatever the library's default)."""
     import torch
 
     import semiring_flash as sf
     from semiring_flash.ops.triton import kernels, launch
 
-    old = {f: getattr(launch, f) for f in flags}
+    old = {f: getattr(launch, f) for f in _RING}
     try:
-        for f in flags:
-            setattr(launch, f, True)
+        for f in _RING:
+            setattr(launch, f, f in flags)
         m = launch._Meta(sf.MaxSemiring if sr else sf.LogSemiring, 1, 100_000, K, C, torch.float32, "cpu", False, False)
     finally:
         for f, v in old.items():

@@ -54,23 +54,26 @@ STORE_ALL_BYTES = 128 << 20
 #: 1.72 s. "measured": where it was timed and checked on a GPU (K >= 32 and C <= 8, a warp per
 #: label and the slots on lanes); True: every factored log/max forward; False: never.
 RING_FORWARD = "measured"
-#: ... also for forwards that store the backward's tape or checkpoints (FULL / SAVE_CK). Off until a
-#: GPU run after the fix of 2026-12-07: the H100 gradients up to 5e-2 (of the largest) away from the
-#: tape step's came from a race, not from the stores. Step 1 read the rotated duration table before
-#: the barrier that completes it; stale memory then gave wrong rows from row 1 (K=100, C=8), while
-#: K=32, C=4 came out bitwise equal (docs/gpu.md). The value-only ring had the same race, hidden
-#: when the allocator handed back the previous call's table. tests/test_triton_gpu.py
-#: (test_register_ring_on_poisoned_memory_matches_the_tape_step) decides; the interpreter tests turn it on.
-#: That test passed on an H100 on 2026-12-07 (22:10 UTC); still off until its forward + backward is timed.
-RING_TAPES = False
+#: ... also for forwards that store the backward's tape or checkpoints (FULL / SAVE_CK). The
+#: H100 gradients once 5e-2 (of the largest) away from the tape step's came from a race (step 1
+#: read the rotated duration table before the barrier that completes it; fixed 2026-12-07, and
+#: tests/test_triton_gpu.py::test_register_ring_on_poisoned_memory_matches_the_tape_step passed on
+#: an H100). "measured" (as RING_FORWARD: K >= 32, C <= 8), True: wherever the ring forward runs,
+#: False: never. By default RING_RECOMPUTE and RING_ADJOINT go with it: a ring forward's
+#: checkpoints recomputed by the tape step sum windows in another order (6e-5 gradient error at
+#: T=1e5 instead of 1e-6, H100 2026-12-07). Timed together (benchmarks/latency/run_gpu_bwd.py, H100,
+#: 2026-12-07, B=1, T=1e5, K=100, C=8, us/step forward / backward): kept tape 2.02 / 2.97 -> 0.94 /
+#: 1.34; recomputed 1.66 / 4.69 -> 0.82 / 2.37; gradients within 1.1e-6 of float64 either way; and
+#: B=1, T=1e7 forward + backward 67.5 s -> 31.7 s (docs/gpu.md).
+RING_TAPES = "measured"
 #: The backward's block recompute (checkpointed calls) of factored log/max on the register ring
-#: (kernels.scan_bwd_kernel, RING_RC): the tape rows of a ring forward, bit for bit. Off by
-#: default until timed and checked on a GPU (benchmarks/latency/run_gpu_bwd.py).
-RING_RECOMPUTE = False
+#: (kernels.scan_bwd_kernel, RING_RC): the tape rows of a ring forward, bit for bit. True: for
+#: every factored log/max call; False: never; "measured": where RING_TAPES runs.
+RING_RECOMPUTE = "measured"
 #: The backward's adjoint pass of factored log/max on a register ring (kernels.scan_bwd_kernel,
 #: RING_ADJ): the adjoints of the last K rows in registers, no adjoint tape, 3 CTA barriers per
-#: step at K=100, C=8 (sm_90). Off by default until timed and checked on a GPU (run_gpu_bwd.py).
-RING_ADJOINT = False
+#: step at K=100, C=8 (sm_90). True / False / "measured" as RING_RECOMPUTE.
+RING_ADJOINT = "measured"
 #: steps between two folds of RING_ADJ's duration-adjoint scratch into registers (a power of two; one
 #: barrier each; the scratch holds 2·RING_FOLD steps of (CP, KR) float64 per sequence)
 RING_FOLD = 16
@@ -90,11 +93,17 @@ def _num_warps(elems: int) -> int:
     return 8
 
 
-def _ring_regime(K: int, C: int) -> bool:
-    """Whether RING_FORWARD sends this shape's log/max forward to the register ring."""
-    if RING_FORWARD == "measured":
+def _ring_on(flag, K: int, C: int) -> bool:
+    """A register-ring flag's value for a shape: "measured" is the regime timed and checked on a
+    GPU (K >= 32 and C <= 8: a warp per label, the slots on lanes); True / False everywhere."""
+    if flag == "measured":
         return K >= 32 and C <= 8
-    return bool(RING_FORWARD)
+    return bool(flag)
+
+
+def _follows(flag, ring_tapes: bool) -> bool:
+    """RING_RECOMPUTE / RING_ADJOINT for a call: "measured" follows the forward's RING_TAPES."""
+    return ring_tapes if flag == "measured" else bool(flag)
 
 
 def _ring_warps(CP: int, KR: int) -> int:
@@ -145,15 +154,17 @@ class _Meta:
         step = self.KP * self.CP * (self.CP if edges else 1) * self.SP
         self.num_warps = _num_warps(max(step, self.CP * self.CP * self.SP))
         # factored log / max forward: register ring of KR > K slots (kernels.scan_fwd_kernel, RING)
-        self.ring = _ring_regime(K, C) and not edges and self.sr in (LOG.value, MAX.value)
+        ring_ok = not edges and self.sr in (LOG.value, MAX.value)
+        self.ring = ring_ok and _ring_on(RING_FORWARD, K, C)
+        self.ring_tapes = self.ring and _ring_on(RING_TAPES, K, C)
         self.KR = max(2, _pow2(K + 1))
         self.ring_warps = _ring_warps(self.CP, self.KR)
         # the backward's recompute on the same ring (kernels.scan_bwd_kernel, RING_RC), and its
         # adjoint pass (RING_ADJ: no adjoint tape; the transition pull puts labels on the ring's
-        # lanes, so CP <= min(KR, 32)), folding duration adjoints every ``fold`` steps
-        self.ring_recompute = RING_RECOMPUTE and not edges and self.sr in (LOG.value, MAX.value)
-        self.ring_adjoint = (RING_ADJOINT and not edges and self.sr in (LOG.value, MAX.value)
-                             and self.CP <= min(self.KR, 32))
+        # lanes, so CP <= min(KR, 32)), folding duration adjoints every ``fold`` steps. "measured":
+        # with the ring forward's stores (RING_TAPES), whose roundings they re-form
+        self.ring_recompute = ring_ok and _follows(RING_RECOMPUTE, self.ring_tapes)
+        self.ring_adjoint = ring_ok and _follows(RING_ADJOINT, self.ring_tapes) and self.CP <= min(self.KR, 32)
         self.fold = RING_FOLD
         # kernels index within one sequence with int32 (the batch offset is int64)
         per_seq = max((T + 1) * C, T * (K + 1) * C * C if edges else 0, self.rows(self.r_tape) * self.CP * self.SP)
@@ -205,12 +216,12 @@ class _Meta:
 
 @functools.lru_cache(maxsize=512)
 def _cached_meta(*key):
-    return _Meta(*key[:-6])  # the tuning globals end the key
+    return _Meta(*key[:-7])  # the tuning globals end the key
 
 
 def tuning() -> tuple:
     """The tuning globals a cached launch plan depends on (part of every cache key)."""
-    return NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD, RING_RECOMPUTE, RING_ADJOINT, RING_FOLD
+    return NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD, RING_TAPES, RING_RECOMPUTE, RING_ADJOINT, RING_FOLD
 
 
 def _meta(*args) -> _Meta:
@@ -370,7 +381,7 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
     dev = m.device
     full = bool(save_ck and m.store_all)
     checkpoints = save_ck and m.nblk > 1
-    ring = m.ring and (RING_TAPES or not (full or checkpoints))  # see RING_TAPES
+    ring = m.ring_tapes or (m.ring and not (full or checkpoints))  # see RING_TAPES
     if full:
         R = m.r_tape
         tape = _bwd_tape(m, R) if tape is None else tape
