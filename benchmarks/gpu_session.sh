@@ -17,6 +17,7 @@
 #   huge      B=1, T=10^7, K=100, C=8 forward + backward, default flags (issue 11: <= 20 s)
 #   hugering  the same with every register-ring flag on (RING_TAPES, RING_RECOMPUTE, RING_ADJOINT)
 #   midw4, midw16   the mid case with NUM_WARPS_OVERRIDE = 4 / 16 (the heuristic gives 8 there)
+#   fold8, fold32   the ring backward (kept tape) with RING_FOLD = 8 / 32 (default 16)
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -58,6 +59,10 @@ runpy.run_path('benchmarks/gpu_bench.py', run_name='__main__')" ;;
 launch.NUM_WARPS_OVERRIDE = ${s#midw}
 sys.argv = ['gpu_bench.py', '--cases', 'mid', '--no-torch-engine', '--out', '$OUT/$s']
 runpy.run_path('benchmarks/gpu_bench.py', run_name='__main__')" ;;
+    fold8|fold32) OUT="$OUT/$s" run_step $s "$PY" -c "import sys; sys.path.insert(0, '.'); from semiring_flash.ops.triton import launch
+launch.RING_FOLD = ${s#fold}
+from benchmarks.latency import run_gpu_bwd
+run_gpu_bwd.main(['--only', 'all', '--modes', 'stored'])" ;;
     *) echo "unknown step $s" >&2 ;;
   esac
 done
