@@ -269,6 +269,49 @@ def test_ring_backward_vs_dense_and_bitwise_the_stored_tape(si, K, ring_bwd):
         assert torch.equal(x, y)
 
 
+@pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])
+def test_pipelined_backward_equals_the_one_program_backward(si, ring_bwd, monkeypatch):
+    """launch.PIPELINE_BACKWARD: two programs per sequence, one launch per block (the recompute of
+    block j-1 beside the adjoints of block j), gdur and the transition's adjoints carried between
+    launches in float64. Gradients bit for bit those of the one-program ring backward and of the
+    stored tape: lengths of 4 blocks, of less than one block, and of 0 (unchecked lengths), the
+    duration-adjoint folds (every 4 steps) straddling launches; checked against the dense DP."""
+    from semiring_flash.ops.triton import launch
+
+    sr = SEMIRINGS[si]
+    ins, _ = _factored(sr, 3, 15, 3, 3, seed=60 + si, neg=True)
+    L = torch.tensor([15, 3, 0])
+    launched = []
+    real = launch._launch
+    monkeypatch.setattr(launch, "_launch", lambda kernel, m, variant, kw, **o: (
+        launched.append((kw.get("PIPE"), kw.get("I"), o.get("grid"))), real(kernel, m, variant, kw, **o))[1])
+    monkeypatch.setattr(launch, "PIPELINE_BACKWARD", True)
+    piped = _value_grads(sr, ins, L, 4)
+    assert [x for x in launched if x[0] is not None] == [(True, i, 6) for i in range(5)]  # 4 blocks + 1
+    monkeypatch.setattr(launch, "PIPELINE_BACKWARD", False)
+    for x, y, z in zip(piped, _value_grads(sr, ins, L, 4), _value_grads(sr, ins, L, None)):
+        assert torch.equal(x, y) and torch.equal(x, z)
+    assert all(torch.isfinite(g).all() for g in piped[1:])
+    monkeypatch.setattr(launch, "PIPELINE_BACKWARD", True)
+    _check_factored_vs_dense(sr, si, ins, L, 4)
+
+
+def test_pipelined_backward_only_where_it_can_run(monkeypatch):
+    """The pipeline needs the ring recompute and adjoint; "auto" takes it on a GPU whose SMs hold
+    the 2B programs, never on the CPU (the interpreter); its tape ring holds two blocks."""
+    from semiring_flash.ops.triton import launch
+
+    cpu = torch.device("cpu")
+    m = lambda sr=SEMIRINGS[0], every=200: launch._meta(sr, 1, 10_000, 100, 8, torch.float32, cpu, False, False, every)  # noqa: E731
+    assert launch.PIPELINE_BACKWARD == "auto" and not m().pipe and m().r_pipe == m().r_tape
+    monkeypatch.setattr(launch, "PIPELINE_BACKWARD", True)
+    assert m().pipe and (m().r_tape, m().r_pipe) == (512, 1024)  # pow2(Δ + 2K + 1), pow2(2Δ + 2K + 1)
+    assert not m(every=None).pipe  # the whole tape kept: no recompute
+    assert not m(sr=SEMIRINGS[2]).pipe  # entropy: no ring backward
+    monkeypatch.setattr(launch, "RING_ADJOINT", False)
+    assert not m().pipe
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("T, K, C, every", [(12, 40, 2, None), (10, 7, 8, 3)], ids=["KO2", "labels_fill_lanes"])
 @pytest.mark.parametrize("si", [0, 1], ids=["log", "max"])

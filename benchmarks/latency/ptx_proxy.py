@@ -225,7 +225,7 @@ def real_bwd_config(K: int, C: int, sr: int = 0, recompute: bool = False, flags=
             setattr(launch, f, v)
     fn = kernels.scan_bwd_kernel
     ring = m.bwd_ring(recompute) if hasattr(m, "bwd_ring") else {}
-    consts = dict(m.consts(), RECOMPUTE=recompute, KR=m.KR, GM=getattr(m, "fold", None), **ring)
+    consts = dict(m.consts(), RECOMPUTE=recompute, KR=m.KR, GM=getattr(m, "fold", None), PIPE=False, **ring)
     unused = ["edges_ptr", "gedge_ptr", "sb_ptr", "gsb_ptr", "tp_ptr"]
     unused += ["tam_ptr", "taz_ptr", "ttm_ptr", "ttz_ptr"] if sr == 1 else ["tra_ptr", "trt_ptr"]
     unused += [] if recompute else ["ckv_ptr", "ckb_ptr", "ckn_ptr"]

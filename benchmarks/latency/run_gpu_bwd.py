@@ -33,8 +33,9 @@ from benchmarks.latency.run_gpu import C_, K_, make_inputs  # noqa: E402
 
 #: launch flags per set (the rest off); "off" is the reference
 FLAGS = {"off": (), "fwd": ("RING_FORWARD", "RING_TAPES"), "rc": ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE"),
-         "adj": ("RING_ADJOINT",), "all": ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE", "RING_ADJOINT")}
-ALL_FLAGS = ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE", "RING_ADJOINT")
+         "adj": ("RING_ADJOINT",), "all": ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE", "RING_ADJOINT"),
+         "pipe": ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE", "RING_ADJOINT", "PIPELINE_BACKWARD")}
+ALL_FLAGS = ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE", "RING_ADJOINT", "PIPELINE_BACKWARD")
 NAMES = ("cum", "trans", "dur", "tau0", "end")
 
 

@@ -899,7 +899,7 @@ def _ring_adj_load(sv_b, lab3, pos3, amr_dtype: tl.constexpr, CP: tl.constexpr, 
 # --------------------------------------------------------------------------------------
 # backward kernel
 # --------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["T", "R", "DELTA", "NBLK"])
+@triton.jit(do_not_specialize=["T", "R", "DELTA", "NBLK", "I"])
 def scan_bwd_kernel(
     # operands (launch.Operands) and the value's adjoint (S, B), any strides
     cum_ptr, trans_ptr, dur_ptr, tau0_ptr, end_ptr, sb_ptr, edges_ptr, lengths_ptr, gv_ptr,
@@ -911,10 +911,11 @@ def scan_bwd_kernel(
     # the rings' rotated duration tables (B, 2, CP, 2·KR) and RING_ADJ's duration-adjoint scratch
     # (B, 2·GM, CP, KR) float64, written by the kernel (launch._bwd)
     rot_ptr, gsc_ptr,
-    B, T, C, K, R, DELTA, NBLK, GV_S, GV_B,
+    B, T, C, K, R, DELTA, NBLK, I, GV_S, GV_B,
     SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
     SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, RECOMPUTE: tl.constexpr,
     KR: tl.constexpr, USE_RING_RECOMPUTE: tl.constexpr, USE_RING_ADJOINT: tl.constexpr, GM: tl.constexpr,
+    PIPE: tl.constexpr,
 ):
     """Gradients of the scan. RECOMPUTE: rebuild each block's tape rows from its
     checkpoint (O(√(T·K)) memory); else the forward stored every row (one block).
@@ -925,10 +926,32 @@ def scan_bwd_kernel(
     writes are, bit for bit, those of a ring forward that kept the whole tape. RING_ADJ
     (launch.RING_ADJOINT; factored log / max, CP <= min(KR, 32)): the adjoint pass on the
     adjoint ring (module docstring), no adjoint tape. Entropy, kmax and the edge path keep the tape steps
-    (``_fac_fwd_step``, ``_edge_fwd_step``, ``_fac_pull``, ``_edge_pull``)."""
+    (``_fac_fwd_step``, ``_edge_fwd_step``, ``_fac_pull``, ``_edge_pull``).
+
+    PIPE (launch.PIPELINE_BACKWARD; RING_RC and RING_ADJ): two programs per sequence and one
+    launch per block, I = 0..NBLK. In launch I the recompute program (odd id) rebuilds block
+    nb-1-I while the adjoint program (even id) runs the adjoints of block nb-I, which the
+    previous launch recomputed: the recompute no longer adds to the chain of one CTA (the
+    launch boundary orders them). The tape ring holds two blocks (R >= 2Δ + 2K + 1: the two
+    programs' rows never share a slot, except row t0, which the adjoint program loads ahead
+    and does not use); gdur and the transition's adjoints are carried from launch to launch in
+    float64 (gsc_ptr), as the adjoint ring already is between blocks."""
     RING_RC: tl.constexpr = USE_RING_RECOMPUTE and RECOMPUTE and (not EDGES) and (SR == LOG or SR == MAX)
     RING_ADJ: tl.constexpr = USE_RING_ADJOINT and (not EDGES) and (SR == LOG or SR == MAX) and (CP <= KR) and (CP <= 32)
-    b = tl.cast(tl.program_id(0), tl.int64)
+    tl.static_assert((not PIPE) or (RING_RC and RING_ADJ), "PIPE needs the ring recompute and the ring adjoint")
+    pid = tl.program_id(0)
+    if PIPE:
+        b = tl.cast(pid // 2, tl.int64)
+        do_rc = pid % 2 == 1
+        do_adj = pid % 2 == 0
+        first = do_adj & (I == 0)  # the launch that starts the carried state
+        last = do_adj & (I == NBLK)  # the launch that writes the gradients out
+    else:
+        b = tl.cast(pid, tl.int64)
+        do_rc = True
+        do_adj = True
+        first = True
+        last = True
     L = tl.minimum(tl.maximum(tl.load(lengths_ptr + b).to(tl.int32), 0), T)  # unchecked lengths stay in bounds
     rows = _tape_rows(T, K, R)
     tape = b * rows * (CP * SP)
@@ -970,193 +993,213 @@ def scan_bwd_kernel(
         rc3, slot, lab3, pos3, lab2, pos2, tr2 = _ring_setup(L, C, trans_ptr + b * C * C, CP, KR)
         rot_b = rot_ptr + b * 2 * CP * (2 * KR)  # the forward's table, then the adjoints' (read after a barrier)
         if RING_RC:
-            _rotate_durations(dur_ptr + b * K * C, rot_b, C, K, CP, KR, -1)
+            if do_rc:
+                _rotate_durations(dur_ptr + b * K * C, rot_b, C, K, CP, KR, -1)
         if RING_ADJ:
-            _rotate_durations(dur_ptr + b * K * C, rot_b + CP * (2 * KR), C, K, CP, KR, 1)
-            gsc_b = gsc_ptr + b * (2 * GM + 5) * (CP * KR)
+            if do_adj:
+                _rotate_durations(dur_ptr + b * K * C, rot_b + CP * (2 * KR), C, K, CP, KR, 1)
+            gsc_b = gsc_ptr + b * (2 * GM + 5 + 2 * PIPE) * (CP * KR)
             sv_b = gsc_b + 2 * GM * (CP * KR)  # the adjoint ring between blocks
-            _ring_adj_save(sv_b, tl.zeros(slot.shape, dtype=tl.float64) + tl.zeros((CP, 1, 1), dtype=tl.float64),
-                           lab3, pos3, CP, KR)
+            if first:
+                _ring_adj_save(sv_b, tl.zeros(slot.shape, dtype=tl.float64) + tl.zeros((CP, 1, 1), dtype=tl.float64),
+                               lab3, pos3, CP, KR)
             rotb_b = rot_b + CP * (2 * KR)
             # the transition tile (c', 1, c = lane) and its adjoint
             LANES: tl.constexpr = 32 if KR > 32 else KR
             col3 = tl.arange(0, LANES)[None, None, :]
             trs = tl.load(trans_ptr + b * C * C + rc3 * C + col3, mask=(rc3 < C) & (col3 < C), other=float("-inf"))
             gtrs = tl.zeros(trs.shape, dtype=tl.float64)
+            if PIPE:  # the sums of the launches before (PIPE), after the adjoint ring's rows
+                carry_b = sv_b + 5 * (CP * KR)
+                gtrs = tl.load(carry_b + CP * KR + rc3 * LANES + col3, mask=do_adj & (I > 0) & (rc3 < CP), other=0.0)
         tl.debug_barrier()  # the tables
     # adjoints are float64 (semiring.vjp); so are these sums over up to 10^6 positions
     gdur = tl.zeros((KP, CP), dtype=tl.float64)
     gtr = tl.zeros((CP, CP), dtype=tl.float64)
+    k2 = tl.arange(0, KP)[:, None]
+    cc2 = tl.arange(0, CP)[None, :]
+    if PIPE:
+        gdur = tl.load(carry_b + k2 * CP + cc2, mask=do_adj & (I > 0) & (k2 < KP), other=0.0)
 
     nb = (L + DELTA - 1) // DELTA
-    for jj in range(0, nb):
+    jj_lo = 0
+    jj_hi = nb
+    if PIPE:  # this program's block of launch I (none: an empty range)
+        jj_hi = tl.minimum(I + (pid % 2), nb)
+        jj_lo = tl.minimum(tl.maximum(I + (pid % 2) - 1, 0), jj_hi)
+    for jj in range(jj_lo, jj_hi):
         j = nb - 1 - jj
         t0 = j * DELTA
         t1 = tl.minimum(t0 + DELTA, L)
         if RECOMPUTE:
-            # ---- prologue: ring rows t0-K+1..t0 from the checkpoint (or position 0) ----
-            if j == 0:
-                v0 = _row0(tau0_ptr, sb_b, tv_ptr, b, B, C, S, CP, SP, SR, EDGES, HAS_SB)
-                zero64 = tl.zeros((), dtype=tl.float64)
-                _store_row2(tv_b, 0, R, v0, CP, SP)
-                _store_base2(tb_b, 0, R, zero64, zero64)
-                sh0, sh1 = shift(v0, SR)
-                base0 = sh0.to(tl.float64)
-                base1 = sh1.to(tl.float64)
+            if do_rc:  # (PIPE: the recompute program)
+                # ---- prologue: ring rows t0-K+1..t0 from the checkpoint (or position 0) ----
+                if j == 0:
+                    v0 = _row0(tau0_ptr, sb_b, tv_ptr, b, B, C, S, CP, SP, SR, EDGES, HAS_SB)
+                    zero64 = tl.zeros((), dtype=tl.float64)
+                    _store_row2(tv_b, 0, R, v0, CP, SP)
+                    _store_base2(tb_b, 0, R, zero64, zero64)
+                    sh0, sh1 = shift(v0, SR)
+                    base0 = sh0.to(tl.float64)
+                    base1 = sh1.to(tl.float64)
+                    if RING_RC:
+                        ring, bring, cring, rbase = _ring_start(v0, base0, cum_b, C, rc3, slot, CP)
+                elif RING_RC:  # the adjoints read no row <= t0 of this block: the ring alone
+                    ring, bring, cring, rbase = _ring_from_checkpoint(ckv_b, ckb_b, ckn_ptr + b * NBLK * 2, cum_b, C, K,
+                                                                      t0, j, rc3, slot, CP, KP, KR)
+                else:
+                    okr = n3 < K
+                    cks = (t0 - K + 1 + n3) & (R - 1)
+                    ck = tl.cast((j * KP + n3), tl.int64)
+                    vals = tl.load(ckv_b + ck * (CP * SP) + c3 * SP + s3, mask=okr, other=0.0)
+                    tl.store(tv_b + cks * (CP * SP) + c3 * SP + s3, vals, mask=okr)
+                    tl.store(tv_b + (cks + R) * (CP * SP) + c3 * SP + s3, vals, mask=okr)
+                    cb0 = tl.load(ckb_b + ck * 2, mask=okr, other=0.0)
+                    cb1 = tl.load(ckb_b + ck * 2 + 1, mask=okr, other=0.0)
+                    tl.store(tb_b + cks * 2, cb0, mask=okr)
+                    tl.store(tb_b + cks * 2 + 1, cb1, mask=okr)
+                    tl.store(tb_b + (cks + R) * 2, cb0, mask=okr)
+                    tl.store(tb_b + (cks + R) * 2 + 1, cb1, mask=okr)
+                    base0 = tl.load(ckn_ptr + (b * NBLK + j) * 2)
+                    base1 = tl.load(ckn_ptr + (b * NBLK + j) * 2 + 1)
+                tl.debug_barrier()
+                # ---- recompute the block's rows ----
                 if RING_RC:
-                    ring, bring, cring, rbase = _ring_start(v0, base0, cum_b, C, rc3, slot, CP)
-            elif RING_RC:  # the adjoints read no row <= t0 of this block: the ring alone
-                ring, bring, cring, rbase = _ring_from_checkpoint(ckv_b, ckb_b, ckn_ptr + b * NBLK * 2, cum_b, C, K,
-                                                                  t0, j, rc3, slot, CP, KP, KR)
-            else:
-                okr = n3 < K
-                cks = (t0 - K + 1 + n3) & (R - 1)
-                ck = tl.cast((j * KP + n3), tl.int64)
-                vals = tl.load(ckv_b + ck * (CP * SP) + c3 * SP + s3, mask=okr, other=0.0)
-                tl.store(tv_b + cks * (CP * SP) + c3 * SP + s3, vals, mask=okr)
-                tl.store(tv_b + (cks + R) * (CP * SP) + c3 * SP + s3, vals, mask=okr)
-                cb0 = tl.load(ckb_b + ck * 2, mask=okr, other=0.0)
-                cb1 = tl.load(ckb_b + ck * 2 + 1, mask=okr, other=0.0)
-                tl.store(tb_b + cks * 2, cb0, mask=okr)
-                tl.store(tb_b + cks * 2 + 1, cb1, mask=okr)
-                tl.store(tb_b + (cks + R) * 2, cb0, mask=okr)
-                tl.store(tb_b + (cks + R) * 2 + 1, cb1, mask=okr)
-                base0 = tl.load(ckn_ptr + (b * NBLK + j) * 2)
-                base1 = tl.load(ckn_ptr + (b * NBLK + j) * 2 + 1)
-            tl.debug_barrier()
-            # ---- recompute the block's rows ----
-            if RING_RC:
-                cum_t, dw, sbt = _ring_terms(t0 + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
-            for t in range(t0 + 1, t1 + 1):
-                if EDGES:
-                    base0, base1, v, ra, rt = _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
-                                                             SR, KK, S, CP, KP, SP, True)
-                elif RING_RC:
-                    cum_n, dw_n, sb_n = _ring_terms(t + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
-                    ring, bring, cring, rbase, alpha, v, ra, rt = _fac_ring_step(
-                        t, R, ring, bring, cring, rbase, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
-                        tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b, SR, CP, SP, KR, HAS_SB, True)
-                    cum_t, dw, sbt = cum_n, dw_n, sb_n
-                else:
-                    base0, base1, v, ra, rt = _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
-                                                    tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
-                                                    SR, KK, S, CP, KP, SP, HAS_SB, True)
-                if not RING_RC:
-                    tl.debug_barrier()  # the next step reads the row this one wrote
-            if RING_RC:
-                tl.debug_barrier()  # the adjoints read the rows the ring stored
-        # ---- adjoints, positions t1 down to t0+1 (and 0 in the first block) ----
-        hi = t1
-        if RING_ADJ:
-            asc, aok, amr, rar, bqr, cqr = _ring_adj_load(sv_b, lab3, pos3, amr_dtype, CP, KR)
-        if t1 == L:
-            a_alpha = _final_pull(L, GV_S, C, R, gv_ptr + b * GV_B, end_b, gend_b, tv_b, to_b,
-                                  SR, KK, S, CP, SP, EDGES)
+                    cum_t, dw, sbt = _ring_terms(t0 + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
+                for t in range(t0 + 1, t1 + 1):
+                    if EDGES:
+                        base0, base1, v, ra, rt = _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
+                                                                 SR, KK, S, CP, KP, SP, True)
+                    elif RING_RC:
+                        cum_n, dw_n, sb_n = _ring_terms(t + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
+                        ring, bring, cring, rbase, alpha, v, ra, rt = _fac_ring_step(
+                            t, R, ring, bring, cring, rbase, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
+                            tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b, SR, CP, SP, KR, HAS_SB, True)
+                        cum_t, dw, sbt = cum_n, dw_n, sb_n
+                    else:
+                        base0, base1, v, ra, rt = _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
+                                                        tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                                                        SR, KK, S, CP, KP, SP, HAS_SB, True)
+                    if not RING_RC:
+                        tl.debug_barrier()  # the next step reads the row this one wrote
+                if RING_RC:
+                    tl.debug_barrier()  # the adjoints read the rows the ring stored
+        if do_adj:  # (PIPE: the adjoint program)
+            # ---- adjoints, positions t1 down to t0+1 (and 0 in the first block) ----
+            hi = t1
             if RING_ADJ:
-                tau, bp, cum_p, dw, alpha, ar, aq, tr, tq = _pull_terms(
-                    L, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
-                    slot, rc3, col3, SR, CP, KR, HAS_SB)
-                asc, aok, amr, rar, bqr, cqr = _ring_adj_insert(L, a_alpha[:, :, None], ar, aq, bp, cum_p,
-                                                                asc, aok, amr, rar, bqr, cqr, slot, SR, KR)
-            else:
-                _store_row2(ta_b, L & (R - 1), R, a_alpha, CP, SP)
-            if not EDGES:
-                pa = potgrad(a_alpha, s2, SR, 1)
-                tl.store(gcum_b + L * C + c1, pa, mask=c1 < C)
-            hi = L - 1
-            if not RING_ADJ:
-                tl.debug_barrier()
-        lo = t0 + 1
-        if EDGES:
-            if j == 0:
-                lo = lo - lo
-        if RING_ADJ:
-            # positions hi..lo on the adjoint ring: the chain per step is the K-reduction, the
-            # C x C transition pull and the ring insert; tape rows are loaded a step ahead, and
-            # the next step's weights are formed while this step's chain waits
-            tau, bp, cum_p, dw, alpha, ar, aq, tr, tq = _pull_terms(
-                hi, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
-                slot, rc3, col3, SR, CP, KR, HAS_SB)
-            w, wt = _ring_adj_weights(hi, L, K, tau, bp, cum_p, dw, alpha, tr, tq, aok, amr, rar, bqr, cqr, trs, C,
-                                      slot, rc3, col3, SR, KR)
-            for i in range(0, hi - lo + 1):
-                p = hi - i
-                # row p - 1 (at the block's first position, a row the next block recomputes first: unused)
-                tau_n, bp_n, cum_n, dw_n, alpha_n, ar_n, aq_n, tr_n, tq_n = _pull_terms(
-                    p - 1, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
-                    slot, rc3, col3, SR, CP, KR, HAS_SB)
-                a_tau, ct = _ring_adj_tau(w, asc)
-                a_alpha, gt = _ring_adj_tpull(a_tau, wt, tq, rc3, col3, SR)
-                asc, aok, amr, rar, bqr, cqr = _ring_adj_insert(p, a_alpha, ar, aq, bp, cum_p,
-                                                                asc, aok, amr, rar, bqr, cqr, slot, SR, KR)
-                w, wt = _ring_adj_weights(p - 1, L, K, tau_n, bp_n, cum_n, dw_n, alpha_n, tr_n, tq_n, aok, amr, rar,
-                                          bqr, cqr, trs, C, slot, rc3, col3, SR, KR)
-                gtrs += gt
-                _put(gcum_b + p * C, a_alpha - a_tau, lab3, pos3, C)
-                if HAS_SB:
-                    _put(gsb_b + p * C, a_tau.to(dur3.dtype), lab3, pos3, C)
-                gdur = _ring_adj_fold(p, L, K, ct, gsc_b, gdur, lab3, pos3, CP, KP, KR, GM)
-                tau, bp, cum_p, tq = tau_n, bp_n, cum_n, tq_n
-                ar, aq = ar_n, aq_n
-            if j == 0:  # position 0 (weights and terms: row lo - 1 = 0): τ(0) has no transition
-                a_tau, ct = _ring_adj_tau(w, asc)
-                gdur = _ring_adj_fold(0, L, K, ct, gsc_b, gdur, lab3, pos3, CP, KP, KR, GM)
-                _put(gcum_b, -a_tau, lab3, pos3, C)
-                if HAS_SB:
-                    _put(gsb_b, a_tau.to(dur3.dtype), lab3, pos3, C)
-                _put(gtau0_ptr + b * C, a_tau.to(dur3.dtype), lab3, pos3, C)
-            _ring_adj_save(sv_b, asc, lab3, pos3, CP, KR, aok, amr, rar, bqr, cqr, SR)
-        else:
-            for i in range(0, hi - lo + 1):
-                p = hi - i
-                if EDGES:
-                    a_alpha = _edge_pull(p, L, C, K, R, edge_b, gedge_b, tv_b, tra_b, ta_b, tb_b, tam_b, taz_b,
-                                         SR, KK, S, CP, KP, SP)
+                asc, aok, amr, rar, bqr, cqr = _ring_adj_load(sv_b, lab3, pos3, amr_dtype, CP, KR)
+            if t1 == L:
+                a_alpha = _final_pull(L, GV_S, C, R, gv_ptr + b * GV_B, end_b, gend_b, tv_b, to_b,
+                                      SR, KK, S, CP, SP, EDGES)
+                if RING_ADJ:
+                    tau, bp, cum_p, dw, alpha, ar, aq, tr, tq = _pull_terms(
+                        L, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                        slot, rc3, col3, SR, CP, KR, HAS_SB)
+                    asc, aok, amr, rar, bqr, cqr = _ring_adj_insert(L, a_alpha[:, :, None], ar, aq, bp, cum_p,
+                                                                    asc, aok, amr, rar, bqr, cqr, slot, SR, KR)
                 else:
-                    a_tau, gd = _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
-                                          SR, KK, S, CP, KP, SP)
-                    a_alpha, gt = _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
-                                             SR, KK, S, CP, SP, HAS_SB)
-                    gdur += gd
-                    gtr += gt
+                    _store_row2(ta_b, L & (R - 1), R, a_alpha, CP, SP)
+                if not EDGES:
                     pa = potgrad(a_alpha, s2, SR, 1)
-                    pt = potgrad(a_tau, s2, SR, 1)
-                    pp = p
-                    tl.store(gcum_b + pp * C + c1, pa - pt, mask=c1 < C)
+                    tl.store(gcum_b + L * C + c1, pa, mask=c1 < C)
+                hi = L - 1
+                if not RING_ADJ:
+                    tl.debug_barrier()
+            lo = t0 + 1
+            if EDGES:
+                if j == 0:
+                    lo = lo - lo
+            if RING_ADJ:
+                # positions hi..lo on the adjoint ring: the chain per step is the K-reduction, the
+                # C x C transition pull and the ring insert; tape rows are loaded a step ahead, and
+                # the next step's weights are formed while this step's chain waits
+                tau, bp, cum_p, dw, alpha, ar, aq, tr, tq = _pull_terms(
+                    hi, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                    slot, rc3, col3, SR, CP, KR, HAS_SB)
+                w, wt = _ring_adj_weights(hi, L, K, tau, bp, cum_p, dw, alpha, tr, tq, aok, amr, rar, bqr, cqr, trs, C,
+                                          slot, rc3, col3, SR, KR)
+                for i in range(0, hi - lo + 1):
+                    p = hi - i
+                    # row p - 1 (at the block's first position, a row the next block recomputes first: unused)
+                    tau_n, bp_n, cum_n, dw_n, alpha_n, ar_n, aq_n, tr_n, tq_n = _pull_terms(
+                        p - 1, C, R, cum_b, rotb_b, tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                        slot, rc3, col3, SR, CP, KR, HAS_SB)
+                    a_tau, ct = _ring_adj_tau(w, asc)
+                    a_alpha, gt = _ring_adj_tpull(a_tau, wt, tq, rc3, col3, SR)
+                    asc, aok, amr, rar, bqr, cqr = _ring_adj_insert(p, a_alpha, ar, aq, bp, cum_p,
+                                                                    asc, aok, amr, rar, bqr, cqr, slot, SR, KR)
+                    w, wt = _ring_adj_weights(p - 1, L, K, tau_n, bp_n, cum_n, dw_n, alpha_n, tr_n, tq_n, aok, amr, rar,
+                                              bqr, cqr, trs, C, slot, rc3, col3, SR, KR)
+                    gtrs += gt
+                    _put(gcum_b + p * C, a_alpha - a_tau, lab3, pos3, C)
                     if HAS_SB:
-                        tl.store(gsb_b + pp * C + c1, pt.to(dur3.dtype), mask=c1 < C)
-                _store_row2(ta_b, p & (R - 1), R, a_alpha, CP, SP)
-                tl.debug_barrier()
-        if not (EDGES or RING_ADJ):
-            if j == 0:
-                a_tau, gd = _fac_pull(0, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
-                                      SR, KK, S, CP, KP, SP)
-                gdur += gd
-                pt = potgrad(a_tau, s2, SR, 1)
-                tl.store(gcum_b + c1, -pt, mask=c1 < C)
-                if HAS_SB:
-                    tl.store(gsb_b + c1, pt.to(dur3.dtype), mask=c1 < C)
-                tl.store(gtau0_ptr + s2 * (B * C) + b * C + c2, a_tau.to(dur3.dtype), mask=(c2 < C) & (s2 < S))
+                        _put(gsb_b + p * C, a_tau.to(dur3.dtype), lab3, pos3, C)
+                    gdur = _ring_adj_fold(p, L, K, ct, gsc_b, gdur, lab3, pos3, CP, KP, KR, GM)
+                    tau, bp, cum_p, tq = tau_n, bp_n, cum_n, tq_n
+                    ar, aq = ar_n, aq_n
+                if j == 0:  # position 0 (weights and terms: row lo - 1 = 0): τ(0) has no transition
+                    a_tau, ct = _ring_adj_tau(w, asc)
+                    gdur = _ring_adj_fold(0, L, K, ct, gsc_b, gdur, lab3, pos3, CP, KP, KR, GM)
+                    _put(gcum_b, -a_tau, lab3, pos3, C)
+                    if HAS_SB:
+                        _put(gsb_b, a_tau.to(dur3.dtype), lab3, pos3, C)
+                    _put(gtau0_ptr + b * C, a_tau.to(dur3.dtype), lab3, pos3, C)
+                _ring_adj_save(sv_b, asc, lab3, pos3, CP, KR, aok, amr, rar, bqr, cqr, SR)
+            else:
+                for i in range(0, hi - lo + 1):
+                    p = hi - i
+                    if EDGES:
+                        a_alpha = _edge_pull(p, L, C, K, R, edge_b, gedge_b, tv_b, tra_b, ta_b, tb_b, tam_b, taz_b,
+                                             SR, KK, S, CP, KP, SP)
+                    else:
+                        a_tau, gd = _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
+                                              SR, KK, S, CP, KP, SP)
+                        a_alpha, gt = _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
+                                                 SR, KK, S, CP, SP, HAS_SB)
+                        gdur += gd
+                        gtr += gt
+                        pa = potgrad(a_alpha, s2, SR, 1)
+                        pt = potgrad(a_tau, s2, SR, 1)
+                        pp = p
+                        tl.store(gcum_b + pp * C + c1, pa - pt, mask=c1 < C)
+                        if HAS_SB:
+                            tl.store(gsb_b + pp * C + c1, pt.to(dur3.dtype), mask=c1 < C)
+                    _store_row2(ta_b, p & (R - 1), R, a_alpha, CP, SP)
+                    tl.debug_barrier()
+            if not (EDGES or RING_ADJ):
+                if j == 0:
+                    a_tau, gd = _fac_pull(0, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
+                                          SR, KK, S, CP, KP, SP)
+                    gdur += gd
+                    pt = potgrad(a_tau, s2, SR, 1)
+                    tl.store(gcum_b + c1, -pt, mask=c1 < C)
+                    if HAS_SB:
+                        tl.store(gsb_b + c1, pt.to(dur3.dtype), mask=c1 < C)
+                    tl.store(gtau0_ptr + s2 * (B * C) + b * C + c2, a_tau.to(dur3.dtype), mask=(c2 < C) & (s2 < S))
+    if PIPE:  # carried to the next launch (the last one writes them out below)
+        if do_adj:
+            tl.store(carry_b + k2 * CP + cc2, gdur)
+            tl.store(carry_b + CP * KR + rc3 * LANES + col3, gtrs, mask=rc3 < CP)
     if not EDGES:
-        if L == 0:  # unchecked lengths only: no block ran, so none wrote these adjoints (all zero)
-            tl.store(gcum_b + c1, tl.zeros((CP,), dtype=tl.float64), mask=c1 < C)
-            tl.store(gend_b + c1, tl.zeros((CP,), dtype=dur3.dtype), mask=c1 < C)
-            tl.store(gtau0_ptr + s2 * (B * C) + b * C + c2, tl.zeros((CP, SP), dtype=dur3.dtype), mask=(c2 < C) & (s2 < S))
-        # rows past the sequence's end: zero (the buffers come uninitialised)
-        for r in range(L + 1, T + 1):
-            tl.store(gcum_b + r * C + c1, tl.zeros((CP,), dtype=tl.float64), mask=c1 < C)
+        if last:
+            if L == 0:  # unchecked lengths only: no block ran, so none wrote these adjoints (all zero)
+                tl.store(gcum_b + c1, tl.zeros((CP,), dtype=tl.float64), mask=c1 < C)
+                tl.store(gend_b + c1, tl.zeros((CP,), dtype=dur3.dtype), mask=c1 < C)
+                tl.store(gtau0_ptr + s2 * (B * C) + b * C + c2, tl.zeros((CP, SP), dtype=dur3.dtype), mask=(c2 < C) & (s2 < S))
+            # rows past the sequence's end: zero (the buffers come uninitialised)
+            for r in range(L + 1, T + 1):
+                tl.store(gcum_b + r * C + c1, tl.zeros((CP,), dtype=tl.float64), mask=c1 < C)
+                if HAS_SB:
+                    if r < T:
+                        tl.store(gsb_b + r * C + c1, tl.zeros((CP,), dtype=dur3.dtype), mask=c1 < C)
             if HAS_SB:
-                if r < T:
-                    tl.store(gsb_b + r * C + c1, tl.zeros((CP,), dtype=dur3.dtype), mask=c1 < C)
-        if HAS_SB:
-            tl.store(gsb_b + L * C + c1, tl.zeros((CP,), dtype=dur3.dtype), mask=(c1 < C) & (L < T))
-        k2 = tl.arange(0, KP)[:, None]
-        cc2 = tl.arange(0, CP)[None, :]
-        tl.store(gdur_ptr + b * K * C + k2 * C + cc2, gdur.to(dur3.dtype), mask=(k2 < K) & (cc2 < C))
-        if RING_ADJ:
-            tl.store(gtr_ptr + b * C * C + rc3 * C + col3, gtrs.to(dur3.dtype), mask=(rc3 < C) & (col3 < C))
-        else:  # gtr[c, c'] is the adjoint of transition[c', c]
-            tl.store(gtr_ptr + b * C * C + cc2 * C + c2, gtr.to(dur3.dtype), mask=(c2 < C) & (cc2 < C))
+                tl.store(gsb_b + L * C + c1, tl.zeros((CP,), dtype=dur3.dtype), mask=(c1 < C) & (L < T))
+            tl.store(gdur_ptr + b * K * C + k2 * C + cc2, gdur.to(dur3.dtype), mask=(k2 < K) & (cc2 < C))
+            if RING_ADJ:
+                tl.store(gtr_ptr + b * C * C + rc3 * C + col3, gtrs.to(dur3.dtype), mask=(rc3 < C) & (col3 < C))
+            else:  # gtr[c, c'] is the adjoint of transition[c', c]
+                tl.store(gtr_ptr + b * C * C + cc2 * C + c2, gtr.to(dur3.dtype), mask=(c2 < C) & (cc2 < C))
 
 
 # --------------------------------------------------------------------------------------

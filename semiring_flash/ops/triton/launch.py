@@ -74,6 +74,13 @@ RING_RECOMPUTE = "measured"
 #: RING_ADJ): the adjoints of the last K rows in registers, no adjoint tape, 3 CTA barriers per
 #: step at K=100, C=8 (sm_90). True / False / "measured" as RING_RECOMPUTE.
 RING_ADJOINT = "measured"
+#: The checkpointed backward of the ring (RING_RECOMPUTE and RING_ADJOINT both on) as a pipeline
+#: (kernels.scan_bwd_kernel, PIPE): two programs per sequence and one launch per block, the
+#: recompute of block j-1 beside the adjoints of block j, so that a long sequence's backward costs
+#: about its adjoint pass instead of recompute + adjoints in one CTA; the tape ring holds two blocks
+#: (2x its memory). "auto": when the 2B programs fit the GPU's SMs (B=1 long sequences; a full GPU
+#: gains nothing); True: always (the interpreter tests); False: never.
+PIPELINE_BACKWARD = "auto"
 #: steps between two folds of RING_ADJ's duration-adjoint scratch into registers (a power of two; one
 #: barrier each; the scratch holds 2·RING_FOLD steps of (CP, KR) float64 per sequence)
 RING_FOLD = 16
@@ -104,6 +111,14 @@ def _ring_on(flag, K: int, C: int) -> bool:
 def _follows(flag, ring_tapes: bool) -> bool:
     """RING_RECOMPUTE / RING_ADJOINT for a call: "measured" follows the forward's RING_TAPES."""
     return ring_tapes if flag == "measured" else bool(flag)
+
+
+def _pipeline_on(flag, B: int, device) -> bool:
+    """PIPELINE_BACKWARD for a batch of B: "auto" when its 2B programs fit the GPU's SMs."""
+    if flag != "auto":
+        return bool(flag)
+    device = torch.device(device)
+    return device.type == "cuda" and 2 * B <= torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _ring_warps(CP: int, KR: int) -> int:
@@ -166,8 +181,13 @@ class _Meta:
         self.ring_recompute = ring_ok and _follows(RING_RECOMPUTE, self.ring_tapes)
         self.ring_adjoint = ring_ok and _follows(RING_ADJOINT, self.ring_tapes) and self.CP <= min(self.KR, 32)
         self.fold = RING_FOLD
+        # the checkpointed backward as a pipeline of block launches (PIPELINE_BACKWARD): its tape
+        # ring holds two blocks
+        self.pipe = (not self.store_all and self.ring_recompute and self.ring_adjoint
+                     and _pipeline_on(PIPELINE_BACKWARD, B, device))
+        self.r_pipe = _pow2(2 * self.delta + 2 * K + 1) if self.pipe else self.r_tape
         # kernels index within one sequence with int32 (the batch offset is int64)
-        per_seq = max((T + 1) * C, T * (K + 1) * C * C if edges else 0, self.rows(self.r_tape) * self.CP * self.SP)
+        per_seq = max((T + 1) * C, T * (K + 1) * C * C if edges else 0, self.rows(self.r_pipe) * self.CP * self.SP)
         if per_seq >= 2**31:
             raise NotImplementedError(f"one sequence needs {per_seq} elements; the kernels index one sequence with int32")
         self.compiled = {}  # launch key -> compiled kernel (see _launch)
@@ -216,12 +236,13 @@ class _Meta:
 
 @functools.lru_cache(maxsize=512)
 def _cached_meta(*key):
-    return _Meta(*key[:-7])  # the tuning globals end the key
+    return _Meta(*key[:-8])  # the tuning globals end the key
 
 
 def tuning() -> tuple:
     """The tuning globals a cached launch plan depends on (part of every cache key)."""
-    return NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD, RING_TAPES, RING_RECOMPUTE, RING_ADJOINT, RING_FOLD
+    return (NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD, RING_TAPES, RING_RECOMPUTE, RING_ADJOINT, RING_FOLD,
+            PIPELINE_BACKWARD)
 
 
 def _meta(*args) -> _Meta:
@@ -411,7 +432,8 @@ def _bwd(m: _Meta, grad_value, ops: Operands, saved, grads: Optional[Grads] = No
     """Launch the backward scan; returns its Grads (``grads``: the caller's buffers for them)."""
     ck, tape = saved
     recompute = tape is None
-    R = m.r_tape
+    pipe = recompute and m.pipe
+    R = m.r_pipe if pipe else m.r_tape
     if recompute:
         tape = _bwd_tape(m, R)
     # (S, B), any strides (the kernel takes them): the expanded ones of v.sum() need no copy
@@ -427,14 +449,20 @@ def _bwd(m: _Meta, grad_value, ops: Operands, saved, grads: Optional[Grads] = No
                       gsb=gsb[0] if gsb else None)
     ring = m.bwd_ring(recompute)
     rot = torch.empty(m.B, 2, m.CP, 2 * m.KR, dtype=m.dtype, device=m.device) if any(ring.values()) else None
-    gsc = torch.empty(m.B, 2 * m.fold + 5, m.CP, m.KR, dtype=torch.float64, device=m.device) if m.ring_adjoint else None
+    # RING_ADJ's scratch: 2·fold steps of duration adjoints, the adjoint ring (5 rows), and with
+    # the pipeline the sums carried between launches (2 rows)
+    gsc = (torch.empty(m.B, 2 * m.fold + 5 + 2 * pipe, m.CP, m.KR, dtype=torch.float64, device=m.device)
+           if m.ring_adjoint else None)
     gv_s, gv_b = gv.stride()
-    _launch(scan_bwd_kernel, m, (recompute, *_aligned(*ops, gv), gv_s, gv_b), dict(
-        **_pointers(ops, tape, ck, grads), gv_ptr=gv, rot_ptr=rot, gsc_ptr=gsc,
-        **m.scalars(R), GV_S=gv_s, GV_B=gv_b, RECOMPUTE=recompute,
-        # KR, GM: constants where no ring runs (one compilation still serves every K of a KP)
-        KR=m.KR if any(ring.values()) else 2, GM=m.fold if m.ring_adjoint else 1, **ring),
-        num_warps=m.bwd_warps(recompute))
+    kw = dict(**_pointers(ops, tape, ck, grads), gv_ptr=gv, rot_ptr=rot, gsc_ptr=gsc,
+              **m.scalars(R), I=0, GV_S=gv_s, GV_B=gv_b, RECOMPUTE=recompute,
+              # KR, GM: constants where no ring runs (one compilation still serves every K of a KP)
+              KR=m.KR if any(ring.values()) else 2, GM=m.fold if m.ring_adjoint else 1, PIPE=pipe, **ring)
+    variant = (recompute, pipe, *_aligned(*ops, gv), gv_s, gv_b)
+    # PIPE: launch I recomputes block nb-1-I and runs the adjoints of block nb-I (per sequence)
+    for i in range(m.nblk + 1 if pipe else 1):
+        kw["I"] = i
+        _launch(scan_bwd_kernel, m, variant, kw, num_warps=m.bwd_warps(recompute), grid=2 * m.B if pipe else 0)
     return grads
 
 
