@@ -4,10 +4,12 @@
 #   OUT=out bash benchmarks/gpu_session.sh                 # every step
 #   OUT=out bash benchmarks/gpu_session.sh ring api        # only these steps
 # Steps (each under STEP_LIMIT seconds, default 240):
-#   ring      the register ring on NaN-poisoned memory vs the tape step (decides launch.RING_TAPES)
+#   ring      the register ring on NaN-poisoned memory vs the tape step (decides launch.RING_TAPES), and
+#             the pipelined backward vs the one-program one (launch.PIPELINE_BACKWARD)
 #   gpu       the GPU test files (pytest -m gpu over tests/ stops at test_oracles.py: torch_struct is not
 #             installed there unless carried as a wheel)
-#   bwd       the backward per register-ring flag set, B=1, K=100, C=8 (latency/run_gpu_bwd.py)
+#   bwd       the backward per register-ring flag set, B=1, K=100, C=8 (latency/run_gpu_bwd.py; its
+#             arguments from BWD_ARGS, e.g. "--only all pipe --modes recompute")
 #   viterbi   Viterbi at T=10^6 split into forward and backtrace (latency/viterbi_split.py)
 #   api       the public API at B=32, T=128, K=8, C=16: eager, CUDA graph, host breakdown; then
 #             host_floor.py (one torch op, allocation, launch, autograd round trip on this host)
@@ -39,9 +41,9 @@ run_step() {
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >"$OUT/gpu.txt" 2>&1
 for s in "${steps[@]}"; do
   case $s in
-    ring) run_step ring "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py -k poisoned ;;
+    ring) run_step ring "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py -k "poisoned or pipelined" ;;
     gpu) run_step gpu "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py tests/test_segment_scan_gpu.py tests/test_training_step_gpu.py ;;
-    bwd) OUT="$OUT" run_step bwd "$PY" benchmarks/latency/run_gpu_bwd.py ;;
+    bwd) OUT="$OUT" run_step bwd "$PY" benchmarks/latency/run_gpu_bwd.py ${BWD_ARGS:-} ;;
     viterbi) OUT="$OUT" run_step viterbi "$PY" benchmarks/latency/viterbi_split.py ;;
     api) run_step api "$PY" benchmarks/gpu_bench.py --cases api --no-torch-engine --out "$OUT/api"
          run_step floor "$PY" benchmarks/host_floor.py ;;
