@@ -195,12 +195,15 @@ def test_real_forward_kernel_sm90_barriers():
 def test_real_backward_kernel_sm90_barriers():
     """The real backward compiled for sm_90 (ptx_proxy.py --real-bwd): with the register-ring
     flags, at most 6 CTA barriers per recompute step and 4 per adjoint step (one of them the
-    duration-adjoint fold, every RING_FOLD steps), fewer than on the tape; no local spills."""
+    duration-adjoint fold, every RING_FOLD steps), fewer than on the tape; no local spills; the
+    same in the pipelined backward (PIPE)."""
     rows = _proxy_rows("--real-bwd")
     for sr in ("log", "max"):
         for part, most in (("recompute", 6), ("adjoint", 4)):
             ring, tape = rows[f"{sr}+rc ring_rc+adj: {part}"], rows[f"{sr}+rc: {part}"]
             assert ring["bar_loop"] <= most < tape["bar_loop"] and ring["local"] == 0, (sr, part, ring, tape)
+            pipe = rows[f"{sr}+rc pipe: {part}"]  # the pipelined backward's steps: the same loops
+            assert pipe["bar_loop"] == ring["bar_loop"] and pipe["local"] == 0, (sr, part, pipe, ring)
         assert rows[f"{sr} ring_adj: adjoint"]["bar_loop"] <= 4 < rows[f"{sr}: adjoint"]["bar_loop"]
 
 

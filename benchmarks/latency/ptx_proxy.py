@@ -209,7 +209,8 @@ def real_rows(K: int = 100, C: int = 8) -> dict:
 def real_bwd_config(K: int, C: int, sr: int = 0, recompute: bool = False, flags=()):
     """The real backward kernel as ``launch._bwd`` launches it for B=1 (factored, no start bias, fp32):
     semiring id ``sr``, RECOMPUTE, and the launch flags ``flags`` (e.g. "RING_RECOMPUTE") on, the
-    backward's other ring flags off (whatever the library's default)."""
+    backward's other ring flags off (whatever the library's default); "PIPE": the pipelined
+    backward (launch.PIPELINE_BACKWARD, with both ring flags)."""
     import torch
 
     import semiring_flash as sf
@@ -225,7 +226,7 @@ def real_bwd_config(K: int, C: int, sr: int = 0, recompute: bool = False, flags=
             setattr(launch, f, v)
     fn = kernels.scan_bwd_kernel
     ring = m.bwd_ring(recompute) if hasattr(m, "bwd_ring") else {}
-    consts = dict(m.consts(), RECOMPUTE=recompute, KR=m.KR, GM=getattr(m, "fold", None), PIPE=False, **ring)
+    consts = dict(m.consts(), RECOMPUTE=recompute, KR=m.KR, GM=getattr(m, "fold", None), PIPE="PIPE" in flags, **ring)
     unused = ["edges_ptr", "gedge_ptr", "sb_ptr", "gsb_ptr", "tp_ptr"]
     unused += ["tam_ptr", "taz_ptr", "ttm_ptr", "ttz_ptr"] if sr == 1 else ["tra_ptr", "trt_ptr"]
     unused += [] if recompute else ["ckv_ptr", "ckb_ptr", "ckn_ptr"]
@@ -239,8 +240,9 @@ _RING = ("RING_RECOMPUTE", "RING_ADJOINT")
 REAL_BWD = {f"{sr}{'+rc' if rc else ''}{' ' + tag if tag else ''}": (i, rc, flags)
             for i, sr in enumerate(["log", "max"])
             for rc in (False, True)
-            for tag, flags in [("", ()), ("ring_rc", _RING[:1]), ("ring_adj", _RING[1:]), ("ring_rc+adj", _RING)]
-            if rc or "rc" not in tag}
+            for tag, flags in [("", ()), ("ring_rc", _RING[:1]), ("ring_adj", _RING[1:]), ("ring_rc+adj", _RING),
+                               ("pipe", _RING + ("PIPE",))]
+            if rc or ("rc" not in tag and tag != "pipe")}
 
 
 def real_bwd_rows(K: int = 100, C: int = 8) -> dict:

@@ -932,7 +932,8 @@ def scan_bwd_kernel(
     launch per block, I = 0..NBLK. In launch I the recompute program (odd id) rebuilds block
     nb-1-I while the adjoint program (even id) runs the adjoints of block nb-I, which the
     previous launch recomputed: the recompute no longer adds to the chain of one CTA (the
-    launch boundary orders them). The tape ring holds two blocks (R >= 2Δ + 2K + 1: the two
+    launch boundary orders them). The roles differ by loop bounds, not by a branch around the
+    recompute steps (inside one, sm_90 code has 10 CTA barriers per step instead of 6). The tape ring holds two blocks (R >= 2Δ + 2K + 1: the two
     programs' rows never share a slot, except row t0, which the adjoint program loads ahead
     and does not use); gdur and the transition's adjoints are carried from launch to launch in
     float64 (gsc_ptr), as the adjoint ring already is between blocks."""
@@ -1032,58 +1033,61 @@ def scan_bwd_kernel(
         t0 = j * DELTA
         t1 = tl.minimum(t0 + DELTA, L)
         if RECOMPUTE:
-            if do_rc:  # (PIPE: the recompute program)
-                # ---- prologue: ring rows t0-K+1..t0 from the checkpoint (or position 0) ----
-                if j == 0:
-                    v0 = _row0(tau0_ptr, sb_b, tv_ptr, b, B, C, S, CP, SP, SR, EDGES, HAS_SB)
-                    zero64 = tl.zeros((), dtype=tl.float64)
-                    _store_row2(tv_b, 0, R, v0, CP, SP)
-                    _store_base2(tb_b, 0, R, zero64, zero64)
-                    sh0, sh1 = shift(v0, SR)
-                    base0 = sh0.to(tl.float64)
-                    base1 = sh1.to(tl.float64)
-                    if RING_RC:
-                        ring, bring, cring, rbase = _ring_start(v0, base0, cum_b, C, rc3, slot, CP)
-                elif RING_RC:  # the adjoints read no row <= t0 of this block: the ring alone
-                    ring, bring, cring, rbase = _ring_from_checkpoint(ckv_b, ckb_b, ckn_ptr + b * NBLK * 2, cum_b, C, K,
-                                                                      t0, j, rc3, slot, CP, KP, KR)
+            # ---- prologue: ring rows t0-K+1..t0 from the checkpoint (or position 0) ----
+            if j == 0:
+                v0 = _row0(tau0_ptr, sb_b, tv_ptr, b, B, C, S, CP, SP, SR, EDGES, HAS_SB)
+                zero64 = tl.zeros((), dtype=tl.float64)
+                _store_row2(tv_b, 0, R, v0, CP, SP)
+                _store_base2(tb_b, 0, R, zero64, zero64)
+                sh0, sh1 = shift(v0, SR)
+                base0 = sh0.to(tl.float64)
+                base1 = sh1.to(tl.float64)
+                if RING_RC:
+                    ring, bring, cring, rbase = _ring_start(v0, base0, cum_b, C, rc3, slot, CP)
+            elif RING_RC:  # the adjoints read no row <= t0 of this block: the ring alone
+                ring, bring, cring, rbase = _ring_from_checkpoint(ckv_b, ckb_b, ckn_ptr + b * NBLK * 2, cum_b, C, K,
+                                                                  t0, j, rc3, slot, CP, KP, KR)
+            else:
+                okr = n3 < K
+                cks = (t0 - K + 1 + n3) & (R - 1)
+                ck = tl.cast((j * KP + n3), tl.int64)
+                vals = tl.load(ckv_b + ck * (CP * SP) + c3 * SP + s3, mask=okr, other=0.0)
+                tl.store(tv_b + cks * (CP * SP) + c3 * SP + s3, vals, mask=okr)
+                tl.store(tv_b + (cks + R) * (CP * SP) + c3 * SP + s3, vals, mask=okr)
+                cb0 = tl.load(ckb_b + ck * 2, mask=okr, other=0.0)
+                cb1 = tl.load(ckb_b + ck * 2 + 1, mask=okr, other=0.0)
+                tl.store(tb_b + cks * 2, cb0, mask=okr)
+                tl.store(tb_b + cks * 2 + 1, cb1, mask=okr)
+                tl.store(tb_b + (cks + R) * 2, cb0, mask=okr)
+                tl.store(tb_b + (cks + R) * 2 + 1, cb1, mask=okr)
+                base0 = tl.load(ckn_ptr + (b * NBLK + j) * 2)
+                base1 = tl.load(ckn_ptr + (b * NBLK + j) * 2 + 1)
+            tl.debug_barrier()
+            # ---- recompute the block's rows (PIPE: the adjoint program only runs the prologue, whose
+            # stores are row 0's, the very bits its block's recompute wrote a launch before) ----
+            t_end = t1 + 1
+            if PIPE:
+                t_end = tl.where(do_rc, t1 + 1, t0 + 1)
+            if RING_RC:
+                cum_t, dw, sbt = _ring_terms(t0 + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
+            for t in range(t0 + 1, t_end):
+                if EDGES:
+                    base0, base1, v, ra, rt = _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
+                                                             SR, KK, S, CP, KP, SP, True)
+                elif RING_RC:
+                    cum_n, dw_n, sb_n = _ring_terms(t + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
+                    ring, bring, cring, rbase, alpha, v, ra, rt = _fac_ring_step(
+                        t, R, ring, bring, cring, rbase, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
+                        tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b, SR, CP, SP, KR, HAS_SB, True)
+                    cum_t, dw, sbt = cum_n, dw_n, sb_n
                 else:
-                    okr = n3 < K
-                    cks = (t0 - K + 1 + n3) & (R - 1)
-                    ck = tl.cast((j * KP + n3), tl.int64)
-                    vals = tl.load(ckv_b + ck * (CP * SP) + c3 * SP + s3, mask=okr, other=0.0)
-                    tl.store(tv_b + cks * (CP * SP) + c3 * SP + s3, vals, mask=okr)
-                    tl.store(tv_b + (cks + R) * (CP * SP) + c3 * SP + s3, vals, mask=okr)
-                    cb0 = tl.load(ckb_b + ck * 2, mask=okr, other=0.0)
-                    cb1 = tl.load(ckb_b + ck * 2 + 1, mask=okr, other=0.0)
-                    tl.store(tb_b + cks * 2, cb0, mask=okr)
-                    tl.store(tb_b + cks * 2 + 1, cb1, mask=okr)
-                    tl.store(tb_b + (cks + R) * 2, cb0, mask=okr)
-                    tl.store(tb_b + (cks + R) * 2 + 1, cb1, mask=okr)
-                    base0 = tl.load(ckn_ptr + (b * NBLK + j) * 2)
-                    base1 = tl.load(ckn_ptr + (b * NBLK + j) * 2 + 1)
-                tl.debug_barrier()
-                # ---- recompute the block's rows ----
-                if RING_RC:
-                    cum_t, dw, sbt = _ring_terms(t0 + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
-                for t in range(t0 + 1, t1 + 1):
-                    if EDGES:
-                        base0, base1, v, ra, rt = _edge_fwd_step(t, C, K, R, base0, base1, edge_b, tv_b, tra_b, tb_b, tam_b, taz_b,
-                                                                 SR, KK, S, CP, KP, SP, True)
-                    elif RING_RC:
-                        cum_n, dw_n, sb_n = _ring_terms(t + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
-                        ring, bring, cring, rbase, alpha, v, ra, rt = _fac_ring_step(
-                            t, R, ring, bring, cring, rbase, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
-                            tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b, SR, CP, SP, KR, HAS_SB, True)
-                        cum_t, dw, sbt = cum_n, dw_n, sb_n
-                    else:
-                        base0, base1, v, ra, rt = _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
-                                                        tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
-                                                        SR, KK, S, CP, KP, SP, HAS_SB, True)
-                    if not RING_RC:
-                        tl.debug_barrier()  # the next step reads the row this one wrote
-                if RING_RC:
-                    tl.debug_barrier()  # the adjoints read the rows the ring stored
+                    base0, base1, v, ra, rt = _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
+                                                    tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
+                                                    SR, KK, S, CP, KP, SP, HAS_SB, True)
+                if not RING_RC:
+                    tl.debug_barrier()  # the next step reads the row this one wrote
+            if RING_RC:
+                tl.debug_barrier()  # the adjoints read the rows the ring stored
         if do_adj:  # (PIPE: the adjoint program)
             # ---- adjoints, positions t1 down to t0+1 (and 0 in the first block) ----
             hi = t1
