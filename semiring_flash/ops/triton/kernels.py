@@ -368,17 +368,15 @@ def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, la
     ring = tl.where(new, tau[:, None, None], ring)
     bring = tl.where(new, base[:, None, None], bring)
     cring = tl.where(new, cum_t[:, None, None], cring)
-    # tape rows (FULL: the backward reads them; stores from registers, never read back): α's
-    # family, τ and the base from the ring's layout (lab3, pos3; τ is inserted into the ring in
-    # it anyway), the transition's normalisers and routes from the transition tile's (lab2, pos2).
-    # τ and the base from the transition tile's layout cost the log step 2 more CTA barriers (sm_90)
+    # tape rows (FULL: the backward reads them; stores from registers, never read back):
+    # α's family from the ring's layout (lab3, pos3), τ's from the transition tile's (lab2, pos2)
     if FULL:
         st = (t & (R - 1)) * CP  # SP = 1
-        _put2(tv_b + st, R * CP, tau[:, None, None], lab3, pos3, CP)
+        _put2(tv_b + st, R * CP, tau[:, None], lab2, pos2, CP)
         _put2(to_b + st, R * CP, alpha[:, None, None], lab3, pos3, CP)
         sl = (t & (R - 1)) * 2
-        _put2(tb_b + sl, R * 2, base[:, None, None], lab3 * 0, pos3, 1)  # equal copies: label 0's
-        _put2(tb_b + sl + 1, R * 2, base[:, None, None] * 0.0, lab3 * 0, pos3, 1)
+        _put2(tb_b + sl, R * 2, base[:, None], lab2 * 0, pos2, 1)  # equal copies: label 0's
+        _put2(tb_b + sl + 1, R * 2, base[:, None] * 0.0, lab2 * 0, pos2, 1)
         if HAS_SB:
             _put(tp_b + st, tpre[:, None], lab2, pos2, CP)
         if SR == MAX:
@@ -544,11 +542,10 @@ def scan_fwd_kernel(
             if (r >= 0) & (j < NBLK):  # the K steps before a block border
                 ck = tl.cast((j * KP + r), tl.int64)
                 cn = (b * NBLK + j) * 2
-                if RING:  # SP = 1; the bases are per-label equal copies: label 0's. From the ring's
-                    # layout, as the FULL rows (_fac_ring_step): 6 CTA barriers per log step, not 8
-                    _put(ckv_b + ck * CP, v[:, None, None], lab3, pos3, CP)
-                    _put(ckb_b + ck * 2, bt0[:, None, None], lab3 * 0, pos3, 1)
-                    _put(ckb_b + ck * 2 + 1, bt0[:, None, None] * 0.0, lab3 * 0, pos3, 1)
+                if RING:  # SP = 1; the bases are per-label equal copies: label 0's
+                    _put(ckv_b + ck * CP, v[:, None], lab2, pos2, CP)
+                    _put(ckb_b + ck * 2, bt0[:, None], lab2 * 0, pos2, 1)
+                    _put(ckb_b + ck * 2 + 1, bt0[:, None] * 0.0, lab2 * 0, pos2, 1)
                     if r == K - 1:  # t = j·Δ: the base the block after the border starts from
                         _put(ckn_ptr + cn, base0[:, None], lab2 * 0, pos2, 1)
                         _put(ckn_ptr + cn + 1, base0[:, None] * 0.0, lab2 * 0, pos2, 1)
