@@ -933,10 +933,11 @@ def scan_bwd_kernel(
     nb-1-I while the adjoint program (even id) runs the adjoints of block nb-I, which the
     previous launch recomputed: the recompute no longer adds to the chain of one CTA (the
     launch boundary orders them). The roles differ by loop bounds, not by a branch around the
-    recompute steps (inside one, sm_90 code has 10 CTA barriers per step instead of 6). The tape ring holds two blocks (R >= 2Δ + 2K + 1: the two
-    programs' rows never share a slot, except row t0, which the adjoint program loads ahead
-    and does not use); gdur and the transition's adjoints are carried from launch to launch in
-    float64 (gsc_ptr), as the adjoint ring already is between blocks."""
+    recompute steps (inside one, sm_90 code has 10 CTA barriers per step instead of 6). The
+    tape ring holds two blocks (R >= 2Δ + 2K + 1: the two programs' rows never share a slot,
+    except row t0, which the adjoint program loads ahead and does not use); gdur and the
+    transition's adjoints are carried from launch to launch in float64 (gsc_ptr), as the
+    adjoint ring already is between blocks."""
     RING_RC: tl.constexpr = USE_RING_RECOMPUTE and RECOMPUTE and (not EDGES) and (SR == LOG or SR == MAX)
     RING_ADJ: tl.constexpr = USE_RING_ADJOINT and (not EDGES) and (SR == LOG or SR == MAX) and (CP <= KR) and (CP <= 32)
     tl.static_assert((not PIPE) or (RING_RC and RING_ADJ), "PIPE needs the ring recompute and the ring adjoint")
