@@ -84,8 +84,9 @@ def _segment(sr, option):
     return call
 
 
-#: launch flags of the register-ring paths (off by default), turned on for the "-ring" variants
-RING_FLAGS = ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE", "RING_ADJOINT")
+#: launch flags of the register-ring paths (by default only at K >= 32, C <= 8), turned on for the
+#: "-ring" variants; with checkpoints, the pipelined backward (one launch per block, I varying)
+RING_FLAGS = ("RING_FORWARD", "RING_TAPES", "RING_RECOMPUTE", "RING_ADJOINT", "PIPELINE_BACKWARD")
 
 
 def _flagged(call):
