@@ -274,20 +274,20 @@ def test_pipelined_backward_equals_the_one_program_backward(si, ring_bwd, monkey
     """launch.PIPELINE_BACKWARD: two programs per sequence, one launch per block (the recompute of
     block j-1 beside the adjoints of block j), gdur and the transition's adjoints carried between
     launches in float64. Gradients bit for bit those of the one-program ring backward and of the
-    stored tape: lengths of 4 blocks, of less than one block, and of 0 (unchecked lengths), the
+    stored tape: lengths of 4 blocks, of exactly 2, of less than one, and of 0 (unchecked lengths), the
     duration-adjoint folds (every 4 steps) straddling launches; checked against the dense DP."""
     from semiring_flash.ops.triton import launch
 
     sr = SEMIRINGS[si]
-    ins, _ = _factored(sr, 3, 15, 3, 3, seed=60 + si, neg=True)
-    L = torch.tensor([15, 3, 0])
+    ins, _ = _factored(sr, 4, 15, 3, 3, seed=60 + si, neg=True)
+    L = torch.tensor([15, 8, 3, 0])
     launched = []
     real = launch._launch
     monkeypatch.setattr(launch, "_launch", lambda kernel, m, variant, kw, **o: (
         launched.append((kw.get("PIPE"), kw.get("I"), o.get("grid"))), real(kernel, m, variant, kw, **o))[1])
     monkeypatch.setattr(launch, "PIPELINE_BACKWARD", True)
     piped = _value_grads(sr, ins, L, 4)
-    assert [x for x in launched if x[0] is not None] == [(True, i, 6) for i in range(5)]  # 4 blocks + 1
+    assert [x for x in launched if x[0] is not None] == [(True, i, 8) for i in range(5)]  # 4 blocks + 1
     monkeypatch.setattr(launch, "PIPELINE_BACKWARD", False)
     for x, y, z in zip(piped, _value_grads(sr, ins, L, 4), _value_grads(sr, ins, L, None)):
         assert torch.equal(x, y) and torch.equal(x, z)
