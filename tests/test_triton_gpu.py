@@ -404,7 +404,7 @@ def test_pipelined_backward_on_poisoned_memory_equals_the_one_program_backward(s
 
 
 @pytest.mark.parametrize("sr", [sf.LogSemiring, sf.MaxSemiring], ids=["log", "max"])
-def test_recomputed_gradients_equal_the_kept_tape_bit_for_bit(sr, monkeypatch):
+def test_recomputed_gradients_equal_the_kept_tape_bit_for_bit(sr):
     """Defaults at K=100, C=8 (register ring, pipelined backward): the gradients of a checkpointed
     call (each block recomputed from its checkpoint) equal, bit for bit, those of the kept tape. The
     backward's recompute must round every α as the forward did; a forward compiled with other
