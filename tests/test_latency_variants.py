@@ -185,6 +185,7 @@ def test_real_forward_kernel_sm90_barriers():
     assert set(rows) >= {"log", "log+ck", "log+full", "max", "max+bp", "max+ck", "max+full"}
     for name, row in rows.items():
         assert row["bar_loop"] <= 8 and row["local"] == 0, (name, row)
+        assert row["bar_sass"] == row["bar_loop"], (name, row)  # the SASS's step loop: as many BARs
         # step 1's terms are read after the barrier that completes the rotated duration table
         # (read before it, step 1 took stale memory on the GPU; the interpreter cannot show it)
         if "full" not in name:  # FULL stores tape row 0 first: the count is not the table's there
@@ -196,7 +197,7 @@ def test_real_backward_kernel_sm90_barriers():
     """The real backward compiled for sm_90 (ptx_proxy.py --real-bwd): with the register-ring
     flags, at most 6 CTA barriers per recompute step and 4 per adjoint step (one of them the
     duration-adjoint fold, every RING_FOLD steps), fewer than on the tape; no local spills; the
-    same in the pipelined backward (PIPE)."""
+    same in the pipelined backward (PIPE); the SASS's step loops hold as many barriers as the PTX's."""
     rows = _proxy_rows("--real-bwd")
     for sr in ("log", "max"):
         for part, most in (("recompute", 6), ("adjoint", 4)):
@@ -204,6 +205,7 @@ def test_real_backward_kernel_sm90_barriers():
             assert ring["bar_loop"] <= most < tape["bar_loop"] and ring["local"] == 0, (sr, part, ring, tape)
             pipe = rows[f"{sr}+rc pipe: {part}"]  # the pipelined backward's steps: the same loops
             assert pipe["bar_loop"] == ring["bar_loop"] and pipe["local"] == 0, (sr, part, pipe, ring)
+            assert pipe["bar_sass"] == pipe["bar_loop"] and ring["bar_sass"] == ring["bar_loop"], (pipe, ring)
         assert rows[f"{sr} ring_adj: adjoint"]["bar_loop"] <= 4 < rows[f"{sr}: adjoint"]["bar_loop"]
 
 

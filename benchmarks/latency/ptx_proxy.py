@@ -123,8 +123,38 @@ def resources(cubin: bytes) -> dict:
     return {k.lower(): int(v) for k, v in re.findall(r"\b(REG|LOCAL|SHARED|STACK):(\d+)", out)}
 
 
+def sass_loops(cubin: bytes) -> list:
+    """The loops of the cubin's SASS (``cuobjdump -sass``; a loop is a back edge ``BRA`` to an
+    earlier address), each with its extent, nesting depth (1: outermost) and the CTA barriers
+    (``BAR``) and warp shuffles (``SHFL``) of its body, outermost first, by address."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([os.path.join(_BIN, "cuobjdump"), "-sass", f.name], capture_output=True,
+                             text=True).stdout
+    ins = [(int(a, 16), text.strip()) for a, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", out)]
+    loops = [(int(m.group(1), 16), a) for a, text in ins
+             if (m := re.search(r"\bBRA\s+(0x[0-9a-f]+)", text)) and int(m.group(1), 16) < a]
+    rows = []
+    for lo, hi in loops:
+        body = [text for a, text in ins if lo <= a <= hi]
+        op = lambda t: re.sub(r"^@!?U?P\w+\s+", "", t)  # noqa: E731  (predicate off)
+        rows.append(dict(start=lo, end=hi, n=len(body), bar=sum(op(t).startswith("BAR") for t in body),
+                         shfl=sum(op(t).startswith("SHFL") for t in body),
+                         depth=1 + sum(a <= lo and hi <= b and (a, b) != (lo, hi) for a, b in loops)))
+    return sorted(rows, key=lambda r: (r["depth"], r["start"]))
+
+
+def sass_step_loops(cubin: bytes, depth: int, count: int) -> list:
+    """The ``count`` largest SASS loops at nesting ``depth`` (the steps' loops), in address order."""
+    loops = [r for r in sass_loops(cubin) if r["depth"] == depth]
+    return sorted(sorted(loops, key=lambda r: r["n"])[-count:], key=lambda r: r["start"])
+
+
 def measure(kernel) -> dict:
     row = measure_body(loop_body(kernel.asm["ptx"]), kernel)
+    (sass,) = sass_step_loops(kernel.asm["cubin"], 1, 1) or [dict(bar="", shfl="")]
+    row.update(bar_sass=sass["bar"], shfl_sass=sass["shfl"])
     row.update(resources(kernel.asm["cubin"]))
     row["ld32_after_first_store"] = loads_after_first_store(kernel.asm["ptx"])
     return row
@@ -257,8 +287,10 @@ def real_bwd_rows(K: int = 100, C: int = 8) -> dict:
         loops = loops_at_depth(k.asm["ptx"], 2)  # the steps' loops, inside the loop over blocks
         big = sorted(sorted(loops, key=lambda h: len(loops[h]))[-(1 + recompute):], key=list(loops).index)
         res = resources(k.asm["cubin"])
-        for part, h in zip(["recompute", "adjoint"][1 - recompute:], big):
-            rows[f"{name}: {part}"] = dict(num_warps=nw, **measure_body("\n".join(loops[h]), k), **res)
+        sass = sass_step_loops(k.asm["cubin"], 2, 1 + recompute)
+        for part, h, sl in zip(["recompute", "adjoint"][1 - recompute:], big, sass):
+            rows[f"{name}: {part}"] = dict(num_warps=nw, **measure_body("\n".join(loops[h]), k),
+                                           bar_sass=sl["bar"], shfl_sass=sl["shfl"], **res)
     return rows
 
 
@@ -313,9 +345,10 @@ def main(argv=None):
 
 def _table(rows: dict, args, what: str) -> dict:
     """Print the proxy table (and the layouts), write --json; returns rows."""
-    cols = ["num_warps", "bar_loop", "shfl_loop", "st_shared_loop", "ld_shared_loop", "ld_global_loop",
-            "st_global_loop", "ex2_loop", "reg", "local", "stack", "shared"]
-    print(f"sm_90 PTX of the scan loop, K={args.K}, C={args.C} (bar_loop: CTA barriers per step); rows: {what}")
+    cols = ["num_warps", "bar_loop", "bar_sass", "shfl_loop", "shfl_sass", "st_shared_loop", "ld_shared_loop",
+            "ld_global_loop", "st_global_loop", "ex2_loop", "reg", "local", "stack", "shared"]
+    print(f"sm_90 PTX and SASS of the scan loop, K={args.K}, C={args.C} (bar: CTA barriers per step, PTX;"
+          f" bar_sass: in the SASS); rows: {what}")
     print(f"{'variant':26s} " + " ".join(f"{c.replace('_loop', ''):>9s}" for c in cols))
     for name, r in rows.items():
         if "error" in r:
