@@ -38,6 +38,15 @@ run_step() {
   tail -n 4 "$OUT/$name.log"
 }
 
+# gpu_bench.py --cases $2 --no-torch-engine into $OUT/$1, after the Python statements $3 on
+# semiring_flash.ops.triton.launch (its tuning globals; none: the defaults)
+bench() {
+  run_step "$1" "$PY" -c "import runpy, sys; from semiring_flash.ops.triton import launch
+${3:-}
+sys.argv = ['gpu_bench.py', '--cases', '$2', '--no-torch-engine', '--out', '$OUT/$1']
+runpy.run_path('benchmarks/gpu_bench.py', run_name='__main__')"
+}
+
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >"$OUT/gpu.txt" 2>&1
 for s in "${steps[@]}"; do
   case $s in
@@ -45,22 +54,13 @@ for s in "${steps[@]}"; do
     gpu) run_step gpu "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py tests/test_segment_scan_gpu.py tests/test_training_step_gpu.py ;;
     bwd) OUT="$OUT" run_step bwd "$PY" benchmarks/latency/run_gpu_bwd.py ${BWD_ARGS:-} ;;
     viterbi) OUT="$OUT" run_step viterbi "$PY" benchmarks/latency/viterbi_split.py ;;
-    api) run_step api "$PY" benchmarks/gpu_bench.py --cases api --no-torch-engine --out "$OUT/api"
+    api) bench api api
          run_step floor "$PY" benchmarks/host_floor.py ;;
-    mid) run_step mid "$PY" benchmarks/gpu_bench.py --cases mid --no-torch-engine --out "$OUT/mid" ;;
-    midrc) run_step midrc "$PY" -c "import runpy, sys; from semiring_flash.ops.triton import launch
-launch.STORE_ALL_BYTES = 0
-sys.argv = ['gpu_bench.py', '--cases', 'mid', '--no-torch-engine', '--out', '$OUT/midrc']
-runpy.run_path('benchmarks/gpu_bench.py', run_name='__main__')" ;;
-    huge) run_step huge "$PY" benchmarks/gpu_bench.py --cases huge --no-torch-engine --out "$OUT/huge" ;;
-    hugering) run_step hugering "$PY" -c "import runpy, sys; from semiring_flash.ops.triton import launch
-launch.RING_FORWARD = launch.RING_TAPES = launch.RING_RECOMPUTE = launch.RING_ADJOINT = True
-sys.argv = ['gpu_bench.py', '--cases', 'huge', '--no-torch-engine', '--out', '$OUT/hugering']
-runpy.run_path('benchmarks/gpu_bench.py', run_name='__main__')" ;;
-    midw4|midw16) run_step $s "$PY" -c "import runpy, sys; from semiring_flash.ops.triton import launch
-launch.NUM_WARPS_OVERRIDE = ${s#midw}
-sys.argv = ['gpu_bench.py', '--cases', 'mid', '--no-torch-engine', '--out', '$OUT/$s']
-runpy.run_path('benchmarks/gpu_bench.py', run_name='__main__')" ;;
+    mid) bench mid mid ;;
+    midrc) bench midrc mid "launch.STORE_ALL_BYTES = 0" ;;
+    huge) bench huge huge ;;
+    hugering) bench hugering huge "launch.RING_FORWARD = launch.RING_TAPES = launch.RING_RECOMPUTE = launch.RING_ADJOINT = True" ;;
+    midw4|midw16) bench $s mid "launch.NUM_WARPS_OVERRIDE = ${s#midw}" ;;
     fold8|fold32) OUT="$OUT/$s" run_step $s "$PY" -c "import sys; sys.path.insert(0, '.'); from semiring_flash.ops.triton import launch
 launch.RING_FOLD = ${s#fold}
 from benchmarks.latency import run_gpu_bwd
