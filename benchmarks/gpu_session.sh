@@ -20,6 +20,10 @@
 #   hugering  the same with every register-ring flag on (RING_TAPES, RING_RECOMPUTE, RING_ADJOINT)
 #   midw4, midw16   the mid case with NUM_WARPS_OVERRIDE = 4 / 16 (the heuristic gives 8 there)
 #   fold8, fold32   the ring backward (kept tape) with RING_FOLD = 8 / 32 (default 16)
+#   midprobe  the mid case split into forward and backward per launch setting (latency/mid_probe.py;
+#             its arguments from PROBE_ARGS, e.g. "--only default w16")
+#   ncu       Nsight Compute's warp-state and scheduler sections of the mid case's backward kernel,
+#             where ncu exists and may read the counters
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -50,7 +54,7 @@ runpy.run_path('benchmarks/gpu_bench.py', run_name='__main__')"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >"$OUT/gpu.txt" 2>&1
 for s in "${steps[@]}"; do
   case $s in
-    ring) run_step ring "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py -k "poisoned or pipelined" ;;
+    ring) run_step ring "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py -k "poisoned or pipelined or bit_for_bit" ;;
     gpu) run_step gpu "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py tests/test_segment_scan_gpu.py tests/test_training_step_gpu.py ;;
     bwd) OUT="$OUT" run_step bwd "$PY" benchmarks/latency/run_gpu_bwd.py ${BWD_ARGS:-} ;;
     viterbi) OUT="$OUT" run_step viterbi "$PY" benchmarks/latency/viterbi_split.py ;;
@@ -65,6 +69,12 @@ for s in "${steps[@]}"; do
 launch.RING_FOLD = ${s#fold}
 from benchmarks.latency import run_gpu_bwd
 run_gpu_bwd.main(['--only', 'all', '--modes', 'stored'])" ;;
+    midprobe) OUT="$OUT" run_step midprobe "$PY" benchmarks/latency/mid_probe.py ${PROBE_ARGS:-} ;;
+    ncu) NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+         if [ -z "$NCU" ]; then echo "== ncu: not installed" | tee "$OUT/ncu.log"; else
+           run_step ncu "$NCU" --kernel-name regex:scan_bwd --launch-skip 1 --launch-count 1 --section WarpStateStats \
+             --section SchedulerStats --section LaunchStats --section Occupancy --section MemoryWorkloadAnalysis \
+             "$PY" benchmarks/latency/mid_probe.py --reps 1 --only default --no-ref; fi ;;
     *) echo "unknown step $s" >&2 ;;
   esac
 done

@@ -159,9 +159,9 @@ def test_loop_body_follows_llvm_loop_comments():
     assert body.count("bar.sync") == 2 and "shfl.sync" in body and "ex2" in body
 
 
-def _proxy_rows(mode):
-    """ptx_proxy.py's rows for the real kernels (``mode``: --real or --real-bwd), compiled for
-    sm_90 in a subprocess without TRITON_INTERPRET."""
+def _proxy_rows(mode, *args):
+    """ptx_proxy.py's rows for the real kernels (``mode``: --real or --real-bwd; its ``args``),
+    compiled for sm_90 in a subprocess without TRITON_INTERPRET."""
     import json
     import subprocess
     import tempfile
@@ -170,7 +170,7 @@ def _proxy_rows(mode):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "rows.json")
-        subprocess.run([sys.executable, os.path.join(root, "benchmarks", "latency", "ptx_proxy.py"), mode,
+        subprocess.run([sys.executable, os.path.join(root, "benchmarks", "latency", "ptx_proxy.py"), mode, *args,
                         "--json", out], check=True, env=env, cwd=root, capture_output=True)
         with open(out) as f:
             return json.load(f)["rows"]
@@ -207,6 +207,19 @@ def test_real_backward_kernel_sm90_barriers():
             assert pipe["bar_loop"] == ring["bar_loop"] and pipe["local"] == 0, (sr, part, pipe, ring)
             assert pipe["bar_sass"] == pipe["bar_loop"] and ring["bar_sass"] == ring["bar_loop"], (pipe, ring)
         assert rows[f"{sr} ring_adj: adjoint"]["bar_loop"] <= 4 < rows[f"{sr}: adjoint"]["bar_loop"]
+
+
+@pytest.mark.slow
+def test_tape_adjoint_sums_labels_without_shuffle_trees():
+    """The tape adjoint (issue 11's batched case, K=30, C=39, compiled for sm_90): the transition
+    pull reads a transposed copy, so c' lies on the lanes as c does in the window pull, and the
+    sum over c needs no float64 shuffle tree per c' (166 shuffles and 1376 SASS instructions a
+    step before, 8 and 935 after); the softmax divisions run once per row, not per candidate."""
+    rows = _proxy_rows("--real-bwd", "--K", "30", "--C", "39", "--only", "log", "max")
+    for sr in ("log", "max"):
+        row = rows[f"{sr}: adjoint"]
+        assert row["shfl_sass"] <= 16 and row["bar_sass"] <= 9, (sr, row)
+    assert rows["log: adjoint"]["sass_n"] < 1100, rows["log: adjoint"]
 
 
 @pytest.mark.slow

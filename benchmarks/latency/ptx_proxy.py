@@ -275,13 +275,15 @@ REAL_BWD = {f"{sr}{'+rc' if rc else ''}{' ' + tag if tag else ''}": (i, rc, flag
             if rc or ("rc" not in tag and tag != "pipe")}
 
 
-def real_bwd_rows(K: int = 100, C: int = 8) -> dict:
+def real_bwd_rows(K: int = 100, C: int = 8, only=None) -> dict:
     """Proxy rows of the real backward per ``REAL_BWD`` entry, one row per per-step loop:
     "name: recompute" (RECOMPUTE) and "name: adjoint" (the two largest loops inside the loop
     over blocks, in the order the kernel runs them; their own blocks: RING_ADJ's fold every
     RING_FOLD steps is a loop of its own, its barrier is counted, once)."""
     rows = {}
     for name, (sr, recompute, flags) in REAL_BWD.items():
+        if only and name not in only:
+            continue
         fn, consts, nw = real_bwd_config(K, C, sr, recompute, flags)
         k = compile_sm90(fn, consts, nw)
         loops = loops_at_depth(k.asm["ptx"], 2)  # the steps' loops, inside the loop over blocks
@@ -290,7 +292,7 @@ def real_bwd_rows(K: int = 100, C: int = 8) -> dict:
         sass = sass_step_loops(k.asm["cubin"], 2, 1 + recompute)
         for part, h, sl in zip(["recompute", "adjoint"][1 - recompute:], big, sass):
             rows[f"{name}: {part}"] = dict(num_warps=nw, **measure_body("\n".join(loops[h]), k),
-                                           bar_sass=sl["bar"], shfl_sass=sl["shfl"], **res)
+                                           bar_sass=sl["bar"], shfl_sass=sl["shfl"], sass_n=sl["n"], **res)
     return rows
 
 
@@ -322,9 +324,10 @@ def main(argv=None):
     ap.add_argument("--real", action="store_true", help="only the real forward kernel, per option set (REAL)")
     ap.add_argument("--real-bwd", action="store_true", help="only the real backward kernel, per flag set (REAL_BWD)")
     ap.add_argument("--gluon", action="store_true", help="only the Gluon variants")
+    ap.add_argument("--only", nargs="*", help="--real-bwd: only these REAL_BWD rows (e.g. log max)")
     args = ap.parse_args(argv)
     if args.real_bwd:
-        return _table(real_bwd_rows(args.K, args.C), args, "real backward kernel, per step loop")
+        return _table(real_bwd_rows(args.K, args.C, args.only), args, "real backward kernel, per step loop")
     if args.real:
         return _table(real_rows(args.K, args.C), args, "real forward kernel")
     rows = {}
@@ -346,7 +349,7 @@ def main(argv=None):
 def _table(rows: dict, args, what: str) -> dict:
     """Print the proxy table (and the layouts), write --json; returns rows."""
     cols = ["num_warps", "bar_loop", "bar_sass", "shfl_loop", "shfl_sass", "st_shared_loop", "ld_shared_loop",
-            "ld_global_loop", "st_global_loop", "ex2_loop", "reg", "local", "stack", "shared"]
+            "ld_global_loop", "st_global_loop", "ex2_loop", "sass_n", "reg", "local", "stack", "shared"]
     print(f"sm_90 PTX and SASS of the scan loop, K={args.K}, C={args.C} (bar: CTA barriers per step, PTX;"
           f" bar_sass: in the SASS); rows: {what}")
     print(f"{'variant':26s} " + " ".join(f"{c.replace('_loop', ''):>9s}" for c in cols))

@@ -94,7 +94,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .semiring import ENTROPY, KMAX, LOG, MAX, mul_pot, one_value, plus0, plus_rows, potgrad, shift, vjp, zero_value
+from .semiring import (ENTROPY, KMAX, LOG, MAX, mul_pot, one_value, plus0, plus_rows, potgrad, scaled_adjoint, shift, vjp,
+                       zero_value)
 
 
 # --------------------------------------------------------------------------------------
@@ -593,22 +594,37 @@ def scan_fwd_kernel(
 # --------------------------------------------------------------------------------------
 @triton.jit
 def _window_rows(rowq, ok, okr, slots, to_b, ta_b, tra_b, tam_b, taz_b, tb_b, SR: tl.constexpr):
-    """What the backward needs of window rows q: the forward's ⊕ result, its adjoint,
-    route (max/kmax) or LSE normalisers (log/entropy), and the rows' bases."""
+    """What the backward needs of window rows q: the forward's ⊕ result, its adjoint (factored
+    log: scaled by the row's LSE sum, ``_store_adjoint``), route (max/kmax) or LSE normalisers
+    (log/entropy), and the rows' bases."""
     outq = tl.load(to_b + rowq, mask=ok, other=0.0)
     adjq = tl.load(ta_b + rowq, mask=ok, other=0.0)
     if SR == MAX or SR == KMAX:
         raq = tl.load(tra_b + rowq, mask=ok, other=0)
     else:
         raq = 0
+    azq = 0.0
     if SR == LOG or SR == ENTROPY:
         amq = tl.load(tam_b + rowq, mask=ok, other=0.0)
-        azq = tl.load(taz_b + rowq, mask=ok, other=0.0)
+        azq = tl.load(taz_b + rowq, mask=ok, other=0.0)  # unread (so not loaded) where adjq is scaled
     else:
         amq = 0.0
-        azq = 0.0
     bq0, bq1 = _load_bases(tb_b, slots, okr, SR)
     return outq, adjq, raq, amq, azq, bq0, bq1
+
+
+@triton.jit
+def _store_adjoint(ta_b, taz_b, slot, R, a, CP: tl.constexpr, SP: tl.constexpr, SR: tl.constexpr,
+                   SCALED: tl.constexpr):
+    """Adjoint row ``slot`` (and its mirror) as the window pulls read it. SCALED (factored log):
+    divided by the row's LSE sum here, once, instead of in each of the K later windows
+    (``scaled_adjoint``: the same float64 division, so the same bits). The edge path keeps
+    the division in its pull (its tile holds one per thread already)."""
+    if SCALED and SR == LOG:
+        c2 = tl.arange(0, CP)[:, None]
+        s2 = tl.arange(0, SP)[None, :]
+        a = scaled_adjoint(a, tl.load(taz_b + slot * (CP * SP) + c2 * SP + s2), SR)
+    _store_row2(ta_b, slot, R, a, CP, SP)
 
 
 @triton.jit
@@ -641,7 +657,7 @@ def _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, 
     cum_q = tl.load(cum_b + (p + 1) * C + (n3 * C + c3), mask=okr & (c3 < C), other=0.0)
     w = (cum_q - cum_p).to(vp.dtype) + dur3
     x = mul_pot(vp, w, s3, SR)
-    ct = tl.where(okc, vjp(x, outq, adjq, raq, amq, azq, n3, s3, SR, KK), 0.0)
+    ct = tl.where(okc, vjp(x, outq, adjq, raq, amq, azq, n3, s3, SR, KK, True), 0.0)
     a_tau = tl.sum(ct, axis=0)  # (CP, SP)
     gd = potgrad(ct, s3, SR, 2)  # (KP, CP)
     return a_tau, gd
@@ -651,7 +667,11 @@ def _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, 
 def _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
                SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr,
                SP: tl.constexpr, HAS_SB: tl.constexpr):
-    """Adjoint of α(p, c') from τ(p, c) through the transition (rows c, columns c')."""
+    """Adjoint of α(p, c') from τ(p, c) through the transition (rows c, columns c'); a_tau as
+    ``_tau_adjoint`` left it. trT3 is read from the kernel's transposed copy (contiguous along
+    c'), so c' lies on the lanes, as c does in the window pull's tile: the sum over c is in
+    registers and across warps. (Read from the transition itself, c lay on the lanes and each
+    c' was summed by a float64 shuffle tree: 166 shuffles a step in sm_90 code at K=30, C=39.)"""
     cr = tl.arange(0, CP)[:, None, None]
     cc = tl.arange(0, CP)[None, :, None]
     s3 = tl.arange(0, SP)[None, None, :]
@@ -668,15 +688,30 @@ def _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
         rtp = 0
     if SR == LOG or SR == ENTROPY:
         tmp = tl.load(ttm_b + sp * (CP * SP) + cr * SP + s3)
-        tzp = tl.load(ttz_b + sp * (CP * SP) + cr * SP + s3)
     else:
         tmp = 0.0
+    if SR == ENTROPY:
+        tzp = tl.load(ttz_b + sp * (CP * SP) + cr * SP + s3)
+    else:
         tzp = 0.0
-    ct = vjp(x, outp, tl.expand_dims(a_tau, 1), rtp, tmp, tzp, cc, s3, SR, KK)
+    ct = vjp(x, outp, tl.expand_dims(a_tau, 1), rtp, tmp, tzp, cc, s3, SR, KK, True)
     ct = tl.where((cr < C) & (cc < C) & (s3 < S), ct, 0.0)
     a_alpha = tl.sum(ct, axis=0)  # (CP, SP) over c'
     gt = potgrad(ct, s3, SR, 2)  # (CP c, CP c')
     return a_alpha, gt
+
+
+@triton.jit
+def _tau_adjoint(p, R, a_tau, ttz_b, SR: tl.constexpr, CP: tl.constexpr, SP: tl.constexpr):
+    """a_tau as the transition pull's ``vjp`` (SCALED) reads it: log: divided by τ(p)'s LSE
+    sums here, in the layout the window sum leaves it in (one label per thread), not in the
+    pull's tile, where each thread holds a sixteenth of the labels."""
+    if SR == LOG:
+        c2 = tl.arange(0, CP)[:, None]
+        s2 = tl.arange(0, SP)[None, :]
+        return scaled_adjoint(a_tau, tl.load(ttz_b + (p & (R - 1)) * (CP * SP) + c2 * SP + s2), SR)
+    else:
+        return a_tau
 
 
 @triton.jit
@@ -911,6 +946,8 @@ def scan_bwd_kernel(
     # the rings' rotated duration tables (B, 2, CP, 2·KR) and RING_ADJ's duration-adjoint scratch
     # (B, 2·GM, CP, KR) float64, written by the kernel (launch._bwd)
     rot_ptr, gsc_ptr,
+    # the transposed transition (B, CP, CP) of the tape's transition pull, written by the kernel
+    trs_ptr,
     B, T, C, K, R, DELTA, NBLK, I, GV_S, GV_B,
     SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
     SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, RECOMPUTE: tl.constexpr,
@@ -990,7 +1027,10 @@ def scan_bwd_kernel(
         dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
         amr_dtype = dur3.dtype
         tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
-        trT3 = tl.load(trans_ptr + b * C * C + c3 * C + cr, mask=(cr < C) & (c3 < C), other=float("-inf"))
+        if not RING_ADJ:  # the tape's transition pull reads a transposed copy (see _fac_tpull)
+            tl.store(trs_ptr + b * (CP * CP) + c3 * CP + cr, tr3)
+            tl.debug_barrier()
+            trT3 = tl.load(trs_ptr + b * (CP * CP) + cr * CP + c3)
     if RING_RC or RING_ADJ:
         rc3, slot, lab3, pos3, lab2, pos2, tr2 = _ring_setup(L, C, trans_ptr + b * C * C, CP, KR)
         rot_b = rot_ptr + b * 2 * CP * (2 * KR)  # the forward's table, then the adjoints' (read after a barrier)
@@ -1104,7 +1144,7 @@ def scan_bwd_kernel(
                     asc, aok, amr, rar, bqr, cqr = _ring_adj_insert(L, a_alpha[:, :, None], ar, aq, bp, cum_p,
                                                                     asc, aok, amr, rar, bqr, cqr, slot, SR, KR)
                 else:
-                    _store_row2(ta_b, L & (R - 1), R, a_alpha, CP, SP)
+                    _store_adjoint(ta_b, taz_b, L & (R - 1), R, a_alpha, CP, SP, SR, not EDGES)
                 if not EDGES:
                     pa = potgrad(a_alpha, s2, SR, 1)
                     tl.store(gcum_b + L * C + c1, pa, mask=c1 < C)
@@ -1160,8 +1200,8 @@ def scan_bwd_kernel(
                     else:
                         a_tau, gd = _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
                                               SR, KK, S, CP, KP, SP)
-                        a_alpha, gt = _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
-                                                 SR, KK, S, CP, SP, HAS_SB)
+                        a_alpha, gt = _fac_tpull(p, C, R, _tau_adjoint(p, R, a_tau, ttz_b, SR, CP, SP), trT3,
+                                                 to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b, SR, KK, S, CP, SP, HAS_SB)
                         gdur += gd
                         gtr += gt
                         pa = potgrad(a_alpha, s2, SR, 1)
@@ -1170,7 +1210,7 @@ def scan_bwd_kernel(
                         tl.store(gcum_b + pp * C + c1, pa - pt, mask=c1 < C)
                         if HAS_SB:
                             tl.store(gsb_b + pp * C + c1, pt.to(dur3.dtype), mask=c1 < C)
-                    _store_row2(ta_b, p & (R - 1), R, a_alpha, CP, SP)
+                    _store_adjoint(ta_b, taz_b, p & (R - 1), R, a_alpha, CP, SP, SR, not EDGES)
                     tl.debug_barrier()
             if not (EDGES or RING_ADJ):
                 if j == 0:

@@ -283,6 +283,7 @@ class Tape(NamedTuple):
     taz: Optional[torch.Tensor] = None
     ttm: Optional[torch.Tensor] = None
     ttz: Optional[torch.Tensor] = None
+    trs: Optional[torch.Tensor] = None  # the backward's transposed transition (B, CP, CP), kernel-written
 
 
 class Checkpoints(NamedTuple):
@@ -373,15 +374,20 @@ def _bwd_tape(m: _Meta, R) -> Tape:
 
 def tape_with(m: _Meta, R, sizes=(), sizes64=()):
     """(Tape, flat pieces of the ``sizes`` in the compute dtype, of the ``sizes64`` in float64):
-    a caller's buffers that live as long as the tape, carved from its allocations."""
-    arrays, more = {}, {None: sizes, torch.float64: sizes64}
+    a caller's buffers that live as long as the tape, carved from its allocations. The tape
+    adjoint's transposed transition (``trs``) is carved the same way."""
+    trs = not (m.edges or m.ring_adjoint)
+    arrays, more = {}, {None: (m.B * m.CP * m.CP,) * trs + tuple(sizes), torch.float64: sizes64}
     for dtype, names in _tape_names(m.edges, m.has_sb, m.routes, m.lse, m.ring_adjoint):
         bases = dtype == torch.float64  # the bases share the float64 tapes' allocation
         extra = more.get(dtype, ())
         parts = m.tapes(R, len(names), dtype, bases, extra)
         arrays.update(zip(names + ["tb"] * bases, parts))
         more[dtype] = parts[len(parts) - len(extra):]
-    return Tape(**arrays), list(more[None]), list(more[torch.float64])
+    pieces = list(more[None])
+    if trs:
+        arrays["trs"] = pieces.pop(0)
+    return Tape(**arrays), pieces, list(more[torch.float64])
 
 
 @functools.cache
@@ -425,7 +431,7 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
     bp = backptr if backptr is not None else Backpointers(None, None, None)
     flags = dict(SAVE_CK=ck.ckv is not None, BACKPTR=backptr is not None, FULL=full)
     _launch(scan_fwd_kernel, m, (*flags.values(), ring, *_aligned(*ops)), dict(
-        **_pointers(ops, bp, tape, ck, skip=("ta",)), value_ptr=value, rot_ptr=rot,
+        **_pointers(ops, bp, tape, ck, skip=("ta", "trs")), value_ptr=value, rot_ptr=rot,
         **m.scalars(R), **flags, KR=m.KR, USE_RING=ring), num_warps=m.ring_warps if ring else m.num_warps)
     return (value if m.SP == m.S else value[: m.S]), (ck, tape if full else None)
 

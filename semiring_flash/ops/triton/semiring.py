@@ -209,7 +209,7 @@ def shift(v, SR: tl.constexpr):
 
 
 @triton.jit
-def vjp(x, out, a_out, route, nm, nz, idx, s_idx, SR: tl.constexpr, KK: tl.constexpr):
+def vjp(x, out, a_out, route, nm, nz, idx, s_idx, SR: tl.constexpr, KK: tl.constexpr, SCALED: tl.constexpr = False):
     """Adjoint (float64) reaching candidate x (3-D, the full tile shape) of ``plus0``.
 
     out / a_out / route / nm / nz: the ⊕ result, its adjoint, route and
@@ -221,13 +221,20 @@ def vjp(x, out, a_out, route, nm, nz, idx, s_idx, SR: tl.constexpr, KK: tl.const
     conserved over millions of steps. (Weights exp(x - out), out = nm + log nz,
     inherit the bias of the fast log/exp, ~1e-8 per step; a float32 nz or
     adjoint still random-walks, ~√T·ε: both compound along the recursion.)
+
+    SCALED (log): a_out is already a_out / nz (``scaled_adjoint``, 0 where nz = 0), and nz
+    is not read: ok is out > 0̄ (the same outputs: nz > 0 exactly when a candidate is finite).
     """
     a_out = a_out.to(tl.float64)
     if SR == LOG:
-        ok = nz > 0
-        # divide on the un-broadcast operands (nz, a_out lack the reduced axis): one
-        # division per output instead of one per candidate
-        scale = a_out / tl.where(ok, nz, 1.0)
+        if SCALED:
+            ok = out > float("-inf")
+            scale = a_out
+        else:
+            ok = nz > 0
+            # divide on the un-broadcast operands (nz, a_out lack the reduced axis): one
+            # division per output instead of one per candidate
+            scale = a_out / tl.where(ok, nz, 1.0)
         r = tl.where(ok, tl.exp(x - nm).to(tl.float64) * scale, 0.0)
     elif SR == MAX:
         r = tl.where((route == idx) & (out > float("-inf")), a_out + tl.zeros_like(x).to(tl.float64), 0.0)
@@ -255,6 +262,18 @@ def vjp(x, out, a_out, route, nm, nz, idx, s_idx, SR: tl.constexpr, KK: tl.const
             oj = _chan(out, s_idx, j, 2)
             r += tl.where((rj == idx * SP + s_idx) & (oj > float("-inf")), aj, 0.0)
     return r
+
+
+@triton.jit
+def scaled_adjoint(a_out, nz, SR: tl.constexpr):
+    """The adjoint of an output as ``vjp`` with SCALED reads it: log: a_out / nz (float64, 0
+    where nz = 0), the very division ``vjp`` makes, done once per output row instead of once
+    per later window that reads the row (K times); other semirings: a_out."""
+    if SR == LOG:
+        ok = nz > 0
+        return tl.where(ok, a_out.to(tl.float64) / tl.where(ok, nz, 1.0), 0.0)
+    else:
+        return a_out
 
 
 @triton.jit

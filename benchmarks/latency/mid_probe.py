@@ -1,0 +1,128 @@
+"""Issue 11's batched case, B=16, T=1000, K=30, C=39, split into forward and backward, per
+launch setting: where do its milliseconds go, and which setting is faster?
+
+    python benchmarks/latency/mid_probe.py [--reps 20] [--only default w4 w16 ringfwd]
+    PYTHONPATH=<older checkout> python benchmarks/latency/mid_probe.py   # time that checkout's package
+
+Inputs: 16 sequences of ``run_gpu.make_inputs`` (realistic log-softmax scores, forbidden
+transitions), fp32 compute. Per variant (VARIANTS: statements on ``launch``'s tuning globals):
+the forward with its tape stores (grad enabled) and the backward alone (autograd.grad with
+retain_graph), median of --reps after a warm-up, in ms; every gradient against the float64 run
+of the default settings (max |diff| / max |ref|). JSON to $OUT/mid_probe.json after every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:  # last: a semiring_flash on PYTHONPATH (an older checkout) is timed instead
+    sys.path.append(ROOT)
+
+import torch  # noqa: E402
+
+from benchmarks.latency.run_gpu import make_inputs  # noqa: E402
+
+B_, T_, K_, C_ = 16, 1000, 30, 39
+NAMES = ("cum", "trans", "dur", "tau0", "end")
+#: variant -> settings of launch's tuning globals (the rest at their defaults)
+VARIANTS = {
+    "default": {},
+    "w4": dict(NUM_WARPS_OVERRIDE=4),
+    "w16": dict(NUM_WARPS_OVERRIDE=16),
+    "ringfwd": dict(RING_FORWARD=True, RING_TAPES=True, RING_RECOMPUTE=False, RING_ADJOINT=False),
+}
+
+
+def batch_inputs(B, T, K, C, device):
+    parts = [make_inputs(T, K, C, seed=s, device=device) for s in range(B)]
+    cum, trans, dur, tau0, end, lengths = (torch.cat([p[i] for p in parts], dim=1 if i == 3 else 0)
+                                           for i in range(6))
+    return cum, trans, dur, tau0, end, lengths
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _median_s(fn, reps):
+    fn()
+    ts = []
+    for _ in range(reps):
+        _sync()
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def run(settings, inputs, reps, dtype=torch.float32):
+    from semiring_flash import LogSemiring
+    from semiring_flash.ops.triton import factored_scan_triton, launch
+
+    saved = {k: getattr(launch, k) for k in settings}
+    try:
+        for k, v in settings.items():
+            setattr(launch, k, v)
+        *ops, lengths = inputs
+        xs = [ops[0].clone().requires_grad_()] + [x.to(dtype).clone().requires_grad_() for x in ops[1:]]
+
+        def fwd():
+            return factored_scan_triton(LogSemiring, *xs, lengths)
+
+        fwd_s = _median_s(fwd, reps)
+        v = fwd()
+        bwd_s = _median_s(lambda: torch.autograd.grad(v.sum(), xs, retain_graph=True), reps)
+        both_s = _median_s(lambda: torch.autograd.grad(fwd().sum(), xs), reps)
+        grads = [g.detach() for g in torch.autograd.grad(v.sum(), xs)]
+    finally:
+        for k, v_ in saved.items():
+            setattr(launch, k, v_)
+    return dict(fwd_ms=1e3 * fwd_s, bwd_ms=1e3 * bwd_s, fwd_bwd_ms=1e3 * both_s), grads
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--only", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--no-ref", action="store_true", help="no float64 reference run (profiling)")
+    args = ap.parse_args(argv)
+    out = os.environ.get("OUT", "./out")
+    os.makedirs(out, exist_ok=True)
+    import triton
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    inputs = batch_inputs(B_, T_, K_, C_, dev)
+    import semiring_flash
+
+    meta = dict(device=torch.cuda.get_device_name() if dev == "cuda" else "cpu", torch=torch.__version__,
+                package=os.path.dirname(semiring_flash.__file__),
+                triton=triton.__version__, python=platform.python_version(), B=B_, T=T_, K=K_, C=C_,
+                reps=args.reps, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    print(json.dumps(meta), flush=True)
+    ref64 = None if args.no_ref else run({}, inputs, 1, torch.float64)[1]
+    rows = {}
+    for name in args.only:
+        try:
+            row, grads = run(VARIANTS[name], inputs, args.reps)
+            for n, g, o in zip(NAMES, grads, ref64 or ()):
+                row[f"{n}_vs_f64"] = float((g.double() - o).abs().max() / o.abs().max().clamp_min(1e-300))
+        except Exception as err:  # noqa: BLE001  (one failing variant must not hide the others)
+            row = dict(error=repr(err)[:400])
+        rows[name] = row
+        print(name, json.dumps(row), flush=True)
+        with open(os.path.join(out, "mid_probe.json"), "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
