@@ -240,6 +240,27 @@ def test_gpu_backward_script_runs_and_checks_its_gradients(tmp_path, monkeypatch
             assert r[f"{name}_finite"] and r.get(f"{name}_vs_off", 0.0) < 1e-5 and r[f"{name}_vs_f64"] < 1e-4, (name, r)
 
 
+@pytest.mark.slow
+def test_mid_probe_runs_and_restores_the_launch_settings(tmp_path, monkeypatch):
+    """mid_probe.py on CPU (interpreter, tiny sizes): each variant runs, its gradients match
+    the float64 run, and launch's settings (and the backward's warps) are restored after it."""
+    import json
+
+    from benchmarks.latency import mid_probe
+    from semiring_flash.ops.triton import launch
+
+    before = (launch.NUM_WARPS_OVERRIDE, launch._Meta.bwd_warps)
+    monkeypatch.setenv("OUT", str(tmp_path))
+    mid_probe.main(["--reps", "1", "--only", "default", "fwd4", "--shape", "2", "9", "3", "5"])
+    rows = json.loads((tmp_path / "mid_probe_B2_T9_K3_C5.json").read_text())["rows"]
+    assert set(rows) == {"default", "fwd4"}
+    for name, row in rows.items():
+        assert "error" not in row and row["fwd_bwd_ms"] > 0, (name, row)
+        for n in mid_probe.NAMES:
+            assert row[f"{n}_vs_f64"] < 1e-5, (name, n, row)
+    assert (launch.NUM_WARPS_OVERRIDE, launch._Meta.bwd_warps) == before
+
+
 def test_gpu_script_reference_matches_dense_oracle():
     """run_gpu.py's float64 reference (what every variant is judged against on the GPU)."""
     from benchmarks.latency.run_gpu import make_inputs, reference_logz
