@@ -1,7 +1,7 @@
 """Issue 11's batched cases (B=16, T=1000, K=30, C=39 by default; --shape B T K C), split into
 forward and backward, per launch setting: where do their milliseconds go, which setting is faster?
 
-    python benchmarks/latency/mid_probe.py [--reps 20] [--only default w4 w16 fwd4 ringfwd] [--shape 32 10000 64 12]
+    python benchmarks/latency/mid_probe.py [--reps 20] [--only default w4 w16 fwd2 fwd4 bwd4 ringfwd] [--shape 32 10000 64 12]
     PYTHONPATH=<older checkout> python benchmarks/latency/mid_probe.py   # time that checkout's package
 
 Inputs: 16 sequences of ``run_gpu.make_inputs`` (realistic log-softmax scores, forbidden
@@ -36,7 +36,8 @@ VARIANTS = {
     "default": {},
     "w4": dict(NUM_WARPS_OVERRIDE=4),
     "w16": dict(NUM_WARPS_OVERRIDE=16),
-    "fwd4": dict(NUM_WARPS_OVERRIDE=4, bwd_warps=8),  # 4 warps in the forward, 8 in the backward
+    "fwd2": dict(NUM_WARPS_OVERRIDE=2, bwd_warps=8),  # 2 warps in the forward, 8 in the backward
+    "fwd4": dict(NUM_WARPS_OVERRIDE=4, bwd_warps=8),
     "bwd4": dict(bwd_warps=4),
     "bwd16": dict(bwd_warps=16),
     "ringfwd": dict(RING_FORWARD=True, RING_TAPES=True, RING_RECOMPUTE=False, RING_ADJOINT=False),
