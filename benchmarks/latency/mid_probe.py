@@ -41,6 +41,7 @@ VARIANTS = {
     "bwd4": dict(bwd_warps=4),
     "bwd16": dict(bwd_warps=16),
     "ringfwd": dict(RING_FORWARD=True, RING_TAPES=True, RING_RECOMPUTE=False, RING_ADJOINT=False),
+    "kept": dict(STORE_ALL_BYTES=1 << 40),  # the whole tape kept: no recompute
 }
 
 
@@ -105,6 +106,7 @@ def main(argv=None):
     ap.add_argument("--only", nargs="*", default=list(VARIANTS))
     ap.add_argument("--no-ref", action="store_true", help="no float64 reference run (profiling)")
     ap.add_argument("--shape", nargs=4, type=int, default=[B_, T_, K_, C_], metavar=("B", "T", "K", "C"))
+    ap.add_argument("--save", help="torch.save the float64 reference's and each variant's gradients here")
     args = ap.parse_args(argv)
     B, T, K, C = args.shape
     out = os.environ.get("OUT", "./out")
@@ -121,10 +123,11 @@ def main(argv=None):
                 reps=args.reps, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     print(json.dumps(meta), flush=True)
     ref64 = None if args.no_ref else run({}, inputs, 1, torch.float64)[1]
-    rows = {}
+    rows, saved = {}, {"f64": ref64}
     for name in args.only:
         try:
             row, grads = run(VARIANTS[name], inputs, args.reps)
+            saved[name] = grads
             for n, g, o in zip(NAMES, grads, ref64 or ()):
                 row[f"{n}_vs_f64"] = float((g.double() - o).abs().max() / o.abs().max().clamp_min(1e-300))
         except Exception as err:  # noqa: BLE001  (one failing variant must not hide the others)
@@ -133,6 +136,8 @@ def main(argv=None):
         print(name, json.dumps(row), flush=True)
         with open(os.path.join(out, f"mid_probe_B{B}_T{T}_K{K}_C{C}.json"), "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    if args.save:
+        torch.save({k: [g.cpu() for g in v] for k, v in saved.items() if v is not None}, args.save)
     return rows
 
 
