@@ -211,15 +211,17 @@ def test_real_backward_kernel_sm90_barriers():
 
 @pytest.mark.slow
 def test_tape_adjoint_sums_labels_without_shuffle_trees():
-    """The tape adjoint (issue 11's batched case, K=30, C=39, compiled for sm_90): the transition
-    pull reads a transposed copy, so c' lies on the lanes as c does in the window pull, and the
+    """The tape adjoint (issue 11's batched case, K=30, C=39, compiled for sm_90) with TAPE_PULL: the
+    transition pull reads a transposed copy, so c' lies on the lanes as c does in the window pull, and the
     sum over c needs no float64 shuffle tree per c' (166 shuffles and 1376 SASS instructions a
-    step before, 8 and 935 after); the softmax divisions run once per row, not per candidate."""
-    rows = _proxy_rows("--real-bwd", "--K", "30", "--C", "39", "--only", "log", "max")
+    step with the plain pull, 8 and 935 with TAPE_PULL); the softmax divisions run once per row."""
+    on = _proxy_rows("--real-bwd", "--K", "30", "--C", "39", "--only", "log", "max", "--tape-pull")
+    off = _proxy_rows("--real-bwd", "--K", "30", "--C", "39", "--only", "log")
     for sr in ("log", "max"):
-        row = rows[f"{sr}: adjoint"]
+        row = on[f"{sr}: adjoint"]
         assert row["shfl_sass"] <= 16 and row["bar_sass"] <= 9, (sr, row)
-    assert rows["log: adjoint"]["sass_n"] < 1100, rows["log: adjoint"]
+    assert on["log: adjoint"]["sass_n"] < 1100 < off["log: adjoint"]["sass_n"], (on, off)
+    assert off["log: adjoint"]["shfl_sass"] > 100, off
 
 
 @pytest.mark.slow

@@ -296,6 +296,53 @@ def test_pipelined_backward_equals_the_one_program_backward(si, ring_bwd, monkey
     _check_factored_vs_dense(sr, si, ins, L, 4)
 
 
+@pytest.mark.parametrize("every", [None, 4], ids=["kept", "recompute"])
+@pytest.mark.parametrize("si", [0, 1, 2], ids=IDS[:3])
+def test_tape_pull_gives_the_plain_pulls_gradients_bit_for_bit(si, every, monkeypatch):
+    """launch.TAPE_PULL (the tape adjoint's transition pull on a transposed copy, log divisions once
+    per row): the same float64 operations as the plain pull, so the interpreter's gradients are bit
+    for bit equal, kept tape and recomputed blocks, mixed lengths, -inf zeros, a start bias; the
+    launches did take it (and the dense DP agrees)."""
+    from semiring_flash.ops.triton import launch
+
+    sr = SEMIRINGS[si]
+    ins, _ = _factored(sr, 3, 13, 3, 5, seed=70 + si, neg=True)
+    L = torch.tensor([13, 6, 1])
+    seen = []
+    real = launch._launch
+    monkeypatch.setattr(launch, "_launch", lambda kernel, m, variant, kw, **o: (
+        seen.append(kw.get("TAPE_PULL")), real(kernel, m, variant, kw, **o))[1])
+    monkeypatch.setattr(launch, "TAPE_PULL", True)
+    pulled = _value_grads(sr, ins, L, every)
+    assert True in seen
+    seen.clear()
+    monkeypatch.setattr(launch, "TAPE_PULL", False)
+    for x, y in zip(pulled, _value_grads(sr, ins, L, every)):
+        assert torch.equal(x, y)
+    assert False in seen and True not in seen
+    monkeypatch.setattr(launch, "TAPE_PULL", True)
+    _check_factored_vs_dense(sr, si, ins, L, every)
+
+
+def test_tape_pull_only_where_measured(monkeypatch):
+    """"measured": C > 32 with the whole tape kept (the GPU-checked regime); never with the ring
+    adjoint or edges, nor on the recompute path (2026-12-08: a 20x larger gradient error there,
+    unexplained); the transposed copy is carved only where the pull reads it."""
+    from semiring_flash.ops.triton import launch
+
+    cpu = torch.device("cpu")
+    m = lambda C, T=1000, K=30, edges=False, every=None: launch._meta(  # noqa: E731
+        SEMIRINGS[0], 16, T, K, C, torch.float32, cpu, edges, False, every)
+    assert launch.TAPE_PULL == "measured"
+    assert m(39).tape_pull and m(39).store_all
+    assert not m(39, every=100).tape_pull  # recomputed blocks
+    assert not m(12).tape_pull and not m(39, edges=True).tape_pull
+    assert launch.tape_with(m(39), 0)[0].trs is not None and launch.tape_with(m(12), 0)[0].trs is None
+    monkeypatch.setattr(launch, "TAPE_PULL", True)
+    assert m(12).tape_pull and m(39, every=100).tape_pull
+    assert not launch._meta(SEMIRINGS[0], 1, 1000, 100, 8, torch.float32, cpu, False, False, None).tape_pull  # ring adjoint
+
+
 def test_pipelined_backward_only_where_it_can_run(monkeypatch):
     """The pipeline needs the ring recompute and adjoint; "auto" takes it on a GPU whose SMs hold
     the 2B programs, never on the CPU (the interpreter); its tape ring holds two blocks."""

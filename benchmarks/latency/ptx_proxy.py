@@ -246,9 +246,10 @@ def real_bwd_config(K: int, C: int, sr: int = 0, recompute: bool = False, flags=
     import semiring_flash as sf
     from semiring_flash.ops.triton import kernels, launch
 
-    old = {f: getattr(launch, f) for f in _RING}
+    switches = _RING + (("TAPE_PULL",) if hasattr(launch, "TAPE_PULL") else ())
+    old = {f: getattr(launch, f) for f in switches}
     try:
-        for f in _RING:
+        for f in switches:
             setattr(launch, f, f in flags)
         m = launch._Meta(sf.MaxSemiring if sr else sf.LogSemiring, 1, 100_000, K, C, torch.float32, "cpu", False, False)
     finally:
@@ -256,7 +257,8 @@ def real_bwd_config(K: int, C: int, sr: int = 0, recompute: bool = False, flags=
             setattr(launch, f, v)
     fn = kernels.scan_bwd_kernel
     ring = m.bwd_ring(recompute) if hasattr(m, "bwd_ring") else {}
-    consts = dict(m.consts(), RECOMPUTE=recompute, KR=m.KR, GM=getattr(m, "fold", None), PIPE="PIPE" in flags, **ring)
+    consts = dict(m.consts(), RECOMPUTE=recompute, KR=m.KR, GM=getattr(m, "fold", None), PIPE="PIPE" in flags,
+                  TAPE_PULL=getattr(m, "tape_pull", False), **ring)
     unused = ["edges_ptr", "gedge_ptr", "sb_ptr", "gsb_ptr", "tp_ptr"]
     unused += ["tam_ptr", "taz_ptr", "ttm_ptr", "ttz_ptr"] if sr == 1 else ["tra_ptr", "trt_ptr"]
     unused += [] if recompute else ["ckv_ptr", "ckb_ptr", "ckn_ptr"]
@@ -275,7 +277,7 @@ REAL_BWD = {f"{sr}{'+rc' if rc else ''}{' ' + tag if tag else ''}": (i, rc, flag
             if rc or ("rc" not in tag and tag != "pipe")}
 
 
-def real_bwd_rows(K: int = 100, C: int = 8, only=None) -> dict:
+def real_bwd_rows(K: int = 100, C: int = 8, only=None, extra=()) -> dict:
     """Proxy rows of the real backward per ``REAL_BWD`` entry, one row per per-step loop:
     "name: recompute" (RECOMPUTE) and "name: adjoint" (the two largest loops inside the loop
     over blocks, in the order the kernel runs them; their own blocks: RING_ADJ's fold every
@@ -284,7 +286,7 @@ def real_bwd_rows(K: int = 100, C: int = 8, only=None) -> dict:
     for name, (sr, recompute, flags) in REAL_BWD.items():
         if only and name not in only:
             continue
-        fn, consts, nw = real_bwd_config(K, C, sr, recompute, flags)
+        fn, consts, nw = real_bwd_config(K, C, sr, recompute, tuple(flags) + tuple(extra))
         k = compile_sm90(fn, consts, nw)
         loops = loops_at_depth(k.asm["ptx"], 2)  # the steps' loops, inside the loop over blocks
         big = sorted(sorted(loops, key=lambda h: len(loops[h]))[-(1 + recompute):], key=list(loops).index)
@@ -325,9 +327,11 @@ def main(argv=None):
     ap.add_argument("--real-bwd", action="store_true", help="only the real backward kernel, per flag set (REAL_BWD)")
     ap.add_argument("--gluon", action="store_true", help="only the Gluon variants")
     ap.add_argument("--only", nargs="*", help="--real-bwd: only these REAL_BWD rows (e.g. log max)")
+    ap.add_argument("--tape-pull", action="store_true", help="--real-bwd: launch.TAPE_PULL on in every row")
     args = ap.parse_args(argv)
     if args.real_bwd:
-        return _table(real_bwd_rows(args.K, args.C, args.only), args, "real backward kernel, per step loop")
+        rows = real_bwd_rows(args.K, args.C, args.only, ("TAPE_PULL",) if args.tape_pull else ())
+        return _table(rows, args, "real backward kernel, per step loop" + (", TAPE_PULL" * args.tape_pull))
     if args.real:
         return _table(real_rows(args.K, args.C), args, "real forward kernel")
     rows = {}

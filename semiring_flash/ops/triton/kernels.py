@@ -639,7 +639,7 @@ def _source_row(tv_b, tb_b, sp, rows, ok, bq0, bq1, s3, SR: tl.constexpr, CP: tl
 @triton.jit
 def _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
               SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr,
-              KP: tl.constexpr, SP: tl.constexpr):
+              KP: tl.constexpr, SP: tl.constexpr, SCALED: tl.constexpr):
     """Adjoint of τ(p) from α(p+d), d = 1..K, and the duration-potential adjoints (KP, CP).
 
     Window rows p+1..p+K are read upwards from the slot of p+1 (through the mirror)."""
@@ -657,7 +657,7 @@ def _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, 
     cum_q = tl.load(cum_b + (p + 1) * C + (n3 * C + c3), mask=okr & (c3 < C), other=0.0)
     w = (cum_q - cum_p).to(vp.dtype) + dur3
     x = mul_pot(vp, w, s3, SR)
-    ct = tl.where(okc, vjp(x, outq, adjq, raq, amq, azq, n3, s3, SR, KK, True), 0.0)
+    ct = tl.where(okc, vjp(x, outq, adjq, raq, amq, azq, n3, s3, SR, KK, SCALED), 0.0)
     a_tau = tl.sum(ct, axis=0)  # (CP, SP)
     gd = potgrad(ct, s3, SR, 2)  # (KP, CP)
     return a_tau, gd
@@ -666,12 +666,15 @@ def _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, 
 @triton.jit
 def _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
                SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr,
-               SP: tl.constexpr, HAS_SB: tl.constexpr):
+               SP: tl.constexpr, HAS_SB: tl.constexpr, SCALED: tl.constexpr):
     """Adjoint of α(p, c') from τ(p, c) through the transition (rows c, columns c'); a_tau as
-    ``_tau_adjoint`` left it. trT3 is read from the kernel's transposed copy (contiguous along
-    c'), so c' lies on the lanes, as c does in the window pull's tile: the sum over c is in
-    registers and across warps. (Read from the transition itself, c lay on the lanes and each
-    c' was summed by a float64 shuffle tree: 166 shuffles a step in sm_90 code at K=30, C=39.)"""
+    ``_tau_adjoint`` left it (SCALED: divided by τ(p)'s LSE sums).
+
+    SCALED goes with TAPE_PULL (launch.TAPE_PULL): trT3 is then read from the kernel's
+    transposed copy (contiguous along c'), so c' lies on the lanes, as c does in the window
+    pull's tile, and the sum over c is in registers and across warps. Read from the transition
+    itself, c lies on the lanes and each c' is summed by a float64 shuffle tree (166 shuffles
+    a step in sm_90 code at K=30, C=39, against 8)."""
     cr = tl.arange(0, CP)[:, None, None]
     cc = tl.arange(0, CP)[None, :, None]
     s3 = tl.arange(0, SP)[None, None, :]
@@ -690,11 +693,11 @@ def _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
         tmp = tl.load(ttm_b + sp * (CP * SP) + cr * SP + s3)
     else:
         tmp = 0.0
-    if SR == ENTROPY:
+    if SR == ENTROPY or (SR == LOG and not SCALED):
         tzp = tl.load(ttz_b + sp * (CP * SP) + cr * SP + s3)
     else:
         tzp = 0.0
-    ct = vjp(x, outp, tl.expand_dims(a_tau, 1), rtp, tmp, tzp, cc, s3, SR, KK, True)
+    ct = vjp(x, outp, tl.expand_dims(a_tau, 1), rtp, tmp, tzp, cc, s3, SR, KK, SCALED)
     ct = tl.where((cr < C) & (cc < C) & (s3 < S), ct, 0.0)
     a_alpha = tl.sum(ct, axis=0)  # (CP, SP) over c'
     gt = potgrad(ct, s3, SR, 2)  # (CP c, CP c')
@@ -702,11 +705,11 @@ def _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
 
 
 @triton.jit
-def _tau_adjoint(p, R, a_tau, ttz_b, SR: tl.constexpr, CP: tl.constexpr, SP: tl.constexpr):
+def _tau_adjoint(p, R, a_tau, ttz_b, SR: tl.constexpr, CP: tl.constexpr, SP: tl.constexpr, SCALED: tl.constexpr):
     """a_tau as the transition pull's ``vjp`` (SCALED) reads it: log: divided by τ(p)'s LSE
     sums here, in the layout the window sum leaves it in (one label per thread), not in the
-    pull's tile, where each thread holds a sixteenth of the labels."""
-    if SR == LOG:
+    pull's tile, where each thread holds a sixteenth of the labels. Not SCALED: a_tau."""
+    if SCALED and SR == LOG:
         c2 = tl.arange(0, CP)[:, None]
         s2 = tl.arange(0, SP)[None, :]
         return scaled_adjoint(a_tau, tl.load(ttz_b + (p & (R - 1)) * (CP * SP) + c2 * SP + s2), SR)
@@ -952,7 +955,7 @@ def scan_bwd_kernel(
     SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
     SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, RECOMPUTE: tl.constexpr,
     KR: tl.constexpr, USE_RING_RECOMPUTE: tl.constexpr, USE_RING_ADJOINT: tl.constexpr, GM: tl.constexpr,
-    PIPE: tl.constexpr,
+    PIPE: tl.constexpr, TAPE_PULL: tl.constexpr = False,
 ):
     """Gradients of the scan. RECOMPUTE: rebuild each block's tape rows from its
     checkpoint (O(√(T·K)) memory); else the forward stored every row (one block).
@@ -1027,10 +1030,13 @@ def scan_bwd_kernel(
         dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
         amr_dtype = dur3.dtype
         tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
-        if not RING_ADJ:  # the tape's transition pull reads a transposed copy (see _fac_tpull)
-            tl.store(trs_ptr + b * (CP * CP) + c3 * CP + cr, tr3)
-            tl.debug_barrier()
-            trT3 = tl.load(trs_ptr + b * (CP * CP) + cr * CP + c3)
+        if not RING_ADJ:  # the tape's transition pull: (c, c') from the transition, or (TAPE_PULL)
+            if TAPE_PULL:  # from a transposed copy (see _fac_tpull)
+                tl.store(trs_ptr + b * (CP * CP) + c3 * CP + cr, tr3)
+                tl.debug_barrier()
+                trT3 = tl.load(trs_ptr + b * (CP * CP) + cr * CP + c3)
+            else:
+                trT3 = tl.load(trans_ptr + b * C * C + c3 * C + cr, mask=(cr < C) & (c3 < C), other=float("-inf"))
     if RING_RC or RING_ADJ:
         rc3, slot, lab3, pos3, lab2, pos2, tr2 = _ring_setup(L, C, trans_ptr + b * C * C, CP, KR)
         rot_b = rot_ptr + b * 2 * CP * (2 * KR)  # the forward's table, then the adjoints' (read after a barrier)
@@ -1144,7 +1150,7 @@ def scan_bwd_kernel(
                     asc, aok, amr, rar, bqr, cqr = _ring_adj_insert(L, a_alpha[:, :, None], ar, aq, bp, cum_p,
                                                                     asc, aok, amr, rar, bqr, cqr, slot, SR, KR)
                 else:
-                    _store_adjoint(ta_b, taz_b, L & (R - 1), R, a_alpha, CP, SP, SR, not EDGES)
+                    _store_adjoint(ta_b, taz_b, L & (R - 1), R, a_alpha, CP, SP, SR, TAPE_PULL and not EDGES)
                 if not EDGES:
                     pa = potgrad(a_alpha, s2, SR, 1)
                     tl.store(gcum_b + L * C + c1, pa, mask=c1 < C)
@@ -1199,9 +1205,10 @@ def scan_bwd_kernel(
                                              SR, KK, S, CP, KP, SP)
                     else:
                         a_tau, gd = _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
-                                              SR, KK, S, CP, KP, SP)
-                        a_alpha, gt = _fac_tpull(p, C, R, _tau_adjoint(p, R, a_tau, ttz_b, SR, CP, SP), trT3,
-                                                 to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b, SR, KK, S, CP, SP, HAS_SB)
+                                              SR, KK, S, CP, KP, SP, TAPE_PULL)
+                        a_alpha, gt = _fac_tpull(p, C, R, _tau_adjoint(p, R, a_tau, ttz_b, SR, CP, SP, TAPE_PULL), trT3,
+                                                 to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b, SR, KK, S, CP, SP, HAS_SB,
+                                                 TAPE_PULL)
                         gdur += gd
                         gtr += gt
                         pa = potgrad(a_alpha, s2, SR, 1)
@@ -1210,12 +1217,12 @@ def scan_bwd_kernel(
                         tl.store(gcum_b + pp * C + c1, pa - pt, mask=c1 < C)
                         if HAS_SB:
                             tl.store(gsb_b + pp * C + c1, pt.to(dur3.dtype), mask=c1 < C)
-                    _store_adjoint(ta_b, taz_b, p & (R - 1), R, a_alpha, CP, SP, SR, not EDGES)
+                    _store_adjoint(ta_b, taz_b, p & (R - 1), R, a_alpha, CP, SP, SR, TAPE_PULL and not EDGES)
                     tl.debug_barrier()
             if not (EDGES or RING_ADJ):
                 if j == 0:
                     a_tau, gd = _fac_pull(0, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
-                                          SR, KK, S, CP, KP, SP)
+                                          SR, KK, S, CP, KP, SP, TAPE_PULL)
                     gdur += gd
                     pt = potgrad(a_tau, s2, SR, 1)
                     tl.store(gcum_b + c1, -pt, mask=c1 < C)

@@ -83,6 +83,14 @@ RING_ADJOINT = "measured"
 #: K=100, C=8: recomputed backward 2.37 -> 1.35 us/step (the kept tape's 1.34), the same gradients;
 #: T=1e7 forward + backward 31.7 -> 21.5 s (docs/gpu.md).
 PIPELINE_BACKWARD = "auto"
+#: The tape adjoint's transition pull on a transposed copy of the transition, with its log softmax
+#: divisions once per row (kernels._fac_tpull, TAPE_PULL). True / False / "measured": the regime
+#: timed and checked on a GPU, C > 32 (CP >= 64) with the whole tape kept (H100, 2026-12-08:
+#: B=16, T=1000, K=30, C=39 forward + backward 13.25 -> 11.54 ms, the same gradients to every
+#: printed digit). Not beyond it: at B=32, T=1e4, K=64, C=12 (recompute path) the same call gave
+#: gradients within 3.3e-5 of float64 instead of 1.6e-6 and a 6% slower backward, not explained
+#: yet (the interpreter's gradients are bit for bit those of the plain pull there too).
+TAPE_PULL = "measured"
 #: steps between two folds of RING_ADJ's duration-adjoint scratch into registers (a power of two; one
 #: barrier each; the scratch holds 2·RING_FOLD steps of (CP, KR) float64 per sequence)
 RING_FOLD = 16
@@ -113,6 +121,13 @@ def _ring_on(flag, K: int, C: int) -> bool:
 def _follows(flag, ring_tapes: bool) -> bool:
     """RING_RECOMPUTE / RING_ADJOINT for a call: "measured" follows the forward's RING_TAPES."""
     return ring_tapes if flag == "measured" else bool(flag)
+
+
+def _tape_pull_on(flag, CP: int, store_all: bool) -> bool:
+    """TAPE_PULL for a call: "measured" where it was timed and checked (CP >= 64, tape kept)."""
+    if flag == "measured":
+        return CP >= 64 and store_all
+    return bool(flag)
 
 
 def _pipeline_on(flag, B: int, device) -> bool:
@@ -183,6 +198,8 @@ class _Meta:
         self.ring_recompute = ring_ok and _follows(RING_RECOMPUTE, self.ring_tapes)
         self.ring_adjoint = ring_ok and _follows(RING_ADJOINT, self.ring_tapes) and self.CP <= min(self.KR, 32)
         self.fold = RING_FOLD
+        # the tape adjoint's transition pull on a transposed copy (kernels._fac_tpull, TAPE_PULL)
+        self.tape_pull = not edges and not self.ring_adjoint and _tape_pull_on(TAPE_PULL, self.CP, self.store_all)
         # the checkpointed backward as a pipeline of block launches (PIPELINE_BACKWARD): its tape
         # ring holds two blocks
         self.pipe = (not self.store_all and self.ring_recompute and self.ring_adjoint
@@ -238,13 +255,13 @@ class _Meta:
 
 @functools.lru_cache(maxsize=512)
 def _cached_meta(*key):
-    return _Meta(*key[:-8])  # the tuning globals end the key
+    return _Meta(*key[:-9])  # the tuning globals end the key
 
 
 def tuning() -> tuple:
     """The tuning globals a cached launch plan depends on (part of every cache key)."""
     return (NUM_WARPS_OVERRIDE, STORE_ALL_BYTES, RING_FORWARD, RING_TAPES, RING_RECOMPUTE, RING_ADJOINT, RING_FOLD,
-            PIPELINE_BACKWARD)
+            PIPELINE_BACKWARD, TAPE_PULL)
 
 
 def _meta(*args) -> _Meta:
@@ -375,8 +392,8 @@ def _bwd_tape(m: _Meta, R) -> Tape:
 def tape_with(m: _Meta, R, sizes=(), sizes64=()):
     """(Tape, flat pieces of the ``sizes`` in the compute dtype, of the ``sizes64`` in float64):
     a caller's buffers that live as long as the tape, carved from its allocations. The tape
-    adjoint's transposed transition (``trs``) is carved the same way."""
-    trs = not (m.edges or m.ring_adjoint)
+    adjoint's transposed transition (``trs``, TAPE_PULL) is carved the same way."""
+    trs = m.tape_pull
     arrays, more = {}, {None: (m.B * m.CP * m.CP,) * trs + tuple(sizes), torch.float64: sizes64}
     for dtype, names in _tape_names(m.edges, m.has_sb, m.routes, m.lse, m.ring_adjoint):
         bases = dtype == torch.float64  # the bases share the float64 tapes' allocation
@@ -465,7 +482,8 @@ def _bwd(m: _Meta, grad_value, ops: Operands, saved, grads: Optional[Grads] = No
     kw = dict(**_pointers(ops, tape, ck, grads), gv_ptr=gv, rot_ptr=rot, gsc_ptr=gsc,
               **m.scalars(R), I=0, GV_S=gv_s, GV_B=gv_b, RECOMPUTE=recompute,
               # KR, GM: constants where no ring runs (one compilation still serves every K of a KP)
-              KR=m.KR if any(ring.values()) else 2, GM=m.fold if m.ring_adjoint else 1, PIPE=pipe, **ring)
+              KR=m.KR if any(ring.values()) else 2, GM=m.fold if m.ring_adjoint else 1, PIPE=pipe,
+              TAPE_PULL=m.tape_pull, **ring)
     variant = (recompute, pipe, *_aligned(*ops, gv), gv_s, gv_b)
     # PIPE: launch I recomputes block nb-1-I and runs the adjoints of block nb-I (per sequence)
     for i in range(m.nblk + 1 if pipe else 1):
