@@ -22,6 +22,9 @@
 #   fold8, fold32   the ring backward (kept tape) with RING_FOLD = 8 / 32 (default 16)
 #   midprobe  the mid case split into forward and backward per launch setting (latency/mid_probe.py;
 #             its arguments from PROBE_ARGS, e.g. "--only default w16")
+#   tapepull  launch.TAPE_PULL beyond its measured regime (B=32, T=10^4, K=64, C=12): plain pull, the
+#             transposed pull, each with the tape recomputed and kept; every gradient against the float64
+#             reference (2026-12-08: 3.3e-5 with the transposed pull recomputed, 1.6e-6 plain; why?)
 #   ncu       Nsight Compute's warp-state and scheduler sections of the mid case's backward kernel,
 #             where ncu exists and may read the counters
 set -u
@@ -70,6 +73,8 @@ launch.RING_FOLD = ${s#fold}
 from benchmarks.latency import run_gpu_bwd
 run_gpu_bwd.main(['--only', 'all', '--modes', 'stored'])" ;;
     midprobe) OUT="$OUT" run_step midprobe "$PY" benchmarks/latency/mid_probe.py ${PROBE_ARGS:-} ;;
+    tapepull) OUT="$OUT" run_step tapepull "$PY" benchmarks/latency/mid_probe.py --reps 2 --shape 32 10000 64 12 \
+                --only default kept pull pull_kept ;;
     ncu) NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
          if [ -z "$NCU" ]; then echo "== ncu: not installed" | tee "$OUT/ncu.log"; else
            run_step ncu "$NCU" --kernel-name regex:scan_bwd --launch-skip 1 --launch-count 1 --section WarpStateStats \

@@ -42,6 +42,8 @@ VARIANTS = {
     "bwd16": dict(bwd_warps=16),
     "ringfwd": dict(RING_FORWARD=True, RING_TAPES=True, RING_RECOMPUTE=False, RING_ADJOINT=False),
     "kept": dict(STORE_ALL_BYTES=1 << 40),  # the whole tape kept: no recompute
+    "pull": dict(TAPE_PULL=True),  # the transposed transition pull beyond its measured regime
+    "pull_kept": dict(TAPE_PULL=True, STORE_ALL_BYTES=1 << 40),
 }
 
 
