@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -28,6 +27,7 @@ if ROOT not in sys.path:  # last: a semiring_flash on PYTHONPATH (an older check
 import torch  # noqa: E402
 
 from benchmarks.latency.run_gpu import make_inputs  # noqa: E402
+from benchmarks.latency.run_gpu_bwd import _timed  # noqa: E402
 
 B_, T_, K_, C_ = 16, 1000, 30, 39
 NAMES = ("cum", "trans", "dur", "tau0", "end")
@@ -54,21 +54,8 @@ def batch_inputs(B, T, K, C, device):
     return cum, trans, dur, tau0, end, lengths
 
 
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _median_s(fn, reps):
-    fn()
-    ts = []
-    for _ in range(reps):
-        _sync()
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return _timed(fn, reps)[0]  # after a warm-up call
 
 
 def run(settings, inputs, reps, dtype=torch.float32):
