@@ -603,28 +603,36 @@ def _window_rows(rowq, ok, okr, slots, to_b, ta_b, tra_b, tam_b, taz_b, tb_b, SR
         raq = tl.load(tra_b + rowq, mask=ok, other=0)
     else:
         raq = 0
-    azq = 0.0
     if SR == LOG or SR == ENTROPY:
         amq = tl.load(tam_b + rowq, mask=ok, other=0.0)
         azq = tl.load(taz_b + rowq, mask=ok, other=0.0)  # unread (so not loaded) where adjq is scaled
     else:
         amq = 0.0
+        azq = 0.0
     bq0, bq1 = _load_bases(tb_b, slots, okr, SR)
     return outq, adjq, raq, amq, azq, bq0, bq1
+
+
+@triton.jit
+def _scaled_row(a, z_b, slot, CP: tl.constexpr, SP: tl.constexpr, SR: tl.constexpr, SCALED: tl.constexpr):
+    """An adjoint a (CP, SP) as a SCALED ``vjp`` reads it: log: divided by the LSE sums of tape row
+    ``slot`` of z_b (``scaled_adjoint``: the very float64 division vjp would make), in the
+    layout a already has; else a."""
+    if SCALED and SR == LOG:
+        c2 = tl.arange(0, CP)[:, None]
+        s2 = tl.arange(0, SP)[None, :]
+        return scaled_adjoint(a, tl.load(z_b + slot * (CP * SP) + c2 * SP + s2), SR)
+    else:
+        return a
 
 
 @triton.jit
 def _store_adjoint(ta_b, taz_b, slot, R, a, CP: tl.constexpr, SP: tl.constexpr, SR: tl.constexpr,
                    SCALED: tl.constexpr):
     """Adjoint row ``slot`` (and its mirror) as the window pulls read it. SCALED (factored log):
-    divided by the row's LSE sum here, once, instead of in each of the K later windows
-    (``scaled_adjoint``: the same float64 division, so the same bits). The edge path keeps
-    the division in its pull (its tile holds one per thread already)."""
-    if SCALED and SR == LOG:
-        c2 = tl.arange(0, CP)[:, None]
-        s2 = tl.arange(0, SP)[None, :]
-        a = scaled_adjoint(a, tl.load(taz_b + slot * (CP * SP) + c2 * SP + s2), SR)
-    _store_row2(ta_b, slot, R, a, CP, SP)
+    divided by the row's LSE sum here, once, instead of in each of the K later windows. The edge
+    path keeps the division in its pull (its tile holds one per thread already)."""
+    _store_row2(ta_b, slot, R, _scaled_row(a, taz_b, slot, CP, SP, SR, SCALED), CP, SP)
 
 
 @triton.jit
@@ -667,8 +675,9 @@ def _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, 
 def _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
                SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr,
                SP: tl.constexpr, HAS_SB: tl.constexpr, SCALED: tl.constexpr):
-    """Adjoint of α(p, c') from τ(p, c) through the transition (rows c, columns c'); a_tau as
-    ``_tau_adjoint`` left it (SCALED: divided by τ(p)'s LSE sums).
+    """Adjoint of α(p, c') from τ(p, c) through the transition (rows c, columns c'); a_tau
+    (SCALED: divided by τ(p)'s LSE sums in the window sum's layout, one label per thread, not in
+    this tile's, where each thread holds a sixteenth of the labels).
 
     SCALED goes with TAPE_PULL (launch.TAPE_PULL): trT3 is then read from the kernel's
     transposed copy (contiguous along c'), so c' lies on the lanes, as c does in the window
@@ -702,19 +711,6 @@ def _fac_tpull(p, C, R, a_tau, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
     a_alpha = tl.sum(ct, axis=0)  # (CP, SP) over c'
     gt = potgrad(ct, s3, SR, 2)  # (CP c, CP c')
     return a_alpha, gt
-
-
-@triton.jit
-def _tau_adjoint(p, R, a_tau, ttz_b, SR: tl.constexpr, CP: tl.constexpr, SP: tl.constexpr, SCALED: tl.constexpr):
-    """a_tau as the transition pull's ``vjp`` (SCALED) reads it: log: divided by τ(p)'s LSE
-    sums here, in the layout the window sum leaves it in (one label per thread), not in the
-    pull's tile, where each thread holds a sixteenth of the labels. Not SCALED: a_tau."""
-    if SCALED and SR == LOG:
-        c2 = tl.arange(0, CP)[:, None]
-        s2 = tl.arange(0, SP)[None, :]
-        return scaled_adjoint(a_tau, tl.load(ttz_b + (p & (R - 1)) * (CP * SP) + c2 * SP + s2), SR)
-    else:
-        return a_tau
 
 
 @triton.jit
@@ -980,6 +976,7 @@ def scan_bwd_kernel(
     adjoint ring already is between blocks."""
     RING_RC: tl.constexpr = USE_RING_RECOMPUTE and RECOMPUTE and (not EDGES) and (SR == LOG or SR == MAX)
     RING_ADJ: tl.constexpr = USE_RING_ADJOINT and (not EDGES) and (SR == LOG or SR == MAX) and (CP <= KR) and (CP <= 32)
+    PULL_T: tl.constexpr = TAPE_PULL and (not EDGES) and (not RING_ADJ)  # launch.TAPE_PULL (_fac_tpull)
     tl.static_assert((not PIPE) or (RING_RC and RING_ADJ), "PIPE needs the ring recompute and the ring adjoint")
     pid = tl.program_id(0)
     if PIPE:
@@ -1030,13 +1027,13 @@ def scan_bwd_kernel(
         dur3 = tl.load(dur_ptr + b * K * C + n3 * C + c3, mask=(n3 < K) & (c3 < C), other=0.0)
         amr_dtype = dur3.dtype
         tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
-        if not RING_ADJ:  # the tape's transition pull: (c, c') from the transition, or (TAPE_PULL)
-            if TAPE_PULL:  # from a transposed copy (see _fac_tpull)
-                tl.store(trs_ptr + b * (CP * CP) + c3 * CP + cr, tr3)
-                tl.debug_barrier()
-                trT3 = tl.load(trs_ptr + b * (CP * CP) + cr * CP + c3)
-            else:
-                trT3 = tl.load(trans_ptr + b * C * C + c3 * C + cr, mask=(cr < C) & (c3 < C), other=float("-inf"))
+        # the tape's transition pull (c, c'): from a transposed copy (PULL_T, see _fac_tpull) or the transition
+        if PULL_T:
+            tl.store(trs_ptr + b * (CP * CP) + c3 * CP + cr, tr3)
+            tl.debug_barrier()
+            trT3 = tl.load(trs_ptr + b * (CP * CP) + cr * CP + c3)
+        elif not RING_ADJ:
+            trT3 = tl.load(trans_ptr + b * C * C + c3 * C + cr, mask=(cr < C) & (c3 < C), other=float("-inf"))
     if RING_RC or RING_ADJ:
         rc3, slot, lab3, pos3, lab2, pos2, tr2 = _ring_setup(L, C, trans_ptr + b * C * C, CP, KR)
         rot_b = rot_ptr + b * 2 * CP * (2 * KR)  # the forward's table, then the adjoints' (read after a barrier)
@@ -1150,7 +1147,7 @@ def scan_bwd_kernel(
                     asc, aok, amr, rar, bqr, cqr = _ring_adj_insert(L, a_alpha[:, :, None], ar, aq, bp, cum_p,
                                                                     asc, aok, amr, rar, bqr, cqr, slot, SR, KR)
                 else:
-                    _store_adjoint(ta_b, taz_b, L & (R - 1), R, a_alpha, CP, SP, SR, TAPE_PULL and not EDGES)
+                    _store_adjoint(ta_b, taz_b, L & (R - 1), R, a_alpha, CP, SP, SR, PULL_T)
                 if not EDGES:
                     pa = potgrad(a_alpha, s2, SR, 1)
                     tl.store(gcum_b + L * C + c1, pa, mask=c1 < C)
@@ -1205,10 +1202,10 @@ def scan_bwd_kernel(
                                              SR, KK, S, CP, KP, SP)
                     else:
                         a_tau, gd = _fac_pull(p, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
-                                              SR, KK, S, CP, KP, SP, TAPE_PULL)
-                        a_alpha, gt = _fac_tpull(p, C, R, _tau_adjoint(p, R, a_tau, ttz_b, SR, CP, SP, TAPE_PULL), trT3,
-                                                 to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b, SR, KK, S, CP, SP, HAS_SB,
-                                                 TAPE_PULL)
+                                              SR, KK, S, CP, KP, SP, PULL_T)
+                        a_st = _scaled_row(a_tau, ttz_b, p & (R - 1), CP, SP, SR, PULL_T)
+                        a_alpha, gt = _fac_tpull(p, C, R, a_st, trT3, to_b, tp_b, trt_b, tv_b, ttm_b, ttz_b,
+                                                 SR, KK, S, CP, SP, HAS_SB, PULL_T)
                         gdur += gd
                         gtr += gt
                         pa = potgrad(a_alpha, s2, SR, 1)
@@ -1217,12 +1214,12 @@ def scan_bwd_kernel(
                         tl.store(gcum_b + pp * C + c1, pa - pt, mask=c1 < C)
                         if HAS_SB:
                             tl.store(gsb_b + pp * C + c1, pt.to(dur3.dtype), mask=c1 < C)
-                    _store_adjoint(ta_b, taz_b, p & (R - 1), R, a_alpha, CP, SP, SR, TAPE_PULL and not EDGES)
+                    _store_adjoint(ta_b, taz_b, p & (R - 1), R, a_alpha, CP, SP, SR, PULL_T)
                     tl.debug_barrier()
             if not (EDGES or RING_ADJ):
                 if j == 0:
                     a_tau, gd = _fac_pull(0, L, C, K, R, cum_b, dur3, tv_b, to_b, tra_b, ta_b, tb_b, tam_b, taz_b,
-                                          SR, KK, S, CP, KP, SP, TAPE_PULL)
+                                          SR, KK, S, CP, KP, SP, PULL_T)
                     gdur += gd
                     pt = potgrad(a_tau, s2, SR, 1)
                     tl.store(gcum_b + c1, -pt, mask=c1 < C)
