@@ -225,6 +225,44 @@ def test_tape_adjoint_sums_labels_without_shuffle_trees():
 
 
 @pytest.mark.slow
+def test_backward_recompute_sums_in_the_forwards_order():
+    """The backward's recompute must give the forward's rows bit for bit, and on a GPU a sum's
+    order follows its layout, which the interpreter cannot show (H100: gradients 3e-5 from float64
+    instead of 1e-6, twice). sum_order.py compiles the real calls for sm_90 (ring, tape with and
+    without TAPE_PULL, entropy, edges) and compares the forward step's sums with the backward's:
+    it reports c371bd4's TAPE_PULL and fc99a89's ring stores, the two cases the H100 found."""
+    from benchmarks.latency import sum_order
+
+    results = sum_order.check()
+    assert [r["case"] for r in results] == list(sum_order.CASES)
+    assert all(r["forward_sums"] >= 2 for r in results), results
+    assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]
+
+
+def test_sum_order_compares_layouts_and_axes_of_float_sums_only():
+    """sum_order.loop_sums on a hand-written module: per loop, its f32 sums (layout written out,
+    axis) in order; a max, an f64 sum and a sum outside the loop are not listed."""
+    from benchmarks.latency.sum_order import loop_sums
+
+    def red(var, op, ty, axis):
+        return [f'      %{var} = "tt.reduce"(%x) <{{axis = {axis} : i32}}> ({{',
+                "      ^bb0(%a: f32, %b: f32):", f"        %c = {op} %a, %b : f32",
+                "        tt.reduce.return %c : f32",
+                f"      }}) : (tensor<{ty}, #blocked>) -> tensor<8xf32, #ttg.slice<{{dim = 1, parent = #blocked}}>>"]
+
+    head = ["#blocked = #ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [4, 8], warpsPerCTA = [8, 1], order = [1, 0]}>",
+            "module {"]
+    loop = ["    %r = scf.for %i = %c0 to %n step %c1 iter_args(%x = %y) -> (f32) : i32 {",
+            *red("s", "arith.addf", "8x8xf32", 1), *red("m", "arith.maxnumf", "8x8xf32", 1),
+            *red("d", "arith.addf", "8x8xf64", 0), *red("t", "arith.addf", "8x8xf32", 0), "    }"]
+    text = "\n".join(head + red("o", "arith.addf", "8x8xf32", 1) + loop + ["}"])
+    layout = "#ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [4, 8], warpsPerCTA = [8, 1], order = [1, 0]}>"
+    assert loop_sums(text) == [[(1, f"tensor<8x8xf32, {layout}>"), (0, f"tensor<8x8xf32, {layout}>")]]
+    other = text.replace("threadsPerWarp = [4, 8]", "threadsPerWarp = [8, 4]")
+    assert loop_sums(other) != loop_sums(text)
+
+
+@pytest.mark.slow
 def test_gpu_backward_script_runs_and_checks_its_gradients(tmp_path, monkeypatch):
     """run_gpu_bwd.py on CPU (interpreter, tiny sizes): every flag set and mode runs, and its
     gradients match the flags-off kernel's and the float64 run's."""

@@ -1029,9 +1029,16 @@ def scan_bwd_kernel(
         tr3 = tl.load(trans_ptr + b * C * C + cr * C + c3, mask=(cr < C) & (c3 < C), other=float("-inf"))
         # the tape's transition pull (c, c'): from a transposed copy (PULL_T, see _fac_tpull) or the transition
         if PULL_T:
-            tl.store(trs_ptr + b * (CP * CP) + c3 * CP + cr, tr3)
+            # the copy from a load of its own, read transposed: storing tr3 itself would lay tr3
+            # out for this store, and the recompute's τ sum over tr3 would then round otherwise
+            # than the forward's (GPU only: recomputed rows off the checkpoints, 3e-5 gradients)
+            one = (L >= 0).to(tl.int32)  # opaque: indices of their own, not tr3's (see _ring_setup)
+            ri = cr * one
+            rj = c3 - (one - 1)  # an opaque 0: still contiguous along c'
+            trc = tl.load(trans_ptr + b * C * C + rj * C + ri, mask=(ri < C) & (rj < C), other=float("-inf"))
+            tl.store(trs_ptr + b * (CP * CP) + ri * CP + rj, trc)
             tl.debug_barrier()
-            trT3 = tl.load(trs_ptr + b * (CP * CP) + cr * CP + c3)
+            trT3 = tl.load(trs_ptr + b * (CP * CP) + ri * CP + rj)
         elif not RING_ADJ:
             trT3 = tl.load(trans_ptr + b * C * C + c3 * C + cr, mask=(cr < C) & (c3 < C), other=float("-inf"))
     if RING_RC or RING_ADJ:

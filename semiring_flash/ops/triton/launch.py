@@ -88,8 +88,10 @@ PIPELINE_BACKWARD = "auto"
 #: timed and checked on a GPU, C > 32 (CP >= 64) with the whole tape kept (H100, 2026-12-08:
 #: B=16, T=1000, K=30, C=39 forward + backward 13.25 -> 11.54 ms, the same gradients to every
 #: printed digit). Not beyond it: at B=32, T=1e4, K=64, C=12 (recompute path) the same call gave
-#: gradients within 3.3e-5 of float64 instead of 1.6e-6 and a 6% slower backward, not explained
-#: yet (the interpreter's gradients are bit for bit those of the plain pull there too).
+#: gradients within 3.3e-5 of float64 instead of 1.6e-6 and a 6% slower backward. The gradients:
+#: the copy's store laid the recompute's τ sum out otherwise than the forward's (found on CPU by
+#: benchmarks/latency/sum_order.py, fixed 2026-12-08, not yet re-run on a GPU); the time: one CTA
+#: barrier more in the adjoint step at CP <= 32 (sm_90: 7 -> 8 at K=64, C=12), still there.
 TAPE_PULL = "measured"
 #: steps between two folds of RING_ADJ's duration-adjoint scratch into registers (a power of two; one
 #: barrier each; the scratch holds 2·RING_FOLD steps of (CP, KR) float64 per sequence)
