@@ -369,25 +369,27 @@ def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, la
     ring = tl.where(new, tau[:, None, None], ring)
     bring = tl.where(new, base[:, None, None], bring)
     cring = tl.where(new, cum_t[:, None, None], cring)
-    # tape rows (FULL: the backward reads them; stores from registers, never read back):
-    # α's family from the ring's layout (lab3, pos3), τ's from the transition tile's (lab2, pos2)
+    # tape rows (FULL: the backward reads them; stores from registers, never read back), all
+    # from the ring's layout (lab3, pos3), as the forward's checkpoint rows: a store from the
+    # transition tile's layout (lab2, pos2) lays the τ sum out for it, and the backward's
+    # recompute would then round τ otherwise than a forward without FULL (sum_order.py)
     if FULL:
         st = (t & (R - 1)) * CP  # SP = 1
-        _put2(tv_b + st, R * CP, tau[:, None], lab2, pos2, CP)
+        _put2(tv_b + st, R * CP, tau[:, None, None], lab3, pos3, CP)
         _put2(to_b + st, R * CP, alpha[:, None, None], lab3, pos3, CP)
         sl = (t & (R - 1)) * 2
-        _put2(tb_b + sl, R * 2, base[:, None], lab2 * 0, pos2, 1)  # equal copies: label 0's
-        _put2(tb_b + sl + 1, R * 2, base[:, None] * 0.0, lab2 * 0, pos2, 1)
+        _put2(tb_b + sl, R * 2, base[:, None, None], lab3 * 0, pos3, 1)  # equal copies: label 0's
+        _put2(tb_b + sl + 1, R * 2, base[:, None, None] * 0.0, lab3 * 0, pos3, 1)
         if HAS_SB:
-            _put(tp_b + st, tpre[:, None], lab2, pos2, CP)
+            _put(tp_b + st, tpre[:, None, None], lab3, pos3, CP)
         if SR == MAX:
             _put2(tra_b + st, R * CP, ra[:, None, None], lab3, pos3, CP)
-            _put(trt_b + st, rt[:, None], lab2, pos2, CP)
+            _put(trt_b + st, rt[:, None, None], lab3, pos3, CP)
         else:
             _put2(tam_b + st, R * CP, am[:, None, None], lab3, pos3, CP)
             _put2(taz_b + st, R * CP, az[:, None, None], lab3, pos3, CP)
-            _put(ttm_b + st, tm[:, None], lab2, pos2, CP)
-            _put(ttz_b + st, tz[:, None], lab2, pos2, CP)
+            _put(ttm_b + st, tm[:, None, None], lab3, pos3, CP)
+            _put(ttz_b + st, tz[:, None, None], lab3, pos3, CP)
     base = base + tl.where(sh > float("-inf"), sh, 0.0).to(tl.float64)
     return ring, bring, cring, base, alpha, tau, ra, rt
 
@@ -543,13 +545,14 @@ def scan_fwd_kernel(
             if (r >= 0) & (j < NBLK):  # the K steps before a block border
                 ck = tl.cast((j * KP + r), tl.int64)
                 cn = (b * NBLK + j) * 2
-                if RING:  # SP = 1; the bases are per-label equal copies: label 0's
-                    _put(ckv_b + ck * CP, v[:, None], lab2, pos2, CP)
-                    _put(ckb_b + ck * 2, bt0[:, None], lab2 * 0, pos2, 1)
-                    _put(ckb_b + ck * 2 + 1, bt0[:, None] * 0.0, lab2 * 0, pos2, 1)
+                if RING:  # SP = 1; the bases are per-label equal copies: label 0's. From the
+                    # ring's layout, as the FULL rows (_fac_ring_step)
+                    _put(ckv_b + ck * CP, v[:, None, None], lab3, pos3, CP)
+                    _put(ckb_b + ck * 2, bt0[:, None, None], lab3 * 0, pos3, 1)
+                    _put(ckb_b + ck * 2 + 1, bt0[:, None, None] * 0.0, lab3 * 0, pos3, 1)
                     if r == K - 1:  # t = j·Δ: the base the block after the border starts from
-                        _put(ckn_ptr + cn, base0[:, None], lab2 * 0, pos2, 1)
-                        _put(ckn_ptr + cn + 1, base0[:, None] * 0.0, lab2 * 0, pos2, 1)
+                        _put(ckn_ptr + cn, base0[:, None, None], lab3 * 0, pos3, 1)
+                        _put(ckn_ptr + cn + 1, base0[:, None, None] * 0.0, lab3 * 0, pos3, 1)
                 else:
                     tl.store(ckv_b + ck * (CP * SP) + c2 * SP + s2, v)
                     tl.store(ckb_b + ck * 2, bt0)
