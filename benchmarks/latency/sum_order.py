@@ -17,8 +17,9 @@ gradients, ``STORE_ALL_BYTES = 0`` so the backward recomputes) with the kernels 
 sm_90 and launched into a no-op driver (tests/noop_gpu.py), and compares the order-sensitive
 reductions (floating-point sums in the compute dtype: operand type, layout and axis, in program
 order) of the forward's step loop with those of each loop of the backward. The check passes
-when one backward loop sums exactly as the forward's step does. Maxima are exact in any order
-and are not compared.
+when one backward loop sums exactly as the forward's step does, and the forward that keeps the
+whole tape (the call again with the default budget) sums as the checkpointing one. Maxima are
+exact in any order and are not compared.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def _compiled(fn) -> list:
     return [k for cache in fn.device_caches.values() for k in cache[0].values()]
 
 
-def run_case(name: str) -> dict:
-    """Compile the case's kernels (this process: no-op GPU installed first) and compare."""
+def _call(name: str, store_all_bytes: int) -> tuple:
+    """The case's call (value and gradients) with ``launch.STORE_ALL_BYTES``; the compiled
+    (forward, backward kernels) it launched."""
     prop, B, T, K, C, kind, settings = CASES[name]
     import torch
 
@@ -110,7 +112,7 @@ def run_case(name: str) -> dict:
             cache[0].clear()
     old = {k: getattr(launch, k) for k in ["STORE_ALL_BYTES", *settings]}
     try:
-        launch.STORE_ALL_BYTES = 0  # the backward recomputes from checkpoints
+        launch.STORE_ALL_BYTES = store_all_bytes
         for k, v in settings.items():
             setattr(launch, k, v)
         g = torch.Generator().manual_seed(0)
@@ -126,13 +128,28 @@ def run_case(name: str) -> dict:
     finally:
         for k, v in old.items():
             setattr(launch, k, v)
-    (fwd,), bwd = _compiled(kernels.scan_fwd_kernel), _compiled(kernels.scan_bwd_kernel)
-    fsums = [s for s in loop_sums(fwd.asm["ttgir"]) if s]
-    assert len(fsums) == 1, f"{name}: the forward should have one step loop with sums, has {len(fsums)}"
+    (fwd,) = _compiled(kernels.scan_fwd_kernel)
+    return fwd, _compiled(kernels.scan_bwd_kernel)
+
+
+def _step_sums(fwd, name) -> list:
+    sums = [s for s in loop_sums(fwd.asm["ttgir"]) if s]
+    assert len(sums) == 1, f"{name}: the forward should have one step loop with sums, has {len(sums)}"
+    return sums[0]
+
+
+def run_case(name: str) -> dict:
+    """Compile the case's kernels (this process: no-op GPU installed first) and compare: the
+    checkpointing forward's step with each loop of the recomputing backward, and with the
+    forward that keeps the whole tape (kept and recomputed gradients are to agree bit for bit)."""
+    fwd, bwd = _call(name, 0)  # the backward recomputes from checkpoints
+    ck = _step_sums(fwd, name)
     bsums = [s for k in bwd for s in loop_sums(k.asm["ttgir"])]
-    match = any(s == fsums[0] for s in bsums)
-    return dict(case=name, ok=match, forward_sums=len(fsums[0]), backward_loops=len(bsums),
-                first_difference=None if match else _difference(fsums[0], bsums))
+    match = any(s == ck for s in bsums)
+    kept = _step_sums(_call(name, 1 << 40)[0], name)  # the forward keeps the tape (FULL)
+    return dict(case=name, ok=match and kept == ck, forward_sums=len(ck), backward_loops=len(bsums),
+                first_difference=(None if match else _difference(ck, bsums)) or
+                (None if kept == ck else "kept-tape forward: " + _difference(ck, [kept])))
 
 
 def _difference(fwd, loops) -> str:
