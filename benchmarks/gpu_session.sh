@@ -24,7 +24,9 @@
 #             its arguments from PROBE_ARGS, e.g. "--only default w16")
 #   tapepull  launch.TAPE_PULL beyond its measured regime (B=32, T=10^4, K=64, C=12): plain pull, the
 #             transposed pull, each with the tape recomputed and kept; every gradient against the float64
-#             reference (2026-12-08: 3.3e-5 with the transposed pull recomputed, 1.6e-6 plain; why?)
+#             reference (2026-12-08: 3.3e-5 with the transposed pull recomputed, 1.6e-6 plain; cause found
+#             on CPU by latency/sum_order.py, the recompute's tau sum in another layout, and fixed: expect
+#             1.6e-6 both ways; the ring step's bit-for-bit test has the case too)
 #   ncu       Nsight Compute's warp-state and scheduler sections of the mid case's backward kernel,
 #             where ncu exists and may read the counters
 set -u

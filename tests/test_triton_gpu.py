@@ -403,25 +403,36 @@ def test_pipelined_backward_on_poisoned_memory_equals_the_one_program_backward(s
         assert torch.equal(a, b), _rel(a, b)
 
 
+#: (K, C, launch settings) of the recompute-equals-kept test: the register ring (pipelined), the tape
+#: step, and the tape adjoint's TAPE_PULL off its measured regime and in it
+_RECOMPUTE_CASES = {"ring K=100 C=8": (100, 8, {}), "tape K=64 C=12": (64, 12, {}),
+                    "tape K=64 C=12 TAPE_PULL": (64, 12, {"TAPE_PULL": True}), "tape K=30 C=39": (30, 39, {})}
+
+
+@pytest.mark.parametrize("case", list(_RECOMPUTE_CASES))
 @pytest.mark.parametrize("sr", [sf.LogSemiring, sf.MaxSemiring], ids=["log", "max"])
-def test_recomputed_gradients_equal_the_kept_tape_bit_for_bit(sr):
-    """Defaults at K=100, C=8 (register ring, pipelined backward): the gradients of a checkpointed
-    call (each block recomputed from its checkpoint) equal, bit for bit, those of the kept tape. The
-    backward's recompute must round every α as the forward did; a forward compiled with other
-    layouts (a try on 2026-12-07: its stores from the ring's layout) summed in another order on the
-    GPU, and the recomputed gradients went from 1e-6 to 3e-5 of float64 while every
-    interpreter test passed (it sums in one order)."""
+def test_recomputed_gradients_equal_the_kept_tape_bit_for_bit(sr, case, monkeypatch):
+    """The gradients of a checkpointed call (each block recomputed from its checkpoint) equal,
+    bit for bit, those of the kept tape. The backward's recompute must round every α as the
+    forward did; a kernel whose recompute sums in other layouts (2026-12-07: the ring forward's
+    stores from the ring's layout; 2026-12-08: TAPE_PULL's transposed copy on the recompute path)
+    summed in another order on the GPU, and the recomputed gradients went from 1e-6 to 3e-5 of
+    float64 while every interpreter test passed (it sums in one order). On CPU,
+    benchmarks/latency/sum_order.py compares the layouts; this is the GPU's word."""
     k = _kernels()
     from semiring_flash.ops.triton import launch
 
-    B, T, K, C = 2, 4000, 100, 8
+    K, C, settings = _RECOMPUTE_CASES[case]
+    for name, value in settings.items():
+        monkeypatch.setattr(launch, name, value)
+    B, T = 2, 4000
     ins, _ = _factored(sr, B, T, K, C, seed=12, dtype=torch.float32, mixed=False)
     ins = [x.detach() for x in ins[:5]]
     L = torch.tensor([T, 2345], device=DEV)
     out = []
     for every in (None, 400):  # the whole tape kept / 10 blocks recomputed
         m = launch._meta(sr, B, T, K, C, torch.float32, torch.device(DEV), False, False, every)
-        assert m.store_all is (every is None) and (m.pipe or every is None)
+        assert m.store_all is (every is None) and (m.pipe or every is None or C > 8)
         xs = [x.clone().requires_grad_() for x in ins]
         v = k.factored_scan_triton(sr, *xs, L, checkpoint_every=every)
         out.append([v.detach()] + list(torch.autograd.grad(v.sum(), xs)))
