@@ -40,7 +40,7 @@ _PTR_TYPES = {"cum_ptr": "*fp64", "len_ptr": "*i64", "tb_ptr": "*fp64", "ckb_ptr
               "out_ptr": "*fp64", "taz_ptr": "*fp64", "ttz_ptr": "*fp64", "lengths_ptr": "*i64", "bpa_ptr": "*i16",
               "bpt_ptr": "*i16", "fin_ptr": "*i32", "tra_ptr": "*i32", "trt_ptr": "*i32", "ta_ptr": "*fp64",
               "gcum_ptr": "*fp64", "gsc_ptr": "*fp64", "link_ptr": "*i32", "exit_ptr": "*i32", "entry_ptr": "*i32",
-              "len_ptr": "*i64", "labels_ptr": "*i64", "starts_ptr": "*i8"}
+              "len_ptr": "*i64", "labels_ptr": "*i64", "starts_ptr": "*i8", "bl_ptr": "*fp64"}
 
 
 def signature(fn, constexprs: dict) -> dict:
@@ -153,8 +153,8 @@ def sass_step_loops(cubin: bytes, depth: int, count: int) -> list:
 
 def measure(kernel) -> dict:
     row = measure_body(loop_body(kernel.asm["ptx"]), kernel)
-    (sass,) = sass_step_loops(kernel.asm["cubin"], 1, 1) or [dict(bar="", shfl="")]
-    row.update(bar_sass=sass["bar"], shfl_sass=sass["shfl"])
+    (sass,) = sass_step_loops(kernel.asm["cubin"], 1, 1) or [dict(bar="", shfl="", n="")]
+    row.update(bar_sass=sass["bar"], shfl_sass=sass["shfl"], sass_n=sass["n"])
     row.update(resources(kernel.asm["cubin"]))
     row["ld32_after_first_store"] = loads_after_first_store(kernel.asm["ptx"])
     return row

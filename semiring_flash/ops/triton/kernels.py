@@ -269,7 +269,7 @@ def _ring_terms(t, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR: tl.constexpr,
 def _put(ptr, v, lab, pos, N):
     """Store a per-label vector v (lifted to lab's rank) at ptr + label, labels < N, from the
     layout v already has: ``lab`` is the label index times an opaque 1 and ``pos`` an index
-    contiguous along v's broadcast axes (ring slots, or the transition tile's c'), so the
+    contiguous along v's broadcast axes (the ring's slots), so the
     coalescing pass lays the store out like v (no layout exchange, no barrier). Masked to
     pos == 0: one write per label."""
     tl.store(ptr + lab + pos, v, mask=(pos == 0) & (lab < N))
@@ -286,8 +286,9 @@ def _put2(ptr, R, v, lab, pos, N):
 @triton.jit
 def _ring_setup(L, C, tr_b, CP: tl.constexpr, KR: tl.constexpr):
     """What every register-ring scan of a sequence shares: the ring's label and slot index
-    tiles (rc3, slot), the store indices of ``_put`` (lab3, pos3 along the ring; lab2, pos2
-    along the transition tile) and the transition tile tr2 (c, c')."""
+    tiles (rc3, slot), the store indices of ``_put`` (lab3, pos3 along the ring) and the
+    transition tile tr2 (c, c'). Every store of the scan is from the ring's layout: one from
+    the transition tile's lays the τ sum out for itself (2 CTA barriers a step more, sm_90)."""
     # ring tile (CP, KO, LANES), slot = ko·LANES + lane: the slot-contiguous layout Triton
     # picks puts lanes on slots and warps on labels (benchmarks/latency: lanesk_trt)
     LANES: tl.constexpr = 32 if KR > 32 else KR
@@ -298,20 +299,20 @@ def _ring_setup(L, C, tr_b, CP: tl.constexpr, KR: tl.constexpr):
     rj = tl.arange(0, CP)[None, :]  # c'
     tr2 = tl.load(tr_b + rj * C + rr, mask=(rr < C) & (rj < C), other=float("-inf"))
     # store indices for _put: label times an opaque 1 (L >= 0 always holds), positions
-    # contiguous along the ring's slots / the transition tile's c' (minus an opaque 0)
+    # contiguous along the ring's slots (minus an opaque 0)
     one = (L >= 0).to(tl.int32)
-    return rc3, slot, rc3 * one, slot - (one - 1), rr * one, rj - (one - 1), tr2
+    return rc3, slot, rc3 * one, slot - (one - 1), tr2
 
 
 @triton.jit
 def _ring_start(v0, base0, cum_b, C, rc3, slot, CP: tl.constexpr):
     """The ring at position 0: τ(0) in slot 0, rows p < 0 are 0̄ (SP = 1); BASE(0) = 0 and
-    S[0] beside it; BASE(1) = base0 as one equal copy per label."""
+    S[0] beside it; BASE(1) = base0 as one equal copy per label, (CP, 1, 1) in the ring's layout."""
     ring = tl.where(slot == 0, v0[:, :, None], float("-inf"))
     cum0 = tl.load(cum_b + rc3, mask=rc3 < C, other=0.0)
     cring = tl.where(slot == 0, cum0, 0.0)
     bring = tl.zeros(ring.shape, dtype=tl.float64)
-    return ring, bring, cring, base0 + tl.zeros((CP,), dtype=tl.float64)
+    return ring, bring, cring, base0 + tl.zeros((CP, 1, 1), dtype=tl.float64)
 
 
 @triton.jit
@@ -319,19 +320,19 @@ def _ring_from_checkpoint(ckv_b, ckb_b, ckn_b, cum_b, C, K, t0, j, rc3, slot, CP
                           KP: tl.constexpr, KR: tl.constexpr):
     """The ring after position t0 = j·Δ from block j's checkpoint: the K rows t0-K+1..t0 (τ,
     BASE) at slot p mod KR with S[p] beside them, 0̄ elsewhere, and BASE(t0+1) as one copy
-    per label: the very state the ring forward had there (SP = 1)."""
+    per label, (CP, 1, 1): the very state the ring forward had there (SP = 1)."""
     r = (slot - (t0 - K + 1)) & (KR - 1)  # checkpoint row of the slot's position
     ok = r < K
     ck = tl.cast(j * KP + r, tl.int64)
     ring = tl.load(ckv_b + ck * CP + rc3, mask=ok, other=float("-inf"))  # all CP labels were stored
     bring = tl.load(ckb_b + ck * 2 + rc3 * 0, mask=ok, other=0.0)
     cring = tl.load(cum_b + (t0 - K + 1 + r) * C + rc3, mask=ok & (rc3 < C), other=0.0)
-    base = tl.load(ckn_b + j * 2) + tl.zeros((CP,), dtype=tl.float64)
+    base = tl.load(ckn_b + j * 2) + tl.zeros((CP, 1, 1), dtype=tl.float64)
     return ring, bring, cring, base
 
 
 @triton.jit
-def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
+def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, lab3, pos3,
                    tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
                    SR: tl.constexpr, CP: tl.constexpr, SP: tl.constexpr, KR: tl.constexpr,
                    HAS_SB: tl.constexpr, FULL: tl.constexpr):
@@ -340,12 +341,13 @@ def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, la
     BASE(p) (``bring``) and S[p] (``cring``) in float64. Labels lie across warps and slots on
     lanes and registers, so the sums over durations are in-thread and warp shuffles; the
     transition tile is (c, c'), so the label-axis max behind BASE(t+1) comes from the same
-    exchanged α (``base``: one equal copy per label, no cross-warp reduction).
+    exchanged α (``base``: one equal copy per label, (CP, 1, 1) in the ring's layout, so that
+    its update needs no exchange; no cross-warp reduction).
 
     A window term is formed exactly as the tape step (and the backward) forms it, τ(p) +
     fp(BASE(p) - BASE(t)) + (fp(S[t] - S[p]) + duration), so the tape rows FULL stores
     give the backward the very candidates whose max / float64 sum they hold."""
-    off = (bring - base[:, None, None]).to(ring.dtype)
+    off = (bring - base).to(ring.dtype)
     cand = (ring + off) + ((cum_t[:, None, None] - cring).to(ring.dtype) + dw)
     alpha, am, az = plus_rows(cand, SR)  # (CP,)
     ae = tl.expand_dims(alpha, 0)  # α along the transition tile's c' axis: one layout exchange
@@ -367,19 +369,19 @@ def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, la
         tau = tpre
     new = slot == (t & (KR - 1))
     ring = tl.where(new, tau[:, None, None], ring)
-    bring = tl.where(new, base[:, None, None], bring)
+    bring = tl.where(new, base, bring)
     cring = tl.where(new, cum_t[:, None, None], cring)
     # tape rows (FULL: the backward reads them; stores from registers, never read back), all
     # from the ring's layout (lab3, pos3), as the forward's checkpoint rows: a store from the
-    # transition tile's layout (lab2, pos2) lays the τ sum out for it, and the backward's
-    # recompute would then round τ otherwise than a forward without FULL (sum_order.py)
+    # transition tile's layout lays the τ sum out for it, and the backward's recompute would
+    # then round τ otherwise than a forward without FULL (sum_order.py)
     if FULL:
         st = (t & (R - 1)) * CP  # SP = 1
         _put2(tv_b + st, R * CP, tau[:, None, None], lab3, pos3, CP)
         _put2(to_b + st, R * CP, alpha[:, None, None], lab3, pos3, CP)
         sl = (t & (R - 1)) * 2
-        _put2(tb_b + sl, R * 2, base[:, None, None], lab3 * 0, pos3, 1)  # equal copies: label 0's
-        _put2(tb_b + sl + 1, R * 2, base[:, None, None] * 0.0, lab3 * 0, pos3, 1)
+        _put2(tb_b + sl, R * 2, base, lab3 * 0, pos3, 1)  # equal copies: label 0's
+        _put2(tb_b + sl + 1, R * 2, base * 0.0, lab3 * 0, pos3, 1)
         if HAS_SB:
             _put(tp_b + st, tpre[:, None, None], lab3, pos3, CP)
         if SR == MAX:
@@ -390,7 +392,8 @@ def _fac_ring_step(t, R, ring, bring, cring, base, cum_t, dw, sbt, slot, tr2, la
             _put2(taz_b + st, R * CP, az[:, None, None], lab3, pos3, CP)
             _put(ttm_b + st, tm[:, None, None], lab3, pos3, CP)
             _put(ttz_b + st, tz[:, None, None], lab3, pos3, CP)
-    base = base + tl.where(sh > float("-inf"), sh, 0.0).to(tl.float64)
+    sh3 = sh[:, None, None]
+    base = base + tl.where(sh3 > float("-inf"), sh3, 0.0).to(tl.float64)
     return ring, bring, cring, base, alpha, tau, ra, rt
 
 
@@ -445,8 +448,8 @@ def scan_fwd_kernel(
     # tape (launch.Tape, less the adjoint); checkpoints (launch.Checkpoints, SAVE_CK)
     tv_ptr, to_ptr, tp_ptr, tra_ptr, trt_ptr, tb_ptr, tam_ptr, taz_ptr, ttm_ptr, ttz_ptr,
     ckv_ptr, ckb_ptr, ckn_ptr,
-    # RING's rotated duration table (B, CP, 2·KR), written by the kernel (launch._fwd)
-    rot_ptr,
+    # RING's rotated duration table (B, CP, 2·KR) and BASE(L) (B,) float64, written by the kernel (launch._fwd)
+    rot_ptr, bl_ptr,
     B, T, C, K, R, DELTA, NBLK,
     SR: tl.constexpr, KK: tl.constexpr, S: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr,
     SP: tl.constexpr, EDGES: tl.constexpr, HAS_SB: tl.constexpr, SAVE_CK: tl.constexpr,
@@ -497,12 +500,11 @@ def scan_fwd_kernel(
     base0 = sh0.to(tl.float64)
     base1 = sh1.to(tl.float64)
     if RING:
-        rc3, slot, lab3, pos3, lab2, pos2, tr2 = _ring_setup(L, C, trans_ptr + b * C * C, CP, KR)
+        rc3, slot, lab3, pos3, tr2 = _ring_setup(L, C, trans_ptr + b * C * C, CP, KR)
         rot_b = rot_ptr + b * CP * (2 * KR)
         _rotate_durations(dur_ptr + b * K * C, rot_b, C, K, CP, KR)  # read after the barrier below
         ring, bring, cring, base0 = _ring_start(v0, base0, cum_b, C, rc3, slot, CP)
         base1 = base0 * 0.0
-        bl = base1  # BASE(L)
         alpha = tl.full((CP,), float("-inf"), v0.dtype)  # α(L)
     elif not EDGES:
         # loop invariants: duration tile (d-1, c) and transition tile (c', c)
@@ -523,10 +525,9 @@ def scan_fwd_kernel(
         elif RING:
             cum_n, dw_n, sb_n = _ring_terms(t + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
             ring, bring, cring, base0, alpha, v, ra, rt = _fac_ring_step(
-                t, R, ring, bring, cring, base0, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
+                t, R, ring, bring, cring, base0, cum_t, dw, sbt, slot, tr2, lab3, pos3,
                 tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b, SR, CP, SP, KR, HAS_SB, FULL)
             cum_t, dw, sbt = cum_n, dw_n, sb_n
-            bl = bt0
         else:
             base0, base1, v, ra, rt = _fac_fwd_step(t, T, C, K, R, base0, base1, cum_b, sb_b, dur3, tr3,
                                                     tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b,
@@ -535,7 +536,7 @@ def scan_fwd_kernel(
             bo = (b * (T + 1) + t) * C
             if RING:
                 _put(bpa_ptr + bo, ra[:, None, None].to(tl.int16), lab3, pos3, C)
-                _put(bpt_ptr + bo, rt[:, None].to(tl.int16), lab2, pos2, C)
+                _put(bpt_ptr + bo, rt[:, None, None].to(tl.int16), lab3, pos3, C)
             else:
                 tl.store(bpa_ptr + bo + c2 + s2 * 0, ra.to(tl.int16), mask=(c2 < C) & (s2 == 0))
                 tl.store(bpt_ptr + bo + c2 + s2 * 0, rt.to(tl.int16), mask=(c2 < C) & (s2 == 0))
@@ -548,11 +549,11 @@ def scan_fwd_kernel(
                 if RING:  # SP = 1; the bases are per-label equal copies: label 0's. From the
                     # ring's layout, as the FULL rows (_fac_ring_step)
                     _put(ckv_b + ck * CP, v[:, None, None], lab3, pos3, CP)
-                    _put(ckb_b + ck * 2, bt0[:, None, None], lab3 * 0, pos3, 1)
-                    _put(ckb_b + ck * 2 + 1, bt0[:, None, None] * 0.0, lab3 * 0, pos3, 1)
+                    _put(ckb_b + ck * 2, bt0, lab3 * 0, pos3, 1)
+                    _put(ckb_b + ck * 2 + 1, bt0 * 0.0, lab3 * 0, pos3, 1)
                     if r == K - 1:  # t = j·Δ: the base the block after the border starts from
-                        _put(ckn_ptr + cn, base0[:, None, None], lab3 * 0, pos3, 1)
-                        _put(ckn_ptr + cn + 1, base0[:, None, None] * 0.0, lab3 * 0, pos3, 1)
+                        _put(ckn_ptr + cn, base0, lab3 * 0, pos3, 1)
+                        _put(ckn_ptr + cn + 1, base0 * 0.0, lab3 * 0, pos3, 1)
                 else:
                     tl.store(ckv_b + ck * (CP * SP) + c2 * SP + s2, v)
                     tl.store(ckb_b + ck * 2, bt0)
@@ -567,7 +568,12 @@ def scan_fwd_kernel(
     okf = (cr < C) & (s3 < S)
     if RING:
         x = alpha[:, None, None]  # (CP, 1, SP), SP = 1
-        bl0 = tl.max(bl, axis=0)  # equal copies
+        # BASE(L), the ring's slot of L, through memory from the ring's own layout: any reduction
+        # of a loop-carried BASE here lays it out for itself, and Triton then carries a second
+        # copy through the loop, exchanging α twice a step (sm_90: 6 CTA barriers a step, not 2)
+        _put(bl_ptr + b, bring, lab3 * 0, pos3 - (L & (KR - 1)), 1)  # equal copies: one value
+        tl.debug_barrier()
+        bl0 = tl.load(bl_ptr + b)
         bl1 = bl0 * 0.0
     else:
         sl = L & (R - 1)
@@ -1045,7 +1051,7 @@ def scan_bwd_kernel(
         elif not RING_ADJ:
             trT3 = tl.load(trans_ptr + b * C * C + c3 * C + cr, mask=(cr < C) & (c3 < C), other=float("-inf"))
     if RING_RC or RING_ADJ:
-        rc3, slot, lab3, pos3, lab2, pos2, tr2 = _ring_setup(L, C, trans_ptr + b * C * C, CP, KR)
+        rc3, slot, lab3, pos3, tr2 = _ring_setup(L, C, trans_ptr + b * C * C, CP, KR)
         rot_b = rot_ptr + b * 2 * CP * (2 * KR)  # the forward's table, then the adjoints' (read after a barrier)
         if RING_RC:
             if do_rc:
@@ -1131,7 +1137,7 @@ def scan_bwd_kernel(
                 elif RING_RC:
                     cum_n, dw_n, sb_n = _ring_terms(t + 1, L, T, C, cum_b, rot_b, sb_b, slot, rc3, c1, KR, HAS_SB)
                     ring, bring, cring, rbase, alpha, v, ra, rt = _fac_ring_step(
-                        t, R, ring, bring, cring, rbase, cum_t, dw, sbt, slot, tr2, lab3, pos3, lab2, pos2,
+                        t, R, ring, bring, cring, rbase, cum_t, dw, sbt, slot, tr2, lab3, pos3,
                         tv_b, to_b, tp_b, tra_b, trt_b, tb_b, tam_b, taz_b, ttm_b, ttz_b, SR, CP, SP, KR, HAS_SB, True)
                     cum_t, dw, sbt = cum_n, dw_n, sb_n
                 else:

@@ -447,10 +447,11 @@ def _fwd(m: _Meta, ops: Operands, save_ck: bool, backptr: Optional[Backpointers]
                          ckn=torch.empty(m.B, m.nblk, 2, dtype=torch.float64, device=dev))
     value = torch.empty(m.SP, m.B, dtype=m.dtype, device=dev)
     rot = torch.empty(m.B, m.CP, 2 * m.KR, dtype=m.dtype, device=dev) if ring else None
+    bl = torch.empty(m.B, dtype=torch.float64, device=dev) if ring else None  # BASE(L), kernel scratch
     bp = backptr if backptr is not None else Backpointers(None, None, None)
     flags = dict(SAVE_CK=ck.ckv is not None, BACKPTR=backptr is not None, FULL=full)
     _launch(scan_fwd_kernel, m, (*flags.values(), ring, *_aligned(*ops)), dict(
-        **_pointers(ops, bp, tape, ck, skip=("ta", "trs")), value_ptr=value, rot_ptr=rot,
+        **_pointers(ops, bp, tape, ck, skip=("ta", "trs")), value_ptr=value, rot_ptr=rot, bl_ptr=bl,
         **m.scalars(R), **flags, KR=m.KR, USE_RING=ring), num_warps=m.ring_warps if ring else m.num_warps)
     return (value if m.SP == m.S else value[: m.S]), (ck, tape if full else None)
 
