@@ -37,7 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 #: name -> (semiring property, B, T, K, C, input kind, launch settings)
 CASES = {
-    "ring K=100 C=8": ("partition", 1, 3000, 100, 8, "segments", {}),
+    "ring K=100 C=8": ("partition", 1, 3000, 100, 8, "segments", {}),  # one backward program (CPU tensors)
+    "ring K=100 C=8 pipelined": ("partition", 1, 3000, 100, 8, "segments", {"PIPELINE_BACKWARD": True}),
     "tape K=64 C=12": ("partition", 2, 600, 64, 12, "segments", {}),
     "tape K=64 C=12 TAPE_PULL": ("partition", 2, 600, 64, 12, "segments", {"TAPE_PULL": True}),
     "tape K=30 C=39 TAPE_PULL": ("partition", 2, 300, 30, 39, "segments", {"TAPE_PULL": True}),
