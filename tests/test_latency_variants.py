@@ -230,8 +230,9 @@ def test_backward_recompute_sums_in_the_forwards_order():
     """The backward's recompute must give the forward's rows bit for bit, and on a GPU a sum's
     order follows its layout, which the interpreter cannot show (H100: gradients 3e-5 from float64
     instead of 1e-6, twice). sum_order.py compiles the real calls for sm_90 (ring with the backward
-    in one program and pipelined, tape with and without TAPE_PULL, entropy, edges) and compares the forward step's sums with the backward's:
-    it reports c371bd4's TAPE_PULL and fc99a89's ring stores, the two cases the H100 found."""
+    in one program and pipelined, tape with and without TAPE_PULL, entropy, edges) and compares
+    the forward step's sums with the backward's: it reports c371bd4's TAPE_PULL and fc99a89's ring
+    stores, the two cases the H100 found."""
     from benchmarks.latency import sum_order
 
     results = sum_order.check()
