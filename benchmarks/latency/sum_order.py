@@ -18,7 +18,7 @@ sm_90 and launched into a no-op driver (tests/noop_gpu.py), and compares the ord
 reductions (floating-point sums in the compute dtype: operand type, layout and axis, in program
 order) of the forward's step loop with those of each loop of the backward. The check passes
 when one backward loop sums exactly as the forward's step does, and the forward that keeps the
-whole tape (the call again with the default budget) sums as the checkpointing one. Maxima are
+whole tape (the call again, STORE_ALL_BYTES unlimited) sums as the checkpointing one. Maxima are
 exact in any order and are not compared.
 """
 
