@@ -16,6 +16,8 @@
 #   mid       B=16, T=1000, K=30, C=39 (issue 11's batched case; since the linear kept tape
 #             its 42 MB tape is kept, the backward does not recompute: is it under 12 ms?)
 #   midrc     the same with STORE_ALL_BYTES = 0 (the recompute path it took before)
+#   midrcpull midrc with TAPE_PULL = True: decides whether the gate widens to CP >= 64 recomputed
+#             (2026-12-08: its recompute now sums as the forward, sm_90 adjoint 1488 -> 942 SASS, 10 -> 8 barriers)
 #   huge      B=1, T=10^7, K=100, C=8 forward + backward, default flags (issue 11: <= 20 s)
 #   hugering  the same with every register-ring flag on (RING_TAPES, RING_RECOMPUTE, RING_ADJOINT)
 #   midw4, midw16   the mid case with NUM_WARPS_OVERRIDE = 4 / 16 (the heuristic gives 8 there)
@@ -67,6 +69,7 @@ for s in "${steps[@]}"; do
          run_step floor "$PY" benchmarks/host_floor.py ;;
     mid) bench mid mid ;;
     midrc) bench midrc mid "launch.STORE_ALL_BYTES = 0" ;;
+    midrcpull) bench midrcpull mid "launch.STORE_ALL_BYTES = 0; launch.TAPE_PULL = True" ;;
     huge) bench huge huge ;;
     hugering) bench hugering huge "launch.RING_FORWARD = launch.RING_TAPES = launch.RING_RECOMPUTE = launch.RING_ADJOINT = True" ;;
     midw4|midw16) bench $s mid "launch.NUM_WARPS_OVERRIDE = ${s#midw}" ;;
