@@ -47,3 +47,25 @@ def install():
             return torch.device("cpu")
 
     driver.set_active(NoOpGPU())
+
+
+def cpu_calls(compiled: bool = True):
+    """Make the public API's Triton calls run on CPU tensors, the kernels compiled for sm_90
+    (``compiled``: ``install()`` first, launches reach no GPU) or interpreted: every kernel of
+    semiring_flash.ops.triton is defined now, then TRITON_INTERPRET=1 lets backend="triton"
+    take CPU tensors, and the value checks follow the GPU policy (once per signature). The
+    caller puts the package to use first on sys.path."""
+    import importlib
+    import pkgutil
+
+    if compiled:
+        install()  # before any kernel is defined: they compile for sm_90
+    else:
+        os.environ["TRITON_INTERPRET"] = "1"
+    import semiring_flash.ops.triton as kernels
+    from semiring_flash import validation
+
+    for mod in pkgutil.iter_modules(kernels.__path__):
+        importlib.import_module(f"{kernels.__name__}.{mod.name}")
+    os.environ["TRITON_INTERPRET"] = "1"
+    validation._on_host = lambda device: False
