@@ -215,7 +215,7 @@ def test_tape_adjoint_sums_labels_without_shuffle_trees():
     """The tape adjoint (issue 11's batched case, K=30, C=39, compiled for sm_90) with TAPE_PULL: the
     transition pull reads a transposed copy, so c' lies on the lanes as c does in the window pull, and the
     sum over c needs no float64 shuffle tree per c' (166 shuffles and 1376 SASS instructions a
-    step with the plain pull, 8 and 935 with TAPE_PULL); the softmax divisions run once per row."""
+    step with the plain pull, 8 and about 940 with TAPE_PULL); the softmax divisions run once per row."""
     on = _proxy_rows("--real-bwd", "--K", "30", "--C", "39", "--only", "log", "max", "--tape-pull")
     off = _proxy_rows("--real-bwd", "--K", "30", "--C", "39", "--only", "log")
     for sr in ("log", "max"):
